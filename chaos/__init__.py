@@ -1,0 +1,1 @@
+"""Faults, the recorder, the experiment runner and the Chaos Toolkit extension."""

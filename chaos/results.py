@@ -1,0 +1,82 @@
+"""The results store: one row per run, appended to ``runs/results.jsonl``.
+
+Filled by the runner at the end of every run (completed, no recovery, or
+aborted); read by ``reports`` with pandas. A row carries everything a report
+needs, the timeline included, so a report can be rebuilt from the store alone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from enum import Enum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from chaos.timeline import TimelineEvent
+
+__all__ = ["RunResult", "RunStatus", "ResultsStore"]
+
+
+class RunStatus(str, Enum):
+    RECOVERED = "recovered"  # outage seen and recovered within the deadline
+    NO_OUTAGE = "no_outage"  # no failed probe at all: RTO 0
+    NOT_RECOVERED = "not_recovered"  # still failing at the deadline
+    ABORTED = "aborted"  # Ctrl-C or an error; fault reverted
+
+
+class RunResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    campaign: str | None = None
+    experiment: str  # experiment file title or path
+    fault: str  # process-crash | node-drain | node-power-off | network-partition | storage-lost
+    variant: str = ""  # e.g. "hang"/"eio" for storage, "node"/"workload" for partition
+    kind: str  # pod | vmi
+    backend: str  # lab | kube
+    profile: str  # kubernetes-defaults | fast | (cluster name on kube)
+    healers: list[str] = Field(default_factory=list)
+    repetition: int = 0
+    started_at: str  # wall clock, ISO 8601 UTC
+    status: RunStatus
+    rto_s: float | None = None  # first failed probe .. first of N good probes
+    detection_s: float | None = None  # injection .. first control-plane reaction
+    healer_action_s: float | None = None  # injection .. first healer action
+    outage_start_s: float | None = None  # injection .. first failed probe
+    same_instance: bool | None = None  # came back as the same instance?
+    probes_sent: int = 0
+    probes_failed: int = 0
+    error: str | None = None
+    timeline: list[TimelineEvent] = Field(default_factory=list)
+
+
+class ResultsStore:
+    """Append-only JSON-lines file; safe against concurrent writers (flock)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = root / "results.jsonl"
+
+    def append(self, result: RunResult) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        line = result.model_dump_json() + "\n"
+        with self.path.open("a", encoding="utf-8") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.write(line)
+
+    def load(self) -> list[RunResult]:
+        if not self.path.exists():
+            return []
+        rows = []
+        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(RunResult.model_validate(json.loads(line)))
+            except ValueError as exc:  # pydantic ValidationError is a ValueError
+                from chaos.errors import SpecError
+
+                raise SpecError(f"{self.path}: line {n} is not a valid run result: {exc}") from exc
+        return rows

@@ -1,0 +1,1 @@
+"""Healers that recover workloads while a fault is in place: watchdog, eviction, migration."""

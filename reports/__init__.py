@@ -1,0 +1,1 @@
+"""RTO analysis against the documented table: expectations, statistics, plots, renderers."""
