@@ -1,0 +1,447 @@
+"""RTO statistics per cell and verdicts against the documented table.
+
+Filled from the results store (``runs/results.jsonl``, rows of
+:class:`chaos.results.RunResult`); read by ``reports.plots``, ``reports.render``,
+``reports.build`` and the CLI (``rto report --fail-on ...`` calls
+:func:`failing_cells`). A *cell* is every run sharing (fault, variant, kind,
+backend, profile, healers). Only cells measured with real platform timings
+(profile ``kubernetes-defaults`` or backend ``kube``) are judged against the
+documented seconds; ``fast``-profile cells are shown as scaled timings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol, TypedDict
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from chaos.errors import SpecError
+from chaos.results import ResultsStore, RunResult, RunStatus
+from reports.expectations import (
+    Expectations,
+    MetricExpectation,
+    RangeClaim,
+    RtoExpectation,
+    SameBehaviourClaim,
+)
+
+__all__ = [
+    "CELL_KEYS",
+    "CellSummary",
+    "FailingCell",
+    "MetricVerdict",
+    "Verdict",
+    "failing_cells",
+    "fmt_s",
+    "healers_label",
+    "judge_metrics",
+    "judged_with_real_timings",
+    "load_runs",
+    "runs_frame",
+    "summarise",
+]
+
+CELL_KEYS: tuple[str, ...] = ("fault", "variant", "kind", "backend", "profile", "healers")
+REAL_PROFILE = "kubernetes-defaults"
+
+
+class Verdict(StrEnum):
+    HOLDS = "holds"
+    CONTRADICTED = "contradicted"
+    INFORMATIONAL = "informational"
+    NOT_MEASURED = "not measured"
+    NO_RECOVERY = "no recovery"
+    SCALED = "scaled"
+
+    @property
+    def label(self) -> str:
+        return "scaled timings, no verdict" if self is Verdict.SCALED else self.value
+
+    @property
+    def fails(self) -> bool:
+        """Whether CI output (JUnit) shows the cell as a failure."""
+        return self in (Verdict.CONTRADICTED, Verdict.NO_RECOVERY)
+
+
+class CellSummary(BaseModel):
+    """Statistics and verdict of one cell. Times in seconds; None when not measured."""
+
+    model_config = ConfigDict(frozen=True)
+
+    fault: str
+    variant: str
+    kind: str
+    backend: str
+    profile: str
+    healers: str  # healers_label(): "none" or names joined with "+"
+    n: int  # all runs, aborted included
+    recovered: int  # recovered, or no outage at all (RTO 0)
+    not_recovered: int
+    aborted: int
+    median_s: float | None = None
+    p95_s: float | None = None
+    min_s: float | None = None
+    max_s: float | None = None
+    detection_median_s: float | None = None
+    healer_action_median_s: float | None = None
+    same_instance_share: float | None = None
+    verdict: Verdict
+    detail: str
+    documented: str = ""  # the handbook's claim text, "" without an entry
+    run_ids: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str, str]:
+        return (self.fault, self.variant, self.kind, self.backend, self.profile, self.healers)
+
+    @property
+    def name(self) -> str:
+        variant = f"[{self.variant}]" if self.variant else ""
+        return (
+            f"{self.fault}{variant}/{self.kind} {self.backend}/{self.profile} "
+            f"healers={self.healers}"
+        )
+
+
+class MetricVerdict(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    expectation: MetricExpectation
+    verdict: Verdict
+    detail: str
+
+
+class FailingCell(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    cell: CellSummary
+    reason: str
+
+
+def healers_label(healers: Iterable[str]) -> str:
+    # Sorted so that ["eviction", "watchdog"] and ["watchdog", "eviction"] are one cell.
+    names = sorted({h for h in healers if h})
+    return "+".join(names) if names else "none"
+
+
+def judged_with_real_timings(backend: str, profile: str) -> bool:
+    return backend == "kube" or profile == REAL_PROFILE
+
+
+def fmt_s(value: float | None) -> str:
+    """Seconds for people: 0.62 s, 4.2 s, 412 s; '-' when missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if math.isinf(value):
+        return "inf"
+    if value < 1:
+        return f"{value:.2f} s"
+    if value < 100:
+        return f"{value:.1f} s"
+    return f"{value:.0f} s"
+
+
+def _factor(ratio: float) -> str:
+    return f"{ratio:.1f}x" if ratio < 10 else f"{ratio:.0f}x"
+
+
+def load_runs(path: Path) -> list[RunResult]:
+    """Read a results store: the ``results.jsonl`` file or the directory holding it."""
+    store = ResultsStore(path if path.is_dir() else path.parent)
+    if not path.is_dir():
+        # The store names its file results.jsonl; a report may be asked to read a
+        # copy under another name (a CI artifact), so point it at the file given.
+        store.path = path
+    return store.load()
+
+
+_COLUMNS = [
+    *CELL_KEYS,
+    "run_id",
+    "campaign",
+    "experiment",
+    "repetition",
+    "started_at",
+    "status",
+    "recovered",
+    "rto_s",
+    "detection_s",
+    "healer_action_s",
+    "outage_start_s",
+    "same_instance",
+]
+
+
+def runs_frame(rows: Sequence[RunResult]) -> pd.DataFrame:
+    """One DataFrame row per run; ``rto_s`` is 0 for no-outage runs, NaN when not recovered."""
+    records = []
+    for r in rows:
+        recovered = r.status in (RunStatus.RECOVERED, RunStatus.NO_OUTAGE)
+        rto = r.rto_s
+        if r.status is RunStatus.NO_OUTAGE and rto is None:
+            rto = 0.0
+        if not recovered:
+            # A not-recovered run's rto_s (if any) is the deadline, not an RTO.
+            rto = None
+        records.append(
+            {
+                "fault": r.fault,
+                "variant": r.variant,
+                "kind": r.kind,
+                "backend": r.backend,
+                "profile": r.profile,
+                "healers": healers_label(r.healers),
+                "run_id": r.run_id,
+                "campaign": r.campaign,
+                "experiment": r.experiment,
+                "repetition": r.repetition,
+                "started_at": r.started_at,
+                "status": r.status.value,
+                "recovered": recovered,
+                "rto_s": float("nan") if rto is None else float(rto),
+                "detection_s": float("nan") if r.detection_s is None else r.detection_s,
+                "healer_action_s": float("nan") if r.healer_action_s is None else r.healer_action_s,
+                "outage_start_s": float("nan") if r.outage_start_s is None else r.outage_start_s,
+                "same_instance": r.same_instance,
+            }
+        )
+    return pd.DataFrame.from_records(records, columns=_COLUMNS)
+
+
+def _num(x: object) -> float | None:
+    if x is None:
+        return None
+    f = float(x)  # type: ignore[arg-type]
+    return None if math.isnan(f) else f
+
+
+class _Stats(TypedDict):
+    n: int
+    recovered: int
+    not_recovered: int
+    aborted: int
+    median_s: float | None
+    p95_s: float | None
+    min_s: float | None
+    max_s: float | None
+    detection_median_s: float | None
+    healer_action_median_s: float | None
+    same_instance_share: float | None
+    run_ids: tuple[str, ...]
+
+
+def _stats(group: pd.DataFrame) -> _Stats:
+    rto = group.loc[group["recovered"], "rto_s"].dropna()
+    same = group["same_instance"].dropna()
+    finished = group[group["status"] != RunStatus.ABORTED.value]
+    return {
+        "n": len(group),
+        "recovered": int(group["recovered"].sum()),
+        "not_recovered": int((finished["status"] == RunStatus.NOT_RECOVERED.value).sum()),
+        "aborted": int((group["status"] == RunStatus.ABORTED.value).sum()),
+        "median_s": _num(rto.median()) if len(rto) else None,
+        "p95_s": _num(rto.quantile(0.95)) if len(rto) else None,
+        "min_s": _num(rto.min()) if len(rto) else None,
+        "max_s": _num(rto.max()) if len(rto) else None,
+        "detection_median_s": _num(group["detection_s"].median()),
+        "healer_action_median_s": _num(group["healer_action_s"].median()),
+        "same_instance_share": float(same.astype(bool).mean()) if len(same) else None,
+        "run_ids": tuple(group["run_id"].tolist()),
+    }
+
+
+def _range_verdict(median: float, claim: RangeClaim, doc: str) -> tuple[Verdict, str]:
+    measured = f"measured median {fmt_s(median)} vs documented {claim.describe()} ({doc})"
+    if median < claim.min_s:
+        how = "no outage at all" if median == 0 else f"{_factor(claim.min_s / median)} faster"
+        return Verdict.CONTRADICTED, f"{measured}: {how}"
+    if median > claim.upper:
+        how = (
+            f"{fmt_s(median)} slower"
+            if claim.upper == 0
+            else f"{_factor(median / claim.upper)} slower"
+        )
+        return Verdict.CONTRADICTED, f"{measured}: {how}"
+    return Verdict.HOLDS, f"{measured}: within the documented range"
+
+
+def _same_verdict(
+    kind: str, median: float, other_kind: str, other: _Stats | None, claim: SameBehaviourClaim
+) -> tuple[Verdict, str]:
+    if other is None:
+        return Verdict.NOT_MEASURED, (
+            f"same-behaviour claim needs the {other_kind} cell with the same settings; "
+            f"it has no runs ({kind} median {fmt_s(median)})"
+        )
+    other_median = other["median_s"]
+    if other_median is None:
+        return Verdict.CONTRADICTED, (
+            f"{kind} recovered (median {fmt_s(median)}) but {other_kind} did not "
+            "(documented: same behaviour)"
+        )
+    lo, hi = sorted((median, other_median))
+    diff = hi - lo
+    ratio = math.inf if lo == 0 else hi / lo
+    both = f"{kind} median {fmt_s(median)} vs {other_kind} median {fmt_s(other_median)}"
+    if diff <= claim.tolerance_s or ratio <= claim.factor:
+        return Verdict.HOLDS, f"{both}: same behaviour ({claim.describe()})"
+    slower = kind if median > other_median else other_kind
+    how = f"{slower} {fmt_s(diff)} slower" if lo == 0 else f"{slower} {_factor(ratio)} slower"
+    return Verdict.CONTRADICTED, f"{both}: {how} (documented: same behaviour, {claim.describe()})"
+
+
+def _judge(
+    key: tuple[str, ...],
+    stats: _Stats,
+    expectation: RtoExpectation | None,
+    sibling: _Stats | None,
+) -> tuple[Verdict, str]:
+    fault, _variant, kind, backend, profile, _healers = key
+    median = stats["median_s"]
+    numbers = f"median {fmt_s(median)}, detection {fmt_s(stats['detection_median_s'])}"
+    finished = stats["n"] - stats["aborted"]
+    if finished == 0:
+        return Verdict.NOT_MEASURED, f"all {stats['n']} run(s) aborted; no measurement"
+    not_recovered = stats["not_recovered"]
+    if not_recovered:
+        tail = f"; median of the recovered {fmt_s(median)}" if median is not None else ""
+        return Verdict.NO_RECOVERY, (
+            f"{not_recovered} of {finished} run(s) did not recover within the deadline{tail}"
+        )
+    if median is None:
+        # Recovered runs without an RTO value: the recorder did not fill rto_s.
+        return Verdict.NOT_MEASURED, f"{stats['recovered']} run(s) recovered but none has an RTO"
+    if expectation is None:
+        return Verdict.INFORMATIONAL, f"no documented claim for {fault}/{kind}; {numbers}"
+    if not judged_with_real_timings(backend, profile):
+        return Verdict.SCALED, (
+            f"profile {profile} scales platform timings; {numbers} "
+            f"(documented for real timings: {expectation.claim_text})"
+        )
+    claim = expectation.claim
+    if isinstance(claim, RangeClaim):
+        return _range_verdict(median, claim, expectation.claim_text)
+    if isinstance(claim, SameBehaviourClaim):
+        other_kind = "vmi" if kind == "pod" else "pod"
+        return _same_verdict(kind, median, other_kind, sibling, claim)
+    return Verdict.INFORMATIONAL, f"documented: {expectation.claim_text}; measured {numbers}"
+
+
+def summarise(
+    rows: Sequence[RunResult] | pd.DataFrame, expectations: Expectations
+) -> tuple[CellSummary, ...]:
+    """Group runs into cells, compute statistics and a verdict for each cell."""
+    frame = rows if isinstance(rows, pd.DataFrame) else runs_frame(rows)
+    if frame.empty:
+        return ()
+    stats: dict[tuple[str, ...], _Stats] = {}
+    for key, group in frame.groupby(list(CELL_KEYS), sort=True, dropna=False):
+        stats[tuple(str(k) for k in key)] = _stats(group)
+    cells = []
+    for key, st in stats.items():
+        fault, variant, kind, backend, profile, healers = key
+        expectation = expectations.get(fault, kind)
+        other_kind = "vmi" if kind == "pod" else "pod"
+        sibling = stats.get((fault, variant, other_kind, backend, profile, healers))
+        verdict, detail = _judge(key, st, expectation, sibling)
+        cells.append(
+            CellSummary(
+                fault=fault,
+                variant=variant,
+                kind=kind,
+                backend=backend,
+                profile=profile,
+                healers=healers,
+                verdict=verdict,
+                detail=detail,
+                documented=expectation.claim_text if expectation else "",
+                **st,
+            )
+        )
+    order: dict[str, int] = {f: i for i, f in enumerate(e.fault for e in expectations.rto)}
+    return tuple(sorted(cells, key=lambda c: (order.get(c.fault, len(order)), c.fault, c.key[1:])))
+
+
+def judge_metrics(expectations: Expectations) -> tuple[MetricVerdict, ...]:
+    # RunResult has no metric fields yet: every metric claim stays "not measured"
+    # until the store grows metric rows; the report still lists the claims.
+    return tuple(
+        MetricVerdict(
+            expectation=m,
+            verdict=Verdict.NOT_MEASURED,
+            detail="the results store has no metric rows yet",
+        )
+        for m in expectations.metrics
+    )
+
+
+def _normalise(name: str) -> str:
+    return " ".join(name.strip().lower().replace("-", " ").replace("_", " ").split())
+
+
+def _budget_for(cell: CellSummary, budgets: Mapping[str, float]) -> tuple[str, float] | None:
+    # Most specific key wins: "fault/kind", then "fault", then "kind", then "*".
+    for key in (f"{cell.fault}/{cell.kind}", cell.fault, cell.kind, "*"):
+        if key in budgets:
+            return key, float(budgets[key])
+    return None
+
+
+class HasCells(Protocol):
+    """What :func:`failing_cells` needs of a summary (``reports.build.ReportSummary``)."""
+
+    @property
+    def cells(self) -> Sequence[CellSummary]: ...
+
+
+def failing_cells(
+    summary: HasCells | Sequence[CellSummary],
+    fail_on: set[str],
+    budgets: Mapping[str, float] | None = None,
+) -> list[FailingCell]:
+    """Cells that should fail CI.
+
+    ``summary`` is a ``ReportSummary`` (anything with a ``cells`` attribute) or a
+    sequence of :class:`CellSummary`. ``fail_on`` holds verdict names
+    ("contradicted", "no recovery"/"no-recovery", "holds", ...). ``budgets`` maps
+    "fault/kind", "fault", "kind" or "*" to seconds: a cell fails when any of
+    its runs took longer (its max RTO) or did not recover. Unknown verdict
+    names raise :class:`SpecError`.
+    """
+    cells = summary if isinstance(summary, Sequence) else summary.cells
+    by_name = {_normalise(v.value): v for v in Verdict}
+    by_name[_normalise(Verdict.SCALED.label)] = Verdict.SCALED
+    wanted: set[Verdict] = set()
+    for name in fail_on:
+        verdict = by_name.get(_normalise(name))
+        if verdict is None:
+            choices = ", ".join(v.value.replace(" ", "-") for v in Verdict)
+            raise SpecError(f"--fail-on {name!r} is not a verdict; choose from {choices}")
+        wanted.add(verdict)
+    for key, value in (budgets or {}).items():
+        if not isinstance(value, int | float) or value < 0 or math.isnan(value):
+            raise SpecError(
+                f"RTO budget for {key!r} must be a number of seconds >= 0, got {value!r}"
+            )
+    out: list[FailingCell] = []
+    for cell in cells:
+        reasons = []
+        if cell.verdict in wanted:
+            reasons.append(f"verdict {cell.verdict.label}: {cell.detail}")
+        budget = _budget_for(cell, budgets or {})
+        if budget is not None:
+            key, limit = budget
+            if cell.not_recovered:
+                reasons.append(
+                    f"{cell.not_recovered} run(s) did not recover (budget {key}: {fmt_s(limit)})"
+                )
+            elif cell.max_s is not None and cell.max_s > limit:
+                reasons.append(f"max RTO {fmt_s(cell.max_s)} over budget {key}: {fmt_s(limit)}")
+        if reasons:
+            out.append(FailingCell(cell=cell, reason="; ".join(reasons)))
+    return out
