@@ -1,0 +1,259 @@
+"""Node cgroups: where every process of a lab node lives, and node power-off.
+
+Called by ``lifecycle.lab_up`` (create, attach the agent), by the node
+power-off fault (``kill_node``), by ``lab_down`` (``delete_node_cgroup``) and by
+benchmarks (``freeze_pod`` as ground truth). Every node process (agent, runc,
+containers) lives under ``rto-lab/<node>`` in each hierarchy; containers are
+put at ``/rto-lab/<node>/<pod>`` by runc (``pod_cgroups_path``).
+
+cgroup v1 (this machine: one hierarchy per controller) and cgroup v2 (when
+``/sys/fs/cgroup/cgroup.controllers`` exists) are both handled. Power-off is
+freeze, SIGKILL every pid under the node, thaw, remove the child cgroups: a
+frozen cgroup cannot fork, so no process escapes the kill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+from pathlib import Path
+
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from chaos.errors import LabError
+
+__all__ = [
+    "CGROUP_ROOT",
+    "LAB_CGROUP",
+    "attach",
+    "cgroup_pids",
+    "create_node_cgroup",
+    "delete_node_cgroup",
+    "freeze_pod",
+    "is_v2",
+    "kill_node",
+    "lab_cgroups",
+    "pod_cgroups_path",
+    "thaw_pod",
+]
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+LAB_CGROUP = "rto-lab"
+# v1 hierarchies a node's processes join; cpuset/devices are left to runc
+# (cpuset needs cpus/mems copied in before a task may join).
+_V1_ATTACH = ("freezer", "pids", "memory", "cpu", "cpuacct", "blkio")
+# ...but runc creates the pod cgroups in every hierarchy, so cleanup visits all.
+_V1_ALL = (*_V1_ATTACH, "cpuset", "devices", "net_cls", "net_prio", "perf_event", "hugetlb")
+
+
+def is_v2() -> bool:
+    return (CGROUP_ROOT / "cgroup.controllers").exists()
+
+
+def _hierarchies(names: tuple[str, ...]) -> list[Path]:
+    """Mounted hierarchy roots, each once (cpu and cpuacct may be one mount)."""
+    if is_v2():
+        return [CGROUP_ROOT]
+    seen: set[Path] = set()
+    out: list[Path] = []
+    for name in names:
+        p = CGROUP_ROOT / name
+        if p.is_dir() and (p / "cgroup.procs").exists():
+            real = p.resolve()
+            if real not in seen:
+                seen.add(real)
+                out.append(p)
+    return out
+
+
+def _freezer_root() -> Path:
+    return CGROUP_ROOT if is_v2() else CGROUP_ROOT / "freezer"
+
+
+def pod_cgroups_path(node: str, pod: str) -> str:
+    """runc ``cgroupsPath`` of a pod's container."""
+    return f"/{LAB_CGROUP}/{node}/{pod}"
+
+
+def create_node_cgroup(node: str) -> None:
+    """``rto-lab/<node>`` in every hierarchy (idempotent)."""
+    for root in _hierarchies(_V1_ATTACH):
+        try:
+            (root / LAB_CGROUP / node).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LabError(f"cannot create cgroup {root / LAB_CGROUP / node}: {exc}") from exc
+    if is_v2():
+        # Children need the controllers enabled on the way down.
+        for path in (CGROUP_ROOT / LAB_CGROUP, CGROUP_ROOT / LAB_CGROUP / node):
+            want = (path.parent / "cgroup.controllers").read_text().split()
+            for ctrl in ("cpu", "memory", "pids", "io"):
+                if ctrl in want:
+                    # best effort: a controller busy elsewhere is not fatal
+                    with contextlib.suppress(OSError):
+                        (path.parent / "cgroup.subtree_control").write_text(f"+{ctrl}")
+
+
+def attach(pid: int, node: str) -> None:
+    """Move ``pid`` (a whole process) into the node's cgroups."""
+    create_node_cgroup(node)
+    for root in _hierarchies(_V1_ATTACH):
+        try:
+            (root / LAB_CGROUP / node / "cgroup.procs").write_text(str(pid))
+        except OSError as exc:
+            raise LabError(f"cannot attach pid {pid} to {root / LAB_CGROUP / node}: {exc}") from exc
+
+
+def _walk(top: Path) -> list[Path]:
+    """``top`` and every cgroup below it, deepest last."""
+    if not top.is_dir():
+        return []
+    out = [top]
+    for dirpath, dirnames, _ in os.walk(top):
+        out.extend(Path(dirpath) / d for d in sorted(dirnames))
+    return out
+
+
+def cgroup_pids(node: str, pod: str | None = None) -> list[int]:
+    """Every pid in the node's (or the pod's) freezer cgroup, recursively."""
+    top = _freezer_root() / LAB_CGROUP / node
+    if pod is not None:
+        top = top / pod
+    pids: list[int] = []
+    for cg in _walk(top):
+        try:
+            pids.extend(int(x) for x in (cg / "cgroup.procs").read_text().split())
+        except FileNotFoundError:
+            continue  # removed while walking
+    return pids
+
+
+def _set_frozen(cg: Path, frozen: bool) -> None:
+    if is_v2():
+        (cg / "cgroup.freeze").write_text("1" if frozen else "0")
+    else:
+        (cg / "freezer.state").write_text("FROZEN" if frozen else "THAWED")
+
+
+def _state(cg: Path) -> str:
+    if is_v2():
+        events = (cg / "cgroup.events").read_text()
+        return "FROZEN" if "frozen 1" in events else "THAWED"
+    return (cg / "freezer.state").read_text().strip()
+
+
+class _NotYet(Exception):
+    """A wait condition is not met yet (tenacity retries on it)."""
+
+
+def _wait_frozen(cg: Path, timeout: float) -> None:
+    @retry(
+        retry=retry_if_exception_type(_NotYet),
+        stop=stop_after_delay(timeout),
+        wait=wait_fixed(0.005),
+        reraise=True,
+    )
+    def check() -> None:
+        if _state(cg) != "FROZEN":
+            raise _NotYet
+
+    try:
+        check()
+    except _NotYet:
+        raise LabError(f"cgroup {cg} did not freeze within {timeout} s") from None
+
+
+def kill_node(node: str) -> int:
+    """Power the node off: SIGKILL every process under its cgroup; returns how many.
+
+    The node cgroups are left empty (child cgroups removed) so that the node can
+    be powered on again with ``attach``.
+    """
+    top = _freezer_root() / LAB_CGROUP / node
+    if not top.is_dir():
+        return 0
+    if is_v2() and (top / "cgroup.kill").exists():
+        pids = cgroup_pids(node)
+        (top / "cgroup.kill").write_text("1")
+    else:
+        _set_frozen(top, True)
+        _wait_frozen(top, 5.0)
+        pids = cgroup_pids(node)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):  # already gone
+                os.kill(pid, signal.SIGKILL)
+        _set_frozen(top, False)
+    _wait_empty(node, 5.0)
+    _remove_children(node)
+    return len(pids)
+
+
+def _wait_empty(node: str, timeout: float) -> None:
+    @retry(
+        retry=retry_if_exception_type(_NotYet),
+        stop=stop_after_delay(timeout),
+        wait=wait_fixed(0.005),
+        reraise=True,
+    )
+    def check() -> None:
+        if cgroup_pids(node):
+            raise _NotYet
+
+    try:
+        check()
+    except _NotYet:
+        raise LabError(f"processes of node {node} survived SIGKILL: {cgroup_pids(node)}") from None
+
+
+def _remove_children(node: str, *, include_top: bool = False) -> None:
+    for root in _hierarchies(_V1_ALL):
+        cgs = _walk(root / LAB_CGROUP / node)
+        if not include_top:
+            cgs = cgs[1:]
+        for cg in reversed(cgs):
+            try:
+                cg.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno == errno.EBUSY:
+                    raise LabError(f"cgroup {cg} still has processes; kill_node first") from exc
+                raise LabError(f"cannot remove cgroup {cg}: {exc}") from exc
+
+
+def delete_node_cgroup(node: str) -> None:
+    """Kill whatever is left and remove the node's cgroups everywhere (idempotent)."""
+    kill_node(node)
+    _remove_children(node, include_top=True)
+    for root in _hierarchies(_V1_ALL):
+        # The last node gone: leave no trace. Other nodes still there: keep it.
+        with contextlib.suppress(OSError):
+            (root / LAB_CGROUP).rmdir()
+
+
+def _pod_freezer(node: str, pod: str) -> Path:
+    cg = _freezer_root() / LAB_CGROUP / node / pod
+    if not cg.is_dir():
+        raise LabError(f"pod {pod} has no cgroup on node {node} (is its container running?)")
+    return cg
+
+
+def freeze_pod(node: str, pod: str) -> None:
+    cg = _pod_freezer(node, pod)
+    _set_frozen(cg, True)
+    _wait_frozen(cg, 5.0)
+
+
+def thaw_pod(node: str, pod: str) -> None:
+    _set_frozen(_pod_freezer(node, pod), False)
+
+
+def lab_cgroups() -> list[str]:
+    """Node cgroups of the lab that exist (``rto-lab/<node>`` names, any hierarchy)."""
+    found: set[str] = set()
+    for root in _hierarchies(_V1_ALL):
+        lab = root / LAB_CGROUP
+        if lab.is_dir():
+            found.update(f"{LAB_CGROUP}/{p.name}" for p in lab.iterdir() if p.is_dir())
+    return sorted(found)

@@ -1,0 +1,392 @@
+"""The lab's network: namespaces, veths and bridges for the hub, nodes and pods.
+
+Called by ``lifecycle.lab_up``/``lab_down`` (hub and node networks), by the node
+agent (pod networks, when it starts a pod) and by the network-partition fault
+(``partition_node``/``partition_pod`` and their heals). Layout (LAB-CONTRACT.md):
+hub netns with bridge ``br0`` 198.18.0.1/24; node netns with ``eth0``
+198.18.0.(10+i)/24 plugged into ``br0`` and a pod bridge ``cbr0``
+198.18.(10+i).1/24; pod netns with ``eth0`` 198.18.(10+i).<slot>/24 plugged
+into its node's ``cbr0``. Netlink goes through pyroute2; partitions are an nft
+table ``rto_chaos`` run with the ``nft`` CLI inside the namespace.
+
+Namespace names start with ``NS_PREFIX`` ("rto"). Tests set another prefix with
+``set_prefix`` (and ``RTO_LAB_NS_PREFIX`` for child processes) so that they can
+never touch a lab that is running on the same machine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import subprocess
+from pathlib import Path
+
+from pyroute2 import NetNS, netns
+
+from chaos.errors import LabError
+from cluster.lab.state import HUB_IP, node_ip, node_pod_subnet
+
+__all__ = [
+    "HUB_NS",
+    "NETNS_DIR",
+    "NS_PREFIX",
+    "create_hub",
+    "create_node_net",
+    "create_pod_net",
+    "delete_hub",
+    "delete_node_net",
+    "delete_pod_net",
+    "enter_netns",
+    "heal_node_partition",
+    "heal_pod_partition",
+    "is_partitioned",
+    "is_partitioned_ns",
+    "lab_netns",
+    "netns_inode",
+    "node_ns",
+    "partition_node",
+    "partition_pod",
+    "pod_ip",
+    "pod_ns",
+    "set_prefix",
+]
+
+NETNS_DIR = Path("/run/netns")  # where `ip netns` and pyroute2 keep named namespaces
+NS_PREFIX: str = os.environ.get("RTO_LAB_NS_PREFIX", "rto")
+HUB_NS: str = f"{NS_PREFIX}-hub"
+
+_BRIDGE = "br0"
+_POD_BRIDGE = "cbr0"
+_CHAOS_TABLE = "rto_chaos"
+_CLONE_NEWNET = 0x40000000
+
+
+def set_prefix(prefix: str) -> None:
+    """Change the namespace prefix of this process (tests; children use the env)."""
+    global NS_PREFIX, HUB_NS
+    NS_PREFIX = prefix
+    HUB_NS = f"{prefix}-hub"
+
+
+def node_ns(node: str) -> str:
+    return f"{NS_PREFIX}-{node}"
+
+
+def pod_ns(pod: str) -> str:
+    return f"{NS_PREFIX}-p-{pod}"
+
+
+def pod_ip(index: int, slot: int) -> str:
+    """Address of the pod in ``slot`` (2..250) of node ``index``."""
+    if not 2 <= slot <= 250:
+        raise LabError(f"pod slot {slot} is outside 2..250")
+    net = ipaddress.ip_network(node_pod_subnet(index))
+    return str(net.network_address + slot)
+
+
+def _node_gw(index: int) -> str:
+    return str(ipaddress.ip_network(node_pod_subnet(index)).network_address + 1)
+
+
+def _exists(name: str) -> bool:
+    return (NETNS_DIR / name).exists()
+
+
+def netns_inode(name: str) -> int | None:
+    """Identity of a named netns (the nsfs inode), None if it does not exist.
+
+    The agent remembers it for the pod namespaces it creates, so it never
+    deletes a namespace of the same name that another node made since.
+    """
+    try:
+        return (NETNS_DIR / name).stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _create_ns(name: str) -> None:
+    if not _exists(name):
+        try:
+            netns.create(name)
+        except OSError as exc:
+            raise LabError(f"cannot create network namespace {name}: {exc}") from exc
+
+
+def _remove_ns(name: str) -> None:
+    if _exists(name):
+        try:
+            netns.remove(name)
+        except FileNotFoundError:
+            pass  # removed concurrently: the goal is reached
+        except OSError as exc:
+            raise LabError(
+                f"cannot remove network namespace {name}: {exc}; try `ip netns del {name}`"
+            ) from exc
+
+
+def _link_index(ns: NetNS, ifname: str) -> int | None:
+    found = ns.link_lookup(ifname=ifname)
+    return int(found[0]) if found else None
+
+
+def _ensure_bridge(ns: NetNS, name: str, cidr: str) -> None:
+    idx = _link_index(ns, name)
+    if idx is None:
+        ns.link("add", ifname=name, kind="bridge")
+        idx = _link_index(ns, name)
+        assert idx is not None
+    addr, plen = cidr.split("/")
+    have = {a.get_attr("IFA_ADDRESS") for a in ns.get_addr(index=idx)}
+    if addr not in have:
+        ns.addr("add", index=idx, address=addr, prefixlen=int(plen))
+    ns.link("set", index=idx, state="up")
+
+
+def _lo_up(ns: NetNS) -> None:
+    ns.link("set", index=_link_index(ns, "lo"), state="up")
+
+
+def _sysctl(nsname: str, key: str, value: str) -> None:
+    # /proc/sys/net is per netns: write it from a thread that entered the netns.
+    _in_netns(nsname, lambda: Path("/proc/sys", *key.split(".")).write_text(value))
+
+
+def _in_netns(name: str, fn: object) -> None:
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            enter_netns(name)
+            fn()  # type: ignore[operator]
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run, name=f"netns-{name}")
+    t.start()
+    t.join()
+    if errors:
+        raise LabError(f"in network namespace {name}: {errors[0]}") from errors[0]
+
+
+def enter_netns(name: str) -> None:
+    """Move the CALLING THREAD into netns ``name`` (other threads stay put).
+
+    Sockets opened afterwards by this thread live in that namespace, which is
+    how probers in the harness reach pod addresses from the hub.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        fd = os.open(NETNS_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise LabError(f"network namespace {name} does not exist (is the lab up?)") from None
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise LabError(f"setns({name}) failed: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+# --- hub ---------------------------------------------------------------------
+
+
+def create_hub() -> None:
+    """The hub netns with bridge br0 = HUB_IP/24 (idempotent)."""
+    _create_ns(HUB_NS)
+    with NetNS(HUB_NS) as ns:
+        _lo_up(ns)
+        _ensure_bridge(ns, _BRIDGE, f"{HUB_IP}/24")
+
+
+def delete_hub() -> None:
+    _remove_ns(HUB_NS)
+
+
+# --- nodes -------------------------------------------------------------------
+
+
+def _hub_port(node: str) -> str:
+    # Linux interface names are at most 15 characters; node names are short.
+    name = f"vh-{node}"
+    if len(name) > 15:
+        raise LabError(f"node name {node!r} is too long (at most 12 characters)")
+    return name
+
+
+def create_node_net(node: str, index: int) -> None:
+    """Node netns: eth0 on br0, default route via the hub, cbr0 for pods (idempotent)."""
+    if not 1 <= index <= 200:
+        raise LabError(f"node index {index} is outside 1..200")
+    name = node_ns(node)
+    port = _hub_port(node)
+    if not _exists(HUB_NS):
+        raise LabError(f"hub namespace {HUB_NS} does not exist; run create_hub first")
+    _create_ns(name)
+    with NetNS(HUB_NS) as hub, NetNS(name) as ns:
+        _lo_up(ns)
+        if _link_index(ns, "eth0") is None:
+            stale = _link_index(hub, port)
+            if stale is not None:
+                hub.link("del", index=stale)
+            hub.link("add", ifname=port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": name})
+        port_idx = _link_index(hub, port)
+        br_idx = _link_index(hub, _BRIDGE)
+        if port_idx is None or br_idx is None:
+            raise LabError(f"hub {HUB_NS} has no bridge or no port {port}; run create_hub first")
+        hub.link("set", index=port_idx, master=br_idx, state="up")
+        eth = _link_index(ns, "eth0")
+        assert eth is not None
+        have = {a.get_attr("IFA_ADDRESS") for a in ns.get_addr(index=eth)}
+        if node_ip(index) not in have:
+            ns.addr("add", index=eth, address=node_ip(index), prefixlen=24)
+        ns.link("set", index=eth, state="up")
+        ns.route("replace", dst="0.0.0.0/0", gateway=HUB_IP)
+        _ensure_bridge(ns, _POD_BRIDGE, f"{_node_gw(index)}/24")
+        # The hub routes each node's pod subnet to that node.
+        hub.route("replace", dst=node_pod_subnet(index), gateway=node_ip(index))
+    _sysctl(name, "net.ipv4.ip_forward", "1")
+    _sysctl(HUB_NS, "net.ipv4.ip_forward", "1")
+
+
+def delete_node_net(node: str) -> None:
+    """Remove the node netns (its veth and the hub route go with it; idempotent)."""
+    _remove_ns(node_ns(node))
+
+
+# --- pods --------------------------------------------------------------------
+
+
+def create_pod_net(node: str, index: int, pod: str, slot: int) -> str:
+    """A fresh pod netns wired to the node's cbr0; returns the pod IP.
+
+    A namespace of the same name (left by another node the pod ran on) is
+    replaced: the pod gets a new network on this node, like a new pod sandbox.
+    """
+    ip = pod_ip(index, slot)
+    name = pod_ns(pod)
+    host_port = f"vp{slot}"  # unique per node: slots are unique per node
+    _remove_ns(name)
+    _create_ns(name)
+    try:
+        with NetNS(node_ns(node)) as nodens, NetNS(name) as ns:
+            stale = _link_index(nodens, host_port)
+            if stale is not None:
+                nodens.link("del", index=stale)
+            nodens.link(
+                "add", ifname=host_port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": name}
+            )
+            hp = _link_index(nodens, host_port)
+            br = _link_index(nodens, _POD_BRIDGE)
+            if hp is None or br is None:
+                raise LabError(f"node {node} has no pod bridge; run create_node_net first")
+            nodens.link("set", index=hp, master=br, state="up")
+            _lo_up(ns)
+            eth = _link_index(ns, "eth0")
+            assert eth is not None
+            ns.addr("add", index=eth, address=ip, prefixlen=24)
+            ns.link("set", index=eth, state="up")
+            ns.route("add", dst="0.0.0.0/0", gateway=_node_gw(index))
+    except LabError:
+        _remove_ns(name)
+        raise
+    except Exception as exc:
+        _remove_ns(name)
+        raise LabError(f"cannot wire pod {pod} into node {node}: {exc}") from exc
+    return ip
+
+
+def delete_pod_net(pod: str, *, only_inode: int | None = None) -> None:
+    """Remove the pod netns (idempotent).
+
+    ``only_inode``: remove it only if it is still that namespace (see
+    ``netns_inode``), so a stale node cannot delete the pod's new network.
+    """
+    name = pod_ns(pod)
+    if only_inode is not None and netns_inode(name) != only_inode:
+        return
+    _remove_ns(name)
+
+
+# --- partitions ----------------------------------------------------------------
+
+_RULES = f"""
+table inet {_CHAOS_TABLE} {{
+    chain input {{ type filter hook input priority -300; policy accept; iifname "eth0" drop; }}
+    chain output {{ type filter hook output priority -300; policy accept; oifname "eth0" drop; }}
+    chain forward {{ type filter hook forward priority -300; policy accept;
+        iifname "eth0" drop; oifname "eth0" drop; }}
+}}
+"""
+
+
+def _nft(
+    nsname: str, args: list[str], stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    if not _exists(nsname):
+        raise LabError(f"network namespace {nsname} does not exist")
+    return subprocess.run(
+        ["ip", "netns", "exec", nsname, "nft", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _partition(nsname: str) -> None:
+    if is_partitioned_ns(nsname):
+        return
+    res = _nft(nsname, ["-f", "-"], stdin=_RULES)
+    if res.returncode != 0:
+        raise LabError(f"nft could not partition {nsname}: {res.stderr.strip()}")
+
+
+def _heal(nsname: str) -> None:
+    if not _exists(nsname):
+        return  # nothing left to heal: the namespace (and its rules) are gone
+    if not is_partitioned_ns(nsname):
+        return
+    res = _nft(nsname, ["delete", "table", "inet", _CHAOS_TABLE])
+    if res.returncode != 0:
+        raise LabError(f"nft could not heal {nsname}: {res.stderr.strip()}")
+
+
+def is_partitioned_ns(nsname: str) -> bool:
+    if not _exists(nsname):
+        return False
+    return _nft(nsname, ["list", "table", "inet", _CHAOS_TABLE]).returncode == 0
+
+
+def is_partitioned(*, node: str | None = None, pod: str | None = None) -> bool:
+    """Whether the chaos table is present in the node's or the pod's netns."""
+    if (node is None) == (pod is None):
+        raise LabError("is_partitioned needs exactly one of node= or pod=")
+    return is_partitioned_ns(node_ns(node) if node is not None else pod_ns(pod or ""))
+
+
+def partition_node(node: str) -> None:
+    """Drop everything in/out/through the node's eth0 (idempotent)."""
+    _partition(node_ns(node))
+
+
+def heal_node_partition(node: str) -> None:
+    _heal(node_ns(node))
+
+
+def partition_pod(pod: str) -> None:
+    """Drop everything on the pod's eth0 (idempotent)."""
+    _partition(pod_ns(pod))
+
+
+def heal_pod_partition(pod: str) -> None:
+    _heal(pod_ns(pod))
+
+
+def lab_netns() -> list[str]:
+    """Every netns of this lab (by prefix) that exists now."""
+    if not NETNS_DIR.is_dir():
+        return []
+    return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(f"{NS_PREFIX}-"))
