@@ -15,6 +15,7 @@ kubelet watches the API), which is why a partitioned node keeps its pods.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -22,16 +23,18 @@ __all__ = [
     "HEARTBEAT_PORT",
     "HUB_IP",
     "LAB_NET",
+    "RUN_DIR",
     "SCHEMA",
     "STATE_DIR",
-    "RUN_DIR",
     "connect",
     "node_ip",
     "node_pod_subnet",
 ]
 
-STATE_DIR = Path("/var/lib/rto-lab")  # persistent lab state: db, images, volumes
-RUN_DIR = Path("/run/rto-lab")  # runtime: runc roots, pid files, sockets
+# Overridable (RTO_LAB_STATE_DIR / RTO_LAB_RUN_DIR) so tests can run a node agent
+# against a private database without touching a lab that is up on the machine.
+STATE_DIR = Path(os.environ.get("RTO_LAB_STATE_DIR", "/var/lib/rto-lab"))  # db, images, volumes
+RUN_DIR = Path(os.environ.get("RTO_LAB_RUN_DIR", "/run/rto-lab"))  # runc roots, pid files
 
 # Addresses: only the benchmarking range 198.18.0.0/15.
 LAB_NET = "198.18.0.0/15"
