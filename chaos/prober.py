@@ -1,0 +1,399 @@
+"""The data-plane prober: can a client reach the workload right now?
+
+Filled by nobody: it is driven by ``chaos.recorder.Recorder`` (one prober per run),
+which turns the prober's transitions into ``PROBE_FAIL``/``PROBE_OK`` timeline
+events; ``chaos.rto`` reads those to compute the RTO.
+
+Two layers:
+
+- ``ProbeStateMachine`` is pure (no I/O, no clock): fed one probe outcome at a
+  time, in send order, it returns the transitions. It is what the RTO definition
+  rests on, so it is tested on synthetic data.
+- ``Prober`` runs in its own thread with its own asyncio loop (entering the
+  target's network namespace first, since ``setns`` is per thread). It sends an
+  HTTP/1.0 GET every ``interval`` on a fixed schedule, whatever the answers do:
+  every probe has its own timeout and probes overlap, so a hung workload does
+  not slow the clock of measurement down. Outcomes complete out of order (a hung
+  probe ends at its timeout, later ones may end sooner), so they are put back in
+  send order before they reach the state machine.
+
+A probe is good when the answer is HTTP 200 and the body is ``"<name> <instance>"``
+(the second word is the instance identity; the first must be the workload name
+when ``expect_name`` is given, so a stranger answering on a reused IP fails).
+
+Time stamps (monotonic seconds from the injected ``Clock``):
+
+- ``PROBE_FAIL`` is stamped at the *send* time of the first failed probe: the
+  client asked at that moment and got no good answer.
+- ``PROBE_OK`` is stamped at the *answer* time of the first of the N consecutive
+  good probes (``ok_stamp="answered"``, the default). A frozen workload answers
+  probes queued during the freeze the moment it is thawed; stamping those at
+  their send time would shorten the outage by up to one timeout. With
+  ``ok_stamp="sent"`` the send time is used instead. Either way the data carries
+  ``latency_ms`` (answer - send), so the other stamp can be rebuilt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from chaos.clock import Clock, RealClock
+from chaos.errors import HarnessError
+from chaos.netns import current_netns_fd, enter_netns, enter_netns_fd
+from chaos.timeline import EventKind
+from cluster.api import ProbeTarget
+
+__all__ = [
+    "ProbeOutcome",
+    "ProbeState",
+    "ProbeStateMachine",
+    "Prober",
+    "Transition",
+    "http_probe",
+]
+
+log = logging.getLogger(__name__)
+
+# A health answer is one short line; anything bigger is not our endpoint.
+_MAX_ANSWER = 64 * 1024
+
+
+class ProbeState(enum.StrEnum):
+    UNKNOWN = "unknown"  # no verdict yet (start)
+    UP = "up"  # N consecutive good probes seen, no failure since
+    DOWN = "down"  # a failure seen, fewer than N good probes since
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """One probe: when it was sent and answered, and what came back."""
+
+    sent: float
+    ok: bool
+    instance: str | None = None
+    answered: float | None = None  # None when it failed or was cut by the timeout
+    reason: str = ""  # why it failed ("timeout", "refused", "http 503", ...)
+    endpoint: str = ""  # host:port the probe went to
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A state change the recorder writes to the timeline."""
+
+    kind: EventKind
+    at: float  # monotonic seconds
+    message: str
+    data: dict[str, str] = field(default_factory=dict)
+
+
+class ProbeStateMachine:
+    """Turns probe outcomes (fed in send order) into PROBE_FAIL / PROBE_OK.
+
+    - ``PROBE_FAIL`` at the send time of the first failed probe after being up,
+      or of the very first failed probe of the run.
+    - ``PROBE_OK`` once ``good_needed`` consecutive good probes were seen, stamped
+      at the first of them (see the module doc for which stamp), with
+      ``data["instance"]``. Good probes of two different instances do not count
+      as one streak: the instance that answered first is gone.
+    - While up, a good answer from a new instance (a restart between two probes)
+      gives a ``MARK`` ``instance_changed`` with the new instance, so a silent
+      restart is not lost.
+    """
+
+    def __init__(self, good_needed: int = 5, ok_stamp: Literal["answered", "sent"] = "answered"):
+        if good_needed < 1:
+            raise HarnessError(f"good_needed must be >= 1, got {good_needed}")
+        self.good_needed = good_needed
+        self.ok_stamp = ok_stamp
+        self.state = ProbeState.UNKNOWN
+        self.instance: str | None = None  # instance of the last good probe
+        self._streak: list[ProbeOutcome] = []
+
+    def feed_outcome(self, o: ProbeOutcome) -> list[Transition]:
+        if not o.ok:
+            self._streak.clear()
+            if self.state is ProbeState.DOWN:
+                return []
+            self.state = ProbeState.DOWN
+            data = {"reason": o.reason}
+            if o.endpoint:
+                data["endpoint"] = o.endpoint
+            return [Transition(EventKind.PROBE_FAIL, o.sent, f"probe failed: {o.reason}", data)]
+
+        if self.state is ProbeState.UP:
+            if o.instance != self.instance:
+                old, self.instance = self.instance, o.instance
+                at = o.answered if o.answered is not None else o.sent
+                return [
+                    Transition(
+                        EventKind.MARK,
+                        at,
+                        f"instance changed without a failed probe: {old} -> {o.instance}",
+                        {"event": "instance_changed", "instance": o.instance or ""},
+                    )
+                ]
+            return []
+
+        if self._streak and self._streak[0].instance != o.instance:
+            self._streak.clear()
+        self._streak.append(o)
+        self.instance = o.instance
+        if len(self._streak) < self.good_needed:
+            return []
+        first = self._streak[0]
+        self._streak.clear()
+        self.state = ProbeState.UP
+        at = first.answered if self.ok_stamp == "answered" and first.answered else first.sent
+        latency = (first.answered - first.sent) if first.answered is not None else 0.0
+        data = {"instance": o.instance or "", "latency_ms": f"{latency * 1000:.1f}"}
+        if o.endpoint:
+            data["endpoint"] = o.endpoint
+        return [Transition(EventKind.PROBE_OK, at, f"{self.good_needed} good probes", data)]
+
+    def feed(
+        self,
+        send_time: float,
+        ok: bool,
+        instance: str | None = None,
+        answered: float | None = None,
+        reason: str = "",
+    ) -> list[Transition]:
+        """Feed one outcome; returns the transitions it caused (often none)."""
+        return self.feed_outcome(ProbeOutcome(send_time, ok, instance, answered, reason))
+
+
+def _parse(answer: bytes, expect_name: str | None) -> tuple[bool, str | None, str]:
+    """(good, instance, reason) for a raw HTTP answer."""
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    if not sep:
+        head, sep, body = answer.partition(b"\n\n")
+    status_line = head.split(b"\n", 1)[0].decode("latin-1", "replace").strip()
+    parts = status_line.split()
+    if len(parts) < 2 or not parts[0].startswith("HTTP/"):
+        return False, None, "bad answer" if answer else "closed without answer"
+    if parts[1] != "200":
+        return False, None, f"http {parts[1]}"
+    words = body.decode("utf-8", "replace").split()
+    if len(words) < 2:
+        return False, None, "bad body"
+    if expect_name is not None and words[0] != expect_name:
+        return False, None, f"wrong workload {words[0]!r}"
+    return True, words[1], ""
+
+
+async def http_probe(
+    target: ProbeTarget, timeout: float, expect_name: str | None = None
+) -> tuple[bool, str | None, str]:
+    """One HTTP/1.0 GET with a hard deadline: (good, instance, reason).
+
+    Runs in the calling thread's network namespace; never raises for network
+    trouble (that is the measurement), only for programming errors.
+    """
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(target.host, target.port)
+            writer.write(
+                f"GET {target.path} HTTP/1.0\r\nHost: {target.host}\r\n"
+                "User-Agent: rto-prober\r\n\r\n".encode()
+            )
+            await writer.drain()
+            chunks: list[bytes] = []
+            size = 0
+            while size <= _MAX_ANSWER:
+                chunk = await reader.read(4096)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        return _parse(b"".join(chunks), expect_name)
+    except TimeoutError:
+        return False, None, "timeout"
+    except ConnectionRefusedError:
+        return False, None, "refused"
+    except ConnectionResetError:
+        return False, None, "reset"
+    except OSError as exc:
+        return False, None, f"{type(exc).__name__}: {exc.strerror or exc}"
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+class Prober:
+    """Probes ``target()`` every ``interval`` from its own thread.
+
+    ``target`` is called again all the time (in a worker thread, so a slow
+    backend does not shift the schedule): the workload moves when rescheduled.
+    ``None`` means no endpoint, which is a failed probe. ``on_transition`` is
+    called from the prober thread for every transition of the state machine.
+    """
+
+    def __init__(
+        self,
+        target: Callable[[], ProbeTarget | None],
+        on_transition: Callable[[Transition], None],
+        *,
+        interval: float = 0.02,
+        timeout: float = 0.25,
+        good_needed: int = 5,
+        expect_name: str | None = None,
+        ok_stamp: Literal["answered", "sent"] = "answered",
+        clock: Clock | None = None,
+        name: str = "prober",
+    ) -> None:
+        if interval <= 0 or timeout <= 0:
+            raise HarnessError(f"prober interval and timeout must be > 0: {interval}, {timeout}")
+        self._target = target
+        self._on_transition = on_transition
+        self.interval = interval
+        self.timeout = timeout
+        self.expect_name = expect_name
+        self.clock: Clock = clock or RealClock()
+        self.name = name
+        self.machine = ProbeStateMachine(good_needed, ok_stamp)
+        self.sent = 0
+        self.failed = 0
+        self.error: BaseException | None = None
+        self._current: ProbeTarget | None = None
+        self._target_error = ""
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._started = threading.Event()
+        # Send-order reassembly: outcomes wait here until all earlier ones are in.
+        self._done: dict[int, ProbeOutcome] = {}
+        self._next_feed = 0
+        self._netns: str | None = None
+        self._home_fd: int | None = None
+
+    @property
+    def state(self) -> ProbeState:
+        return self.machine.state
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise HarnessError(f"{self.name} already started")
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self.error is not None:
+            raise HarnessError(f"{self.name} could not start: {self.error}") from self.error
+
+    def stop(self) -> None:
+        """Stop sending, drop probes still in flight, join the thread.
+
+        Raises ``HarnessError`` if the prober thread died of an error.
+        """
+        loop, main = self._loop, self._main
+        if loop is not None and main is not None and not loop.is_closed():
+            # The loop may close between the check and the call: nothing to stop then.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(main.cancel)
+        if self._thread is not None:
+            self._thread.join()
+        if self.error is not None:
+            raise HarnessError(f"{self.name} failed: {self.error!r}") from self.error
+
+    # --- the prober thread ----------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._home_fd = current_netns_fd()
+            asyncio.run(self._amain())
+        except BaseException as exc:  # kept and re-raised by stop(), never lost
+            self.error = exc
+            log.exception("%s died", self.name)
+        finally:
+            self._started.set()
+            if self._home_fd is not None:
+                os.close(self._home_fd)
+
+    async def _amain(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._main = asyncio.current_task()
+        await self._refresh_target()
+        refresher = asyncio.create_task(self._refresh_forever())
+        in_flight: set[asyncio.Task[None]] = set()
+        self._started.set()
+        try:
+            t0 = self._loop.time()
+            k = 0
+            while True:
+                delay = t0 + k * self.interval - self._loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                seq = self.sent
+                self.sent += 1
+                task = asyncio.create_task(self._probe(seq, self.clock.now(), self._current))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+                k += 1
+                # If the loop was stalled past whole slots, skip them rather than
+                # firing a burst: the schedule stays a fixed grid.
+                behind = (self._loop.time() - t0) / self.interval
+                if behind > k + 1:
+                    k = math.ceil(behind)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            refresher.cancel()
+            for t in in_flight:
+                t.cancel()
+            await asyncio.gather(refresher, *in_flight, return_exceptions=True)
+
+    async def _refresh_target(self) -> None:
+        try:
+            self._current = await asyncio.to_thread(self._target)
+            self._target_error = ""
+        except Exception as exc:  # a failed lookup is a failed probe, with its reason
+            self._current = None
+            self._target_error = f"target lookup failed: {exc}"
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self._refresh_target()
+
+    def _enter(self, netns: str | None) -> None:
+        if netns == self._netns:
+            return
+        if netns is None:
+            assert self._home_fd is not None
+            enter_netns_fd(self._home_fd, "of the harness")
+        else:
+            enter_netns(netns)
+        self._netns = netns
+
+    async def _probe(self, seq: int, sent: float, target: ProbeTarget | None) -> None:
+        if target is None:
+            outcome = ProbeOutcome(sent, False, reason=self._target_error or "no endpoint")
+        else:
+            endpoint = f"{target.host}:{target.port}"
+            try:
+                self._enter(target.netns)
+            except HarnessError as exc:
+                outcome = ProbeOutcome(sent, False, reason=str(exc), endpoint=endpoint)
+            else:
+                ok, instance, reason = await http_probe(target, self.timeout, self.expect_name)
+                answered = self.clock.now() if ok else None
+                outcome = ProbeOutcome(sent, ok, instance, answered, reason, endpoint)
+        self._done[seq] = outcome
+        self._drain()
+
+    def _drain(self) -> None:
+        while self._next_feed in self._done:
+            o = self._done.pop(self._next_feed)
+            self._next_feed += 1
+            if not o.ok:
+                self.failed += 1
+            for tr in self.machine.feed_outcome(o):
+                self._on_transition(tr)
