@@ -1,0 +1,288 @@
+"""Plots of a report: RTO per fault and one timeline per run, as PNG bytes.
+
+Filled from the runs DataFrame (``reports.analysis.runs_frame``) and from
+single :class:`chaos.results.RunResult` rows; read by ``reports.render``, which
+embeds the bytes in the HTML page, and by ``reports.build``, which writes them
+to ``plots/*.png``. Uses matplotlib's object API on the Agg canvas (no pyplot,
+no global figure state), so it is safe in threads and on headless CI.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: never try to open a display
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from chaos.results import RunResult
+from chaos.timeline import EventKind, TimelineEvent
+from reports.analysis import fmt_s, judged_with_real_timings
+from reports.expectations import Expectations, RangeClaim
+
+__all__ = ["KIND_COLOURS", "plot_rto", "plot_timeline"]
+
+KIND_COLOURS = {"pod": "#1f77b4", "vmi": "#e67e22"}
+_OFFSET = {"pod": -0.2, "vmi": 0.2}
+_DPI = 100
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _group_label(variant: str, backend: str, profile: str, healers: str) -> str:
+    head = f"[{variant}] " if variant else ""
+    return f"{head}healers: {healers}\n{backend} / {profile}"
+
+
+def plot_rto(frame: pd.DataFrame, fault: str, expectations: Expectations) -> bytes:
+    """RTO of every run of one fault: pod next to vmi per setting, documented band behind.
+
+    Dots are runs, a bar is the median; runs that did not recover sit on the
+    top edge as red crosses. The documented range is drawn only for settings
+    measured with real timings (a ``fast`` profile is scaled, so the band
+    would mislead).
+    """
+    runs = frame[frame["fault"] == fault]
+    groups: list[tuple[str, str, str, str]] = list(
+        runs[["variant", "backend", "profile", "healers"]]
+        .drop_duplicates()
+        .sort_values(["backend", "profile", "variant", "healers"])
+        .itertuples(index=False, name=None)
+    )
+    fig = Figure(figsize=(max(6.0, 1.9 * len(groups) + 2.0), 4.2))
+    ax = fig.add_subplot()
+    if not groups:
+        ax.text(0.5, 0.5, f"{fault}: no runs recorded", ha="center", va="center")
+        ax.set_axis_off()
+        return _png(fig)
+
+    values = runs.loc[runs["recovered"], "rto_s"].dropna()
+    finite_bounds: list[float] = []
+    for kind in _OFFSET:
+        exp = expectations.get(fault, kind)
+        if exp is not None and isinstance(exp.claim, RangeClaim):
+            finite_bounds += [b for b in (exp.claim.min_s, exp.claim.upper) if math.isfinite(b)]
+    scale_vals = [v for v in [*values.tolist(), *finite_bounds] if v > 0]
+    # Sub-second and five-minute values on one axis: log scale when they spread
+    # over more than 30x; symlog keeps a 0 s run (no outage) on the axis.
+    log = bool(scale_vals) and max(scale_vals) / min(scale_vals) > 30
+    # Headroom for open-ended bands (">= 30 s") and the "did not recover" row.
+    top = max(scale_vals, default=1.0) * (4.0 if log else 1.6)
+    if log:
+        ax.set_yscale("symlog", linthresh=max(min(scale_vals) / 2, 0.01))
+    ax.set_ylim(0, top)
+
+    banded: set[str] = set()
+    failed_label = False
+    for x, (variant, backend, profile, healers) in enumerate(groups):
+        sel = runs[
+            (runs["variant"] == variant)
+            & (runs["backend"] == backend)
+            & (runs["profile"] == profile)
+            & (runs["healers"] == healers)
+        ]
+        for kind, dx in _OFFSET.items():
+            colour = KIND_COLOURS[kind]
+            exp = expectations.get(fault, kind)
+            if (
+                exp is not None
+                and isinstance(exp.claim, RangeClaim)
+                and judged_with_real_timings(backend, profile)
+            ):
+                lo, hi = exp.claim.min_s, min(exp.claim.upper, top)
+                label = None
+                if kind not in banded:
+                    label = f"documented {kind}: {exp.claim_text}"
+                    banded.add(kind)
+                ax.fill_between(
+                    [x + dx - 0.17, x + dx + 0.17],
+                    lo,
+                    hi,
+                    color=colour,
+                    alpha=0.15,
+                    hatch="//",
+                    edgecolor=colour,
+                    linewidth=0,
+                    label=label,
+                )
+            k = sel[sel["kind"] == kind]
+            ok = k.loc[k["recovered"], "rto_s"].dropna()
+            if len(ok):
+                jitter = [((i % 5) - 2) * 0.025 for i in range(len(ok))]
+                ax.scatter(
+                    [x + dx + j for j in jitter],
+                    ok,
+                    color=colour,
+                    s=18,
+                    zorder=3,
+                    label=kind if x == 0 else None,
+                )
+                med = float(ok.median())
+                ax.hlines(med, x + dx - 0.15, x + dx + 0.15, color=colour, linewidth=3, zorder=4)
+                ax.annotate(
+                    fmt_s(med),
+                    (x + dx + 0.16, med),
+                    fontsize=7,
+                    va="center",
+                    color=colour,
+                )
+            elif x == 0:
+                # Keep the legend entry even when the first group has no such runs.
+                ax.scatter([], [], color=colour, s=18, label=kind)
+            lost = int((k["status"] == "not_recovered").sum())
+            if lost:
+                ax.scatter(
+                    [x + dx],
+                    [top * 0.93 if not log else top / 1.15],
+                    marker="x",
+                    color="#c0392b",
+                    s=60,
+                    zorder=5,
+                    label="did not recover" if not failed_label else None,
+                )
+                failed_label = True
+                ax.annotate(
+                    f"{lost} lost",
+                    (x + dx, top * 0.93 if not log else top / 1.15),
+                    textcoords="offset points",
+                    xytext=(0, -12),
+                    ha="center",
+                    fontsize=7,
+                    color="#c0392b",
+                )
+            if len(k) == 0:
+                ax.annotate(
+                    "no runs",
+                    (x + dx, 0),
+                    textcoords="offset points",
+                    xytext=(0, 4),
+                    ha="center",
+                    fontsize=7,
+                    color="#888",
+                    rotation=90,
+                )
+
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([_group_label(*g) for g in groups], fontsize=8)
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_ylabel("RTO (s)" + (", symlog scale" if log else ""))
+    ax.set_title(f"{fault}: RTO per run (bar = median)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", framealpha=0.85)
+    return _png(fig)
+
+
+_LANES = {"probe": 3.0, "fault": 2.0, "healer": 1.0, "control": 0.0}
+
+
+def _short(ev: TimelineEvent, width: int = 28) -> str:
+    text = ev.message or ev.source or ev.kind.value
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+def plot_timeline(run: RunResult) -> bytes:
+    """One run on a time axis: probe up/down, fault window, healer actions, control events."""
+    events = sorted(run.timeline, key=lambda e: e.t)
+    end = max([e.t for e in events] + [1.0]) * 1.05
+    fig = Figure(figsize=(10, 3.0))
+    ax = fig.add_subplot()
+
+    # Probe lane: up until the first failure (probes start against a healthy
+    # workload), then alternate on every transition.
+    up, down, state, since = [], [], True, 0.0
+    for ev in events:
+        if ev.kind is EventKind.PROBE_FAIL and state:
+            up.append((since, ev.t - since))
+            state, since = False, ev.t
+        elif ev.kind is EventKind.PROBE_OK and not state:
+            down.append((since, ev.t - since))
+            state, since = True, ev.t
+    (up if state else down).append((since, end - since))
+    y = _LANES["probe"]
+    ax.broken_barh(up, (y - 0.3, 0.6), facecolors="#27ae60", label="probe ok")
+    ax.broken_barh(down, (y - 0.3, 0.6), facecolors="#c0392b", label="probe failing")
+
+    injected = next((e for e in events if e.kind is EventKind.FAULT_INJECTED), None)
+    reverted = next((e for e in events if e.kind is EventKind.FAULT_REVERTED), None)
+    if injected is not None:
+        stop = reverted.t if reverted is not None else end
+        ax.broken_barh(
+            [(injected.t, stop - injected.t)],
+            (_LANES["fault"] - 0.25, 0.5),
+            facecolors="#f5b7b1",
+            edgecolors="#c0392b",
+        )
+        ax.axvline(injected.t, color="#c0392b", linestyle="--", linewidth=1, label="fault injected")
+        ax.text(injected.t, _LANES["fault"], " " + _short(injected), fontsize=7, va="center")
+    if reverted is not None:
+        ax.axvline(reverted.t, color="#27ae60", linestyle="--", linewidth=1, label="fault reverted")
+
+    # The RTO bracket: first failed probe .. first failed probe + rto_s.
+    first_fail = next((e for e in events if e.kind is EventKind.PROBE_FAIL), None)
+    if first_fail is not None and run.rto_s is not None:
+        yb = _LANES["probe"] + 0.45
+        ax.annotate(
+            "",
+            (first_fail.t, yb),
+            (first_fail.t + run.rto_s, yb),
+            arrowprops={"arrowstyle": "<->", "color": "black", "lw": 1},
+        )
+        ax.text(
+            first_fail.t + run.rto_s / 2,
+            yb + 0.12,
+            f"RTO {fmt_s(run.rto_s)}",
+            ha="center",
+            fontsize=8,
+        )
+
+    for lane, kind, marker, colour in (
+        ("healer", EventKind.HEALER_ACTION, "^", "#8e44ad"),
+        ("control", EventKind.CONTROL, "o", "#34495e"),
+    ):
+        evs = [e for e in events if e.kind is kind]
+        if not evs:
+            continue
+        ax.scatter(
+            [e.t for e in evs],
+            [_LANES[lane]] * len(evs),
+            marker=marker,
+            color=colour,
+            zorder=3,
+            label="healer action" if lane == "healer" else "control event",
+        )
+        # Label a bounded number of events, alternating up and down, so that a
+        # chatty control plane does not turn the lane into a smear of text.
+        step = max(1, len(evs) // 8)
+        for i, ev in enumerate(evs[::step]):
+            ax.annotate(
+                _short(ev, 24),
+                (ev.t, _LANES[lane]),
+                textcoords="offset points",
+                xytext=(3, 7 if i % 2 == 0 else -11),
+                fontsize=6.5,
+                color=colour,
+            )
+
+    ax.set_yticks(list(_LANES.values()))
+    ax.set_yticklabels(list(_LANES))
+    ax.set_ylim(-0.7, 4.1)
+    ax.set_xlim(0, end)
+    ax.set_xlabel("seconds since the run started")
+    healers = ",".join(run.healers) or "none"
+    rto = fmt_s(run.rto_s) if run.rto_s is not None else run.status.value
+    ax.set_title(
+        f"{run.run_id}: {run.fault}{'[' + run.variant + ']' if run.variant else ''}/{run.kind}"
+        f" on {run.backend}/{run.profile}, healers {healers}, RTO {rto}",
+        fontsize=9,
+    )
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _png(fig)
