@@ -1,0 +1,288 @@
+"""The prober: its state machine on synthetic data, then the real thing over
+loopback against a server made unavailable for a known window."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from chaos.errors import LabError
+from chaos.netns import enter_netns
+from chaos.prober import Prober, ProbeState, ProbeStateMachine, Transition, _parse
+from chaos.timeline import EventKind
+from cluster.api import ProbeTarget
+from loopback_target import LoopbackTarget
+
+OK, FAIL = EventKind.PROBE_OK, EventKind.PROBE_FAIL
+
+
+# --- state machine ----------------------------------------------------------------
+
+
+def run(sm: ProbeStateMachine, seq: list[tuple[float, bool, str | None]]) -> list[Transition]:
+    out: list[Transition] = []
+    for t, ok, inst in seq:
+        out += sm.feed(t, ok, inst, answered=t + 0.001 if ok else None, reason="x")
+    return out
+
+
+def test_first_failure_at_start_then_ok_stamped_at_first_of_n() -> None:
+    sm = ProbeStateMachine(good_needed=3, ok_stamp="sent")
+    trs = run(sm, [(0.0, False, None), (0.02, False, None), (0.04, True, "a"), (0.06, True, "a")])
+    assert [(t.kind, t.at) for t in trs] == [(FAIL, 0.0)]
+    assert sm.state is ProbeState.DOWN
+    trs = run(sm, [(0.08, True, "a")])
+    assert [(t.kind, t.at, t.data["instance"]) for t in trs] == [(OK, 0.04, "a")]
+    assert sm.state is ProbeState.UP
+
+
+def test_ok_stamp_answered_uses_answer_time_and_keeps_latency() -> None:
+    sm = ProbeStateMachine(good_needed=2)
+    trs = sm.feed(1.0, True, "a", answered=1.2) + sm.feed(1.02, True, "a", answered=1.2)
+    assert trs[0].at == 1.2 and trs[0].data["latency_ms"] == "200.0"
+
+
+def test_failure_inside_streak_restarts_the_count() -> None:
+    sm = ProbeStateMachine(good_needed=3, ok_stamp="sent")
+    trs = run(
+        sm,
+        [(0, False, None), (1, True, "a"), (2, True, "a"), (3, False, None)]
+        + [(4, True, "a"), (5, True, "a"), (6, True, "a")],
+    )
+    # One PROBE_FAIL only (already down at 3), OK stamped at 4 not 1.
+    assert [(t.kind, t.at) for t in trs] == [(FAIL, 0), (OK, 4)]
+
+
+def test_up_then_single_failure_is_an_outage() -> None:
+    sm = ProbeStateMachine(good_needed=1, ok_stamp="sent")
+    trs = run(sm, [(0, True, "a"), (1, True, "a"), (2, False, None), (3, True, "a")])
+    assert [(t.kind, t.at) for t in trs] == [(OK, 0), (FAIL, 2), (OK, 3)]
+
+
+def test_streak_of_two_instances_restarts_at_the_new_one() -> None:
+    sm = ProbeStateMachine(good_needed=2, ok_stamp="sent")
+    trs = run(sm, [(0, False, None), (1, True, "a"), (2, True, "b"), (3, True, "b")])
+    assert [(t.kind, t.at) for t in trs][-1] == (OK, 2)
+    assert trs[-1].data["instance"] == "b"
+
+
+def test_silent_restart_while_up_is_marked() -> None:
+    sm = ProbeStateMachine(good_needed=1, ok_stamp="sent")
+    trs = run(sm, [(0, True, "a"), (1, True, "b")])
+    assert trs[-1].kind is EventKind.MARK and trs[-1].data["instance"] == "b"
+
+
+def test_bad_good_needed() -> None:
+    with pytest.raises(Exception, match="good_needed"):
+        ProbeStateMachine(good_needed=0)
+
+
+@pytest.mark.parametrize(
+    ("answer", "expect", "verdict"),
+    [
+        (b"HTTP/1.0 200 OK\r\n\r\nweb abc\n", None, (True, "abc", "")),
+        (b"HTTP/1.1 200 OK\nX: y\n\nweb abc\n", "web", (True, "abc", "")),
+        (b"HTTP/1.0 200 OK\r\n\r\nother abc\n", "web", (False, None, "wrong workload 'other'")),
+        (b"HTTP/1.0 503 Unavailable\r\n\r\nweb abc", None, (False, None, "http 503")),
+        (b"HTTP/1.0 200 OK\r\n\r\nweb", None, (False, None, "bad body")),
+        (b"", None, (False, None, "closed without answer")),
+    ],
+)
+def test_parse(answer: bytes, expect: str | None, verdict: tuple[bool, str | None, str]) -> None:
+    assert _parse(answer, expect) == verdict
+
+
+# --- the real prober over loopback ---------------------------------------------------
+
+
+class Collect:
+    """Transitions as they come, with events to wait on (no polling)."""
+
+    def __init__(self) -> None:
+        self.items: list[Transition] = []
+        self.up = threading.Event()
+        self.down = threading.Event()
+
+    def __call__(self, tr: Transition) -> None:
+        self.items.append(tr)
+        if tr.kind is OK:
+            self.down.clear()
+            self.up.set()
+        elif tr.kind is FAIL:
+            self.up.clear()
+            self.down.set()
+
+
+@pytest.fixture
+def server() -> Iterator[LoopbackTarget]:
+    srv = LoopbackTarget(name="web", instance="i1").start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def started(target: Callable[[], ProbeTarget | None], **kw: object) -> tuple[Prober, Collect]:
+    col = Collect()
+    p = Prober(target, col, **kw)  # type: ignore[arg-type]
+    p.start()
+    return p, col
+
+
+@pytest.mark.parametrize("mode", ["503", "refuse", "hang", "freeze"])
+def test_measured_outage_matches_the_window(server: LoopbackTarget, mode: str) -> None:
+    p, col = started(server.target, expect_name="web")
+    try:
+        assert col.up.wait(2), "prober never saw the server up"
+        sent_before = p.sent
+        down_at = server.set_mode(mode)
+        time.sleep(0.6)
+        up_at = server.set_mode("ok")
+        sent_in_window = p.sent - sent_before
+        col.up.clear()
+        assert col.up.wait(2), f"never recovered after {mode}"
+    finally:
+        p.stop()
+    fail = next(t for t in col.items if t.kind is FAIL)
+    ok = col.items[-1]
+    assert ok.kind is OK and ok.data["instance"] == "i1"
+    measured = ok.at - fail.at
+    assert abs(measured - (up_at - down_at)) < 0.15, (mode, measured, up_at - down_at)
+    assert abs(fail.at - down_at) < 0.15
+    # Fixed schedule: hung probes do not slow the sending down (~30 in 0.6 s).
+    assert sent_in_window >= 20
+    assert p.failed >= 10
+
+
+def test_no_endpoint_and_lookup_errors_are_failed_probes(server: LoopbackTarget) -> None:
+    state = {"t": None}  # None: no endpoint; "boom": lookup raises
+
+    def target() -> ProbeTarget | None:
+        if state["t"] == "boom":
+            raise LabError("backend gone")
+        return server.target() if state["t"] == "ok" else None
+
+    p, col = started(target, good_needed=2)
+    try:
+        assert col.down.wait(2)
+        state["t"] = "ok"
+        assert col.up.wait(2)
+        state["t"] = "boom"
+        assert col.down.wait(2)
+    finally:
+        p.stop()
+    reasons = [t.data["reason"] for t in col.items if t.kind is FAIL]
+    assert reasons[0] == "no endpoint"
+    assert "target lookup failed: backend gone" in reasons[-1]
+
+
+def test_follows_a_moving_target(server: LoopbackTarget) -> None:
+    other = LoopbackTarget(name="web", instance="i2").start()
+    where = {"srv": server}
+    try:
+        p, col = started(lambda: where["srv"].target())
+        try:
+            assert col.up.wait(2)
+            server.set_mode("refuse")
+            assert col.down.wait(2)
+            where["srv"] = other  # rescheduled: new address, new instance
+            col.up.clear()
+            assert col.up.wait(2)
+        finally:
+            p.stop()
+    finally:
+        other.stop()
+    last = col.items[-1]
+    assert last.kind is OK and last.data["instance"] == "i2"
+    assert last.data["endpoint"] == f"127.0.0.1:{other.port}"
+
+
+def test_wrong_workload_fails(server: LoopbackTarget) -> None:
+    p, col = started(server.target, expect_name="db")
+    try:
+        assert col.down.wait(2)
+    finally:
+        p.stop()
+    assert col.items[0].data["reason"] == "wrong workload 'web'"
+    assert not col.up.is_set()
+
+
+def test_stop_is_prompt_even_with_hung_probes(server: LoopbackTarget) -> None:
+    p, _ = started(server.target, timeout=5.0)
+    server.set_mode("hang")
+    time.sleep(0.1)
+    t = time.monotonic()
+    p.stop()
+    assert time.monotonic() - t < 1.0
+
+
+# --- network namespaces (root) ------------------------------------------------------
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for ip netns")
+    name = f"rto-test-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=True)
+
+
+@pytest.mark.lab
+def test_prober_enters_the_target_netns(netns: str) -> None:
+    # A server bound to 127.0.0.1 inside the namespace: only reachable from there.
+    ready = threading.Event()
+    box: dict[str, LoopbackTarget] = {}
+
+    def serve_in_ns() -> None:
+        enter_netns(netns)
+        box["srv"] = LoopbackTarget(instance="ns1").start()
+        ready.set()
+
+    th = threading.Thread(target=serve_in_ns)
+    th.start()
+    th.join()
+    assert ready.is_set()
+    srv = box["srv"]
+    try:
+        inside = ProbeTarget("127.0.0.1", srv.port, netns=netns)
+        p, col = started(lambda: inside)
+        try:
+            assert col.up.wait(2)
+        finally:
+            p.stop()
+        assert col.items[-1].data["instance"] == "ns1"
+        # The same address from the harness's own namespace is not that server.
+        outside = ProbeTarget("127.0.0.1", srv.port)
+        p, col = started(lambda: outside)
+        try:
+            assert col.down.wait(2)
+        finally:
+            p.stop()
+    finally:
+        srv.stop()
+
+
+def test_enter_missing_netns_is_a_clear_error() -> None:
+    err: list[BaseException] = []
+
+    def go() -> None:
+        try:
+            enter_netns("rto-does-not-exist")
+        except LabError as exc:
+            err.append(exc)
+
+    th = threading.Thread(target=go)
+    th.start()
+    th.join()
+    assert err and "is the lab up" in str(err[0])
