@@ -18,6 +18,7 @@ the measured outage is compared with.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -89,10 +90,8 @@ class LoopbackTarget:
         if s is None:
             return
         # shutdown wakes the blocked accept(); close alone does not on Linux.
-        try:
+        with contextlib.suppress(OSError):
             s.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         s.close()
         if self._accept_thread is not None:
             self._accept_thread.join()

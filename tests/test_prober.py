@@ -11,13 +11,13 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from loopback_target import LoopbackTarget
 
 from chaos.errors import LabError
 from chaos.netns import enter_netns
 from chaos.prober import Prober, ProbeState, ProbeStateMachine, Transition, _parse
 from chaos.timeline import EventKind
 from cluster.api import ProbeTarget
-from loopback_target import LoopbackTarget
 
 OK, FAIL = EventKind.PROBE_OK, EventKind.PROBE_FAIL
 
@@ -52,8 +52,15 @@ def test_failure_inside_streak_restarts_the_count() -> None:
     sm = ProbeStateMachine(good_needed=3, ok_stamp="sent")
     trs = run(
         sm,
-        [(0, False, None), (1, True, "a"), (2, True, "a"), (3, False, None)]
-        + [(4, True, "a"), (5, True, "a"), (6, True, "a")],
+        [
+            (0, False, None),
+            (1, True, "a"),
+            (2, True, "a"),
+            (3, False, None),
+            (4, True, "a"),
+            (5, True, "a"),
+            (6, True, "a"),
+        ],
     )
     # One PROBE_FAIL only (already down at 3), OK stamped at 4 not 1.
     assert [(t.kind, t.at) for t in trs] == [(FAIL, 0), (OK, 4)]
