@@ -1,0 +1,544 @@
+"""Bring the embedded lab up and tear it down; report what exists.
+
+Called by the CLI (``rto lab up|down|status``), by test fixtures and by
+``LabBackend.power_on`` (``reboot_node``). ``lab_up`` builds the hub and node
+networks and cgroups, writes a fresh state database (nodes, settings
+``profile`` and ``restart_healing``), starts the control plane in the hub
+netns and one agent per node inside its netns and cgroup, and waits until
+every node is Ready. ``lab_down`` must leave the machine as it found it even
+when the harness, agents and containers were SIGKILLed or the lab was never
+up, so it works from what exists (pid files, /proc, cgroups, runc roots,
+mountinfo, losetup, /run/netns), not from what the database claims.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from chaos.errors import HarnessError, LabError
+from cluster.lab import cgroups, net, rootfs, runtime, state, volumes
+from cluster.lab.profile import get_profile
+from cluster.lab.store import NodeRow, Store, db_path
+
+__all__ = [
+    "agent_alive",
+    "agent_pid_file",
+    "controlplane_alive",
+    "lab_down",
+    "lab_processes",
+    "lab_status",
+    "lab_up",
+    "leftovers",
+    "reboot_node",
+    "set_profile",
+]
+
+_DAEMONS = ("cluster.lab.agent", "cluster.lab.controlplane")
+# Popen objects of daemons this process started: polled so that dead ones do
+# not linger as zombies (a zombie still answers kill(pid, 0)).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _log_dir() -> Path:
+    return Path(state.STATE_DIR) / "logs"
+
+
+def agent_pid_file(node: str) -> Path:
+    return Path(state.RUN_DIR) / node / "agent.pid"
+
+
+def _cp_pid_file() -> Path:
+    return Path(state.RUN_DIR) / "controlplane.pid"
+
+
+# --- processes -----------------------------------------------------------------
+def _reap() -> None:
+    for pid, p in list(_children.items()):
+        if p.poll() is not None:
+            del _children[pid]
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (a.decode(errors="replace").partition("=") for a in raw.split(b"\0") if a)
+    return {k: v for k, _, v in pairs}
+
+
+def _daemon_of(pid: int) -> str | None:
+    """Which daemon module of THIS lab ``pid`` runs (``-m cluster.lab.X``), or None.
+
+    Pid files can outlive their process and pids get reused: only a process
+    whose command line is really ours is ever signalled. Another lab on the
+    machine (tests use other ``RTO_LAB_RUN_DIR``s) is not ours either.
+    """
+    args = _cmdline(pid)
+    for i, a in enumerate(args[:-1]):
+        if a == "-m" and args[i + 1] in _DAEMONS:
+            run_dir = _environ(pid).get("RTO_LAB_RUN_DIR", "/run/rto-lab")
+            return args[i + 1] if Path(run_dir) == Path(state.RUN_DIR) else None
+    return None
+
+
+def _child_env() -> dict[str, str]:
+    """The daemons must see the same lab as this process (paths, netns prefix)."""
+    env = dict(os.environ)
+    env["RTO_LAB_STATE_DIR"] = str(state.STATE_DIR)
+    env["RTO_LAB_RUN_DIR"] = str(state.RUN_DIR)
+    env["RTO_LAB_NS_PREFIX"] = net.NS_PREFIX
+    return env
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _alive(pid: int | None, module: str) -> bool:
+    _reap()
+    return pid is not None and _daemon_of(pid) == module and not _is_zombie(pid)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def agent_alive(node: str) -> bool:
+    return _alive(_read_pid(agent_pid_file(node)), "cluster.lab.agent")
+
+
+def controlplane_alive() -> bool:
+    return _alive(_read_pid(_cp_pid_file()), "cluster.lab.controlplane")
+
+
+def lab_processes(nodes: set[str] | None = None) -> list[int]:
+    """Pids of this lab's daemons, runc of its roots and anything in its node cgroups."""
+    me = os.getpid()
+    names = _node_names() if nodes is None else nodes
+    node_cgs = tuple(f"/{cgroups.LAB_CGROUP}/{n}/" for n in names)
+    node_tops = tuple(f"/{cgroups.LAB_CGROUP}/{n}\n" for n in names)
+    run_dir = str(state.RUN_DIR)
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        pid = int(entry.name)
+        if _is_zombie(pid):
+            continue
+        args = _cmdline(pid)
+        ours = _daemon_of(pid) is not None or (
+            bool(args) and Path(args[0]).name == "runc" and run_dir in " ".join(args)
+        )
+        if not ours:
+            try:
+                cg = Path(f"/proc/{pid}/cgroup").read_text()
+            except OSError:
+                continue
+            ours = any(c in cg for c in node_cgs + node_tops)
+        if ours:
+            found.append(pid)
+    return found
+
+
+def _spawn(netns: str, module: str, args: list[str], log: Path, node: str | None) -> int:
+    """Start ``python -m module`` inside ``netns`` (and the node's cgroups).
+
+    The cgroup is joined in the child before exec, so not even the first fork
+    of the daemon escapes a later power-off.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+
+    def join_cgroup() -> None:
+        if node is not None:
+            cgroups.attach(os.getpid(), node)
+
+    with open(log, "ab") as out:
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", netns, sys.executable, "-m", module, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C of the harness must not kill the lab
+            preexec_fn=join_cgroup if node is not None else None,
+            close_fds=True,
+            env=_child_env(),
+        )
+    _children[p.pid] = p
+    return p.pid
+
+
+def _start_controlplane() -> int:
+    pid = _spawn(net.HUB_NS, "cluster.lab.controlplane", [], _log_dir() / "controlplane.log", None)
+    # `ip netns exec` execs the command, so this is the daemon's pid; written here
+    # too so lab_down finds it even if the daemon dies before writing its own.
+    _cp_pid_file().parent.mkdir(parents=True, exist_ok=True)
+    _cp_pid_file().write_text(f"{pid}\n")
+    return pid
+
+
+def _start_agent(store: Store, node: str) -> int:
+    (Path(state.RUN_DIR) / node).mkdir(parents=True, exist_ok=True)
+    pid = _spawn(
+        net.node_ns(node),
+        "cluster.lab.agent",
+        ["--node", node],
+        _log_dir() / f"{node}-agent.log",
+        node,
+    )
+    agent_pid_file(node).write_text(f"{pid}\n")
+    store.set_agent_pid(node, pid)
+    return pid
+
+
+def reboot_node(store: Store, node: NodeRow) -> None:
+    """Power a node (back) on: clear what its death left, start its agent.
+
+    Like a reboot: stale runc state and the network namespaces of pods still
+    bound to it are gone, the agent starts them afresh. Pods that were moved
+    away keep their new namespaces (same names, other node).
+    """
+    name = node.name
+    cgroups.kill_node(name)  # nothing of the old boot may survive
+    for pod in runtime.list_containers(name):
+        runtime.delete(name, pod)
+    for w in store.workloads_on(name):
+        net.delete_pod_net(w.name)
+    cgroups.create_node_cgroup(name)
+    net.create_node_net(name, node.idx)
+    _start_agent(store, name)
+    store.set_node_flag(name, "powered", True)
+
+
+# --- waits ---------------------------------------------------------------------
+class _NotYet(Exception):
+    pass
+
+
+def _wait(check: Callable[[], bool], timeout: float, sleep: Callable[[float], None]) -> bool:
+    try:
+        for att in Retrying(
+            retry=retry_if_exception_type(_NotYet),
+            stop=stop_after_delay(timeout),
+            wait=wait_fixed(0.05),
+            sleep=sleep,
+        ):
+            with att:
+                if not check():
+                    raise _NotYet
+    except RetryError:
+        return False
+    return True
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# --- up --------------------------------------------------------------------------
+def lab_up(
+    profile: str = "fast",
+    nodes: int = 3,
+    *,
+    node_prefix: str = "node",
+    restart_healing: bool = True,
+    timeout: float | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> None:
+    """Create the lab and return once every node is Ready.
+
+    Raises ``LabError`` (after tearing down what it made) if a node does not
+    become Ready in time, with the tails of the daemon logs in the message.
+    """
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, cgroups, mounts); run as root")
+    prof = get_profile(profile)
+    if not 1 <= nodes <= 9:
+        raise LabError(f"the lab runs 1..9 nodes, not {nodes}")
+    if controlplane_alive():
+        raise LabError("the lab is already up; run `rto lab down` first")
+    if leftovers():
+        lab_down()  # a previous lab died without its down: start clean
+    import time as _time  # only for the default sleep
+
+    do_sleep = sleep or _time.sleep
+    try:
+        rootfs.ensure_rootfs()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db_path()}{suffix}").unlink(missing_ok=True)
+        store = Store()
+        store.put_setting("profile", prof.name)
+        store.put_setting("restart_healing", restart_healing)
+        names = [f"{node_prefix}{i}" for i in range(1, nodes + 1)]
+        net.create_hub()
+        for i, name in enumerate(names, start=1):
+            store.add_node(name, i)
+            net.create_node_net(name, i)
+            cgroups.create_node_cgroup(name)
+        _start_controlplane()
+        for name in names:
+            _start_agent(store, name)
+        limit = timeout if timeout is not None else max(20.0, 5 * prof.heartbeat_interval + 10)
+        ok = _wait(lambda: all(n.ready for n in store.nodes()), limit, do_sleep)
+        if not ok:
+            late = [n.name for n in store.nodes() if not n.ready]
+            logs = "\n".join(
+                f"--- {p.name}:\n{_tail(p)}"
+                for p in [_log_dir() / "controlplane.log"]
+                + [_log_dir() / f"{n}-agent.log" for n in late]
+            )
+            raise LabError(f"lab nodes {', '.join(late)} not Ready after {limit} s\n{logs}")
+        store.close()
+    except BaseException:
+        with contextlib.suppress(HarnessError):
+            lab_down()  # the original error matters more than a teardown one
+        raise
+
+
+# --- down ------------------------------------------------------------------------
+def _mounts_under(roots: list[Path]) -> list[str]:
+    found: list[str] = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            mnt = line.split()[4].replace("\\040", " ")
+            if any(mnt == str(r) or mnt.startswith(f"{r}/") for r in roots):
+                found.append(mnt)
+    return found
+
+
+def _lab_loops() -> list[str]:
+    """Loop devices whose backing file is under the lab's state directory."""
+    res = subprocess.run(["losetup", "-J", "-l"], capture_output=True, text=True, check=False)
+    if res.returncode != 0 or not res.stdout.strip():
+        return []
+    devs = json.loads(res.stdout).get("loopdevices", [])
+    root = str(state.STATE_DIR)
+    return [
+        str(d["name"])
+        for d in devs
+        if str(d.get("back-file") or "").split(" (deleted)")[0].startswith(f"{root}/")
+    ]
+
+
+def leftovers(nodes: set[str] | None = None) -> dict[str, list[str]]:
+    """Every object of this lab still on the machine, by kind (empty: nothing left).
+
+    ``nodes``: node names whose cgroups count (default: the nodes that can still
+    be found; pass the names from before a teardown to check it).
+    """
+    names = _node_names() if nodes is None else nodes
+    out = {
+        "processes": [str(p) for p in lab_processes(names)],
+        "netns": _our_netns(names),
+        "cgroups": [c for c in cgroups.lab_cgroups() if c.split("/", 1)[1] in names],
+        "mounts": _mounts_under([Path(state.STATE_DIR), Path(state.RUN_DIR)]),
+        "loops": _lab_loops(),
+    }
+    return {k: v for k, v in out.items() if v}
+
+
+def _node_names() -> set[str]:
+    """Nodes of this lab, from what survives a SIGKILL: the db and the runtime
+    dirs an agent or runc made. Deliberately not "every rto-* netns": other
+    tools on the machine (VM scratch networks in tests) share the prefix."""
+    run = Path(state.RUN_DIR)
+    names: set[str] = set()
+    if run.is_dir():
+        names |= {
+            p.name
+            for p in run.iterdir()
+            if p.is_dir() and ((p / "agent.pid").exists() or (p / "runc").exists())
+        }
+    if db_path().exists():
+        store = Store()
+        try:
+            names |= {n.name for n in store.nodes()}
+        finally:
+            store.close()
+    return names
+
+
+def _our_netns(nodes: set[str]) -> list[str]:
+    """The hub, the netns of ``nodes`` and every pod netns of the lab's prefix."""
+    mine = {net.HUB_NS} | {net.node_ns(n) for n in nodes}
+    pods = f"{net.NS_PREFIX}-p-"
+    return [ns for ns in net.lab_netns() if ns in mine or ns.startswith(pods)]
+
+
+def lab_down() -> None:
+    """Remove every lab object; raise ``LabError`` listing whatever survived."""
+    errors: list[str] = []
+
+    def step(what: str, fn: Callable[[], object]) -> None:
+        try:
+            fn()
+        except (HarnessError, OSError, subprocess.SubprocessError) as exc:
+            errors.append(f"{what}: {exc}")
+
+    nodes = _node_names()
+
+    def kill_daemons() -> None:
+        for pid in lab_processes(nodes):
+            if _daemon_of(pid) is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    step("kill lab daemons", kill_daemons)
+    for node in sorted(nodes):
+        step(f"power off {node}", functools.partial(cgroups.kill_node, node))
+
+    def kill_stragglers() -> None:
+        # Anything still in a lab cgroup or a runc of ours (e.g. cgroup created late).
+        for pid in lab_processes(nodes):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    step("kill remaining lab processes", kill_stragglers)
+    for node in sorted(nodes):
+
+        def clear_runc(n: str = node) -> None:
+            for pod in runtime.list_containers(n):
+                runtime.delete(n, pod)
+
+        step(f"runc containers of {node}", clear_runc)
+    for pod in _safe(volumes.lab_volumes, errors):
+        step(f"volume {pod}", functools.partial(volumes.destroy_volume, pod))
+
+    def unmount_rest() -> None:
+        for mnt in sorted(
+            _mounts_under([Path(state.STATE_DIR), Path(state.RUN_DIR)]), key=len, reverse=True
+        ):
+            subprocess.run(["umount", "-l", mnt], capture_output=True, check=False)
+        for dev in _lab_loops():
+            subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
+
+    step("unmount", unmount_rest)
+    for ns in _safe(functools.partial(_our_netns, nodes), errors):
+        prefix = f"{net.NS_PREFIX}-"
+        if ns == net.HUB_NS:
+            continue  # last: node veths hang off its bridge
+        if ns.startswith(f"{prefix}p-"):
+            step(f"netns {ns}", functools.partial(net.delete_pod_net, ns[len(prefix) + 2 :]))
+        else:
+            step(f"netns {ns}", functools.partial(net.delete_node_net, ns[len(prefix) :]))
+    step("hub netns", net.delete_hub)
+    for node in sorted(nodes):
+        step(f"cgroup of {node}", functools.partial(cgroups.delete_node_cgroup, node))
+    run = Path(state.RUN_DIR)
+    if run.exists():
+        step("runtime dir", lambda: shutil.rmtree(run))
+    for suffix in ("", "-wal", "-shm"):
+        step("state db", functools.partial(Path(f"{db_path()}{suffix}").unlink, missing_ok=True))
+    _reap()
+    left = leftovers(nodes)
+    if left:
+        errors.append(f"still present: {left}")
+    if errors:
+        raise LabError("lab down left problems:\n  " + "\n  ".join(errors))
+
+
+def _safe(fn: Callable[[], list[str]], errors: list[str]) -> list[str]:
+    try:
+        return fn()
+    except (HarnessError, OSError, subprocess.SubprocessError) as exc:
+        errors.append(f"{getattr(fn, '__name__', fn)}: {exc}")
+        return []
+
+
+# --- status / settings -------------------------------------------------------------
+def lab_status() -> dict[str, Any]:
+    """What is up: daemons, nodes, workloads and the lab's kernel objects."""
+    status: dict[str, Any] = {
+        "up": False,
+        "controlplane": {"pid": _read_pid(_cp_pid_file()), "alive": controlplane_alive()},
+        "profile": None,
+        "restart_healing": None,
+        "nodes": [],
+        "workloads": [],
+        "netns": _our_netns(_node_names()),
+        "cgroups": cgroups.lab_cgroups(),
+        "volumes": volumes.lab_volumes(),
+    }
+    if not db_path().exists():
+        return status
+    store = Store()
+    try:
+        status["profile"] = store.get_setting("profile")
+        status["restart_healing"] = store.get_setting("restart_healing")
+        now = store.clock.now()
+        for n in store.nodes():
+            status["nodes"].append(
+                {
+                    "name": n.name,
+                    "ready": n.ready,
+                    "schedulable": n.schedulable,
+                    "fenced": n.fenced,
+                    "powered": n.powered,
+                    "heartbeat_age": None
+                    if n.last_heartbeat is None
+                    else round(now - n.last_heartbeat, 3),
+                    "agent_pid": _read_pid(agent_pid_file(n.name)),
+                    "agent_alive": agent_alive(n.name),
+                }
+            )
+        for w in store.workloads():
+            status["workloads"].append(
+                {
+                    "name": w.name,
+                    "kind": w.kind.value,
+                    "phase": w.phase.value,
+                    "node": w.node,
+                    "ip": w.ip,
+                    "instance": w.instance,
+                    "restarts": w.restarts,
+                }
+            )
+    finally:
+        store.close()
+    status["up"] = status["controlplane"]["alive"] and all(
+        n["agent_alive"] for n in status["nodes"] if n["powered"]
+    )
+    return status
+
+
+def set_profile(name: str) -> None:
+    """Switch the timing profile of a running lab; the control plane picks it up
+    at its next monitor period, agents when they next read settings."""
+    prof = get_profile(name)
+    if not db_path().exists():
+        raise LabError("the lab is not up; `rto lab up --profile NAME` instead")
+    store = Store()
+    try:
+        store.put_setting("profile", prof.name)
+    finally:
+        store.close()
