@@ -1,0 +1,376 @@
+"""Run one experiment: steady state, inject, hold, revert, wait for recovery, record.
+
+Called by the CLI (``rto run``), the campaign and, stage by stage, the Chaos
+Toolkit control (``chaos.ctk_control``), so every path records the same row.
+Reads a validated ``ExperimentSpec``; writes one ``RunResult`` to the
+``ResultsStore`` whatever happens: recovered, no outage, not recovered, or
+aborted (Ctrl-C or an error, then re-raised). The fault is journaled before it
+acts and reverted in every outcome.
+
+Waiting is the recorder's job (its waits run on the injected Clock), and holding
+a fault is one ``clock.sleep``: tests drive the whole run on a FakeClock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from chaos.clock import Clock, RealClock
+from chaos.errors import BackendError, FaultError
+from chaos.faults import Fault, build_fault
+from chaos.journal import Journal
+from chaos.results import ResultsStore, RunResult, RunStatus
+from chaos.spec import (
+    ExperimentSpec,
+    NodeDrainSpec,
+    ProcessCrashSpec,
+    RecoverySpec,
+    fault_variant,
+)
+from chaos.timeline import EventKind, Timeline
+from cluster.api import Backend, Phase, WorkloadKind
+
+__all__ = [
+    "HealerFactory",
+    "HealerLike",
+    "RecorderFactory",
+    "RecorderLike",
+    "Run",
+    "RunOptions",
+    "run_experiment",
+]
+
+
+class RecorderLike(Protocol):
+    """What the runner uses of ``chaos.recorder.Recorder``."""
+
+    probes_sent: int
+    probes_failed: int
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def is_up(self) -> bool: ...
+
+    def wait_until_up(self, timeout_s: float) -> bool: ...
+
+    def wait_until_recovered(self, since_t: float, timeout_s: float) -> bool: ...
+
+
+class HealerLike(Protocol):
+    name: str
+
+    def start(self, ctx: object) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+RecorderFactory = Callable[[Backend, str, Timeline, Clock, RecoverySpec], RecorderLike]
+HealerFactory = Callable[[list[str], str], list[HealerLike]]
+
+
+def default_recorder(
+    backend: Backend, workload: str, timeline: Timeline, clock: Clock, recovery: RecoverySpec
+) -> RecorderLike:
+    from chaos.recorder import Recorder
+
+    rec: RecorderLike = Recorder(
+        backend,
+        workload,
+        timeline,
+        clock=clock,
+        interval=recovery.probe_interval_ms / 1000.0,
+        good_needed=recovery.good_probes,
+    )
+    return rec
+
+
+def default_healers(names: list[str], profile: str) -> list[HealerLike]:
+    from healers.registry import build_healers
+
+    return list(build_healers(names, profile))  # type: ignore[arg-type]
+
+
+def _no_status(_: str) -> None:
+    return None
+
+
+@dataclass
+class RunOptions:
+    """The injectable parts of a run (tests swap the recorder, healers and clock)."""
+
+    clock: Clock = field(default_factory=RealClock)
+    journal: Journal | None = None  # None: Journal() at $RTO_JOURNAL or the default path
+    recorder_factory: RecorderFactory = default_recorder
+    healer_factory: HealerFactory = default_healers
+    ready_timeout_s: float = 120.0  # workload created -> Ready
+    steady_timeout_s: float = 60.0  # workload must answer before anything is injected
+    status: Callable[[str], None] = _no_status  # progress line (rich status in the CLI)
+
+
+def _restart_healing_state(backend: Backend) -> bool:
+    # Backend has only the setter; a backend that can tell gets its exact state back.
+    getter = getattr(backend, "restart_healing", None)
+    if callable(getter):
+        return bool(getter())
+    return True
+
+
+class Run:
+    """One run, in stages. ``run_experiment`` chains them; the CTK control calls them
+    from its hooks. ``finish`` must always be called: it reverts and records."""
+
+    def __init__(
+        self,
+        spec: ExperimentSpec,
+        backend: Backend,
+        store: ResultsStore,
+        options: RunOptions | None = None,
+        campaign: str | None = None,
+        repetition: int = 0,
+        profile: str | None = None,
+    ) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.store = store
+        self.opts = options or RunOptions()
+        self.clock = self.opts.clock
+        self.journal = self.opts.journal or Journal()
+        self.campaign = campaign
+        self.repetition = repetition
+        self.profile = profile or spec.rto.profile or getattr(backend, "profile", None) or "unknown"
+        self.run_id = uuid.uuid4().hex[:12]
+        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.timeline = Timeline(origin=self.clock.now())
+        self.recorder: RecorderLike | None = None
+        self.healers: list[HealerLike] = []
+        self.fault: Fault | None = None
+        self.injected_at: float | None = None  # monotonic
+        self._restore_restart: bool | None = None
+        self._finished: RunResult | None = None
+
+    # --- stages ------------------------------------------------------------------
+    def _mark(self, message: str, **data: str) -> None:
+        self.timeline.add(self.clock.now(), EventKind.MARK, "runner", message, data)
+        self.opts.status(f"{self.spec.title}: {message}")
+
+    def _ensure_workload(self) -> None:
+        target = self.spec.rto.target
+        try:
+            status = self.backend.workload(target.workload)
+        except BackendError:
+            status = None
+        if status is not None and status.phase is Phase.FAILED:
+            # Left Failed by an earlier baseline run (restarts off): start afresh.
+            self.backend.delete_workload(target.workload)
+            status = None
+        if status is None:
+            self._mark(f"creating {target.kind} {target.workload}")
+            self.backend.create_workload(target.workload, WorkloadKind(target.kind), target.node)
+        wait_ready = getattr(self.backend, "wait_ready", None)
+        if callable(wait_ready):
+            wait_ready(target.workload, self.opts.ready_timeout_s)
+
+    def prepare(self) -> None:
+        """Workload present, recorder running, healers on, steady state reached."""
+        rto = self.spec.rto
+        self._ensure_workload()
+        self.recorder = self.opts.recorder_factory(
+            self.backend, rto.target.workload, self.timeline, self.clock, rto.recovery
+        )
+        self.recorder.start()
+        if "watchdog" not in rto.healers:
+            # The baseline without our watchdog: node-side restarts off for the run.
+            self._restore_restart = _restart_healing_state(self.backend)
+            self.backend.set_restart_healing(False)
+        healer_profile = self.profile if self.profile != "unknown" else "kubernetes-defaults"
+        self.healers = []
+        if rto.healers:
+            from healers.base import HealerContext
+
+            ctx = HealerContext(
+                backend=self.backend,
+                workloads=[rto.target.workload],
+                record=self._record_healer,
+                clock=self.clock,
+            )
+            for healer in self.opts.healer_factory(list(rto.healers), healer_profile):
+                healer.start(ctx)
+                self.healers.append(healer)
+        self._mark("waiting for steady state")
+        if not self.recorder.wait_until_up(self.opts.steady_timeout_s):
+            raise FaultError(
+                f"{rto.target.workload} did not answer within {self.opts.steady_timeout_s:g} s "
+                "before injection (no steady state); nothing was injected. Check "
+                "`rto lab status` and the workload's log."
+            )
+
+    def _record_healer(self, source: str, message: str, data: dict[str, str]) -> None:
+        self.timeline.add(self.clock.now(), EventKind.HEALER_ACTION, source, message, data)
+
+    def inject(self) -> None:
+        rto = self.spec.rto
+        self.fault = build_fault(rto.fault, rto.target, self.backend, self.journal)
+        self.injected_at = self.clock.now()
+        self.timeline.add(
+            self.injected_at,
+            EventKind.FAULT_INJECTED,
+            rto.fault.type,
+            self.fault.describe(),
+            {"fault_id": self.fault.id},
+        )
+        self.opts.status(f"{self.spec.title}: injected {self.fault.describe()}")
+        self.fault.inject()
+
+    def _remaining(self) -> float:
+        assert self.injected_at is not None
+        elapsed = self.clock.now() - self.injected_at
+        return max(0.0, self.spec.rto.recovery.deadline_s - elapsed)
+
+    def hold(self) -> None:
+        """Keep the fault: ``duration_s``, or until recovery for crash and drain."""
+        fault = self.spec.rto.fault
+        assert self.recorder is not None and self.injected_at is not None
+        if isinstance(fault, ProcessCrashSpec | NodeDrainSpec):
+            self.opts.status(f"{self.spec.title}: waiting for recovery")
+            self.recorder.wait_until_recovered(self.injected_at, self._remaining())
+        else:
+            self.opts.status(f"{self.spec.title}: holding the fault {fault.duration_s:g} s")
+            self.clock.sleep(fault.duration_s)
+
+    def revert(self) -> None:
+        if self.fault is None or self.fault.state in ("new", "reverted"):
+            return
+        self.fault.revert()
+        self.timeline.add(
+            self.clock.now(),
+            EventKind.FAULT_REVERTED,
+            self.spec.rto.fault.type,
+            self.fault.describe(),
+            {"fault_id": self.fault.id},
+        )
+
+    def wait_recovery(self) -> bool:
+        assert self.recorder is not None and self.injected_at is not None
+        self.opts.status(f"{self.spec.title}: waiting for recovery")
+        return self.recorder.wait_until_recovered(self.injected_at, self._remaining())
+
+    # --- the end, in every outcome ------------------------------------------------
+    def finish(self, error: BaseException | None = None) -> RunResult:
+        """Revert, stop healers and recorder, measure, append the row.
+
+        With ``error`` (the run is being aborted) it never raises: the caller
+        re-raises ``error``. Without, a failed revert or a dead healer is
+        recorded as an aborted run and raised as ``HarnessError`` afterwards.
+        """
+        if self._finished is not None:
+            return self._finished
+        problems: list[str] = []
+        try:
+            self.revert()
+        except Exception as exc:  # recorded below and raised after the row is stored
+            problems.append(f"revert failed: {exc}")
+        for healer in reversed(self.healers):
+            try:
+                healer.stop()
+            except Exception as exc:
+                problems.append(f"healer {healer.name} failed: {exc}")
+        if self._restore_restart is not None:
+            try:
+                self.backend.set_restart_healing(self._restore_restart)
+            except Exception as exc:
+                problems.append(f"could not switch node-side restarts back on: {exc}")
+        if self.recorder is not None:
+            try:
+                self.recorder.stop()
+            except Exception as exc:
+                problems.append(f"recorder failed: {exc}")
+        result = self._result(error, problems)
+        self.store.append(result)
+        self._finished = result
+        if error is None and problems:
+            raise FaultError(f"run {self.run_id} ({self.spec.path}): " + "; ".join(problems))
+        return result
+
+    def _result(self, error: BaseException | None, problems: list[str]) -> RunResult:
+        from chaos.rto import measure
+
+        rto = self.spec.rto
+        measures = None
+        if self.injected_at is not None:
+            measures = measure(self.timeline.events(), self.injected_at - self.timeline.origin)
+        messages = []
+        if error is not None:
+            messages.append(
+                "interrupted (Ctrl-C)"
+                if isinstance(error, KeyboardInterrupt)
+                else f"{type(error).__name__}: {error}"
+            )
+        messages.extend(problems)
+        if messages:
+            status = RunStatus.ABORTED
+        elif measures is None:
+            status = RunStatus.ABORTED  # cannot happen through run_experiment
+            messages.append("finished before any fault was injected")
+        else:
+            status = measures.status
+        return RunResult(
+            run_id=self.run_id,
+            campaign=self.campaign,
+            experiment=self.spec.title,
+            fault=rto.fault.type,
+            variant=fault_variant(rto.fault),
+            kind=rto.target.kind,
+            backend=self.backend.name,
+            profile=self.profile,
+            healers=list(rto.healers),
+            repetition=self.repetition,
+            started_at=self.started_at,
+            status=status,
+            rto_s=measures.rto_s if measures else None,
+            detection_s=measures.detection_s if measures else None,
+            healer_action_s=measures.healer_action_s if measures else None,
+            outage_start_s=measures.outage_start_s if measures else None,
+            same_instance=measures.same_instance if measures else None,
+            probes_sent=self.recorder.probes_sent if self.recorder else 0,
+            probes_failed=self.recorder.probes_failed if self.recorder else 0,
+            error="; ".join(messages) or None,
+            timeline=self.timeline.events(),
+        )
+
+
+def run_experiment(
+    spec: ExperimentSpec,
+    backend: Backend,
+    store: ResultsStore,
+    clock: Clock | None = None,
+    campaign: str | None = None,
+    repetition: int = 0,
+    *,
+    profile: str | None = None,
+    options: RunOptions | None = None,
+) -> RunResult:
+    """Run ``spec`` once on ``backend`` and append its row to ``store``.
+
+    Any exception (KeyboardInterrupt included) reverts the fault, records the run
+    as aborted with the error, and is re-raised.
+    """
+    opts = options or RunOptions()
+    if clock is not None:
+        opts.clock = clock
+    run = Run(spec, backend, store, opts, campaign, repetition, profile)
+    try:
+        run.prepare()
+        run.inject()
+        run.hold()
+        run.revert()
+        run.wait_recovery()
+    except BaseException as exc:
+        run.finish(exc)
+        raise
+    return run.finish(None)

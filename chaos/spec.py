@@ -1,0 +1,392 @@
+"""Experiment and campaign files: load, validate, and turn into typed, frozen specs.
+
+Filled from disk by ``load_experiment`` / ``load_campaign`` (called by the CLI, the
+campaign runner and the Chaos Toolkit control); read by the runner, the faults and
+the campaign. An experiment file is a Chaos Toolkit experiment (JSON or YAML) that
+also carries an ``extensions`` entry named ``rto`` holding the harness spec: what to
+target, which fault, which healers, when recovery counts. Bad input raises
+``SpecError`` with one paragraph naming the file, the field path and what is
+allowed, before anything touches a cluster.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from chaos.errors import SpecError
+
+__all__ = [
+    "KNOWN_HEALERS",
+    "CampaignEntry",
+    "CampaignSpec",
+    "ExperimentSpec",
+    "FaultSpec",
+    "NetworkPartitionSpec",
+    "NodeDrainSpec",
+    "NodePowerOffSpec",
+    "ProcessCrashSpec",
+    "RecoverySpec",
+    "RtoSpec",
+    "StorageLostSpec",
+    "TargetSpec",
+    "fault_variant",
+    "load_campaign",
+    "load_experiment",
+]
+
+# The healers the harness ships (healers.registry builds them); checked here so a
+# typo fails at load time instead of half-way through a campaign.
+KNOWN_HEALERS: frozenset[str] = frozenset({"watchdog", "eviction", "migration"})
+
+# Provider modules whose functions we check exist: a typo in an experiment's
+# ``func`` would otherwise only show up when Chaos Toolkit reaches that activity.
+_OUR_MODULES = ("chaos.ctk", "chaos.ctk_control")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TargetSpec(_Frozen):
+    workload: str = Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    kind: Literal["pod", "vmi"] = "pod"
+    node: str | None = None  # placement when the harness has to create the workload
+
+
+class ProcessCrashSpec(_Frozen):
+    type: Literal["process-crash"]
+
+
+class NodeDrainSpec(_Frozen):
+    type: Literal["node-drain"]
+    respect_pdb: bool = True
+
+
+class NodePowerOffSpec(_Frozen):
+    type: Literal["node-power-off"]
+    duration_s: float = Field(default=30.0, gt=0, le=3600)
+
+
+class NetworkPartitionSpec(_Frozen):
+    type: Literal["network-partition"]
+    scope: Literal["node", "workload"] = "node"
+    duration_s: float = Field(default=30.0, gt=0, le=3600)
+
+
+class StorageLostSpec(_Frozen):
+    type: Literal["storage-lost"]
+    mode: Literal["hang", "eio"] = "hang"
+    duration_s: float = Field(default=30.0, gt=0, le=3600)
+
+
+FaultSpec = Annotated[
+    ProcessCrashSpec | NodeDrainSpec | NodePowerOffSpec | NetworkPartitionSpec | StorageLostSpec,
+    Field(discriminator="type"),
+]
+
+
+_FAULT_TYPES = (
+    "process-crash",
+    "node-drain",
+    "node-power-off",
+    "network-partition",
+    "storage-lost",
+)
+
+
+def fault_variant(fault: FaultSpec) -> str:
+    """The sub-kind a report groups by: partition scope or storage mode."""
+    if isinstance(fault, NetworkPartitionSpec):
+        return fault.scope
+    if isinstance(fault, StorageLostSpec):
+        return fault.mode
+    return ""
+
+
+class RecoverySpec(_Frozen):
+    good_probes: int = Field(default=5, ge=1, le=1000)
+    deadline_s: float = Field(default=120.0, gt=0, le=7200)
+    probe_interval_ms: int = Field(default=20, ge=5, le=10_000)
+
+
+def _check_healers(names: list[str]) -> list[str]:
+    unknown = [n for n in names if n not in KNOWN_HEALERS]
+    if unknown:
+        raise ValueError(
+            f"unknown healer(s) {', '.join(unknown)}; allowed: {', '.join(sorted(KNOWN_HEALERS))}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError("a healer is listed twice")
+    return names
+
+
+def _check_profile(name: str | None) -> str | None:
+    if name is None:
+        return None
+    from cluster.lab.profile import PROFILES
+
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; allowed: {', '.join(sorted(PROFILES))}")
+    return name
+
+
+class RtoSpec(_Frozen):
+    """The ``extensions: [{name: rto, ...}]`` entry of an experiment file."""
+
+    name: Literal["rto"]
+    target: TargetSpec
+    fault: FaultSpec
+    healers: list[str] = Field(default_factory=list)
+    recovery: RecoverySpec = RecoverySpec()
+    profile: str | None = None
+
+    _healers = field_validator("healers")(_check_healers)
+    _profile = field_validator("profile")(_check_profile)
+
+    @model_validator(mode="after")
+    def _fault_fits_deadline(self) -> RtoSpec:
+        duration = getattr(self.fault, "duration_s", None)
+        if duration is not None and duration >= self.recovery.deadline_s:
+            raise ValueError(
+                f"fault.duration_s ({duration:g}) must be shorter than recovery.deadline_s "
+                f"({self.recovery.deadline_s:g}): the deadline counts from the injection"
+            )
+        return self
+
+
+class ExperimentSpec(_Frozen):
+    """One validated experiment file: its title, where it came from, the rto spec."""
+
+    path: Path
+    title: str
+    rto: RtoSpec
+
+    @property
+    def fault(self) -> FaultSpec:
+        return self.rto.fault
+
+    def with_overrides(
+        self,
+        profile: str | None = None,
+        healers: list[str] | None = None,
+        duration_s: float | None = None,
+        deadline_s: float | None = None,
+    ) -> ExperimentSpec:
+        """A copy with a campaign's overrides, validated like the file's own fields."""
+        data = self.rto.model_dump()
+        if profile is not None:
+            data["profile"] = profile
+        if healers is not None:
+            data["healers"] = healers
+        if duration_s is not None:
+            if "duration_s" not in data["fault"]:
+                raise SpecError(
+                    f"{self.path}: override duration_s: fault {self.rto.fault.type} has no "
+                    "duration (it is held until recovery)"
+                )
+            data["fault"]["duration_s"] = duration_s
+        if deadline_s is not None:
+            data["recovery"]["deadline_s"] = deadline_s
+        try:
+            rto = RtoSpec.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(_explain(self.path, exc, prefix="override")) from None
+        return self.model_copy(update={"rto": rto})
+
+
+class CampaignEntry(_Frozen):
+    path: str = Field(min_length=1)
+    profile: str | None = None
+    healers: list[str] | None = None
+    repetitions: int | None = Field(default=None, ge=1, le=1000)
+    duration_s: float | None = Field(default=None, gt=0, le=3600)
+    deadline_s: float | None = Field(default=None, gt=0, le=7200)
+
+    _profile = field_validator("profile")(_check_profile)
+
+    @field_validator("healers")
+    @classmethod
+    def _healers(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else _check_healers(v)
+
+
+class CampaignSpec(_Frozen):
+    """A campaign file: which experiments, how often, on which backend/profile."""
+
+    name: str = Field(min_length=1)
+    backend: Literal["lab", "kube"] = "lab"
+    profile: str | None = None
+    repetitions: int = Field(default=1, ge=1, le=1000)
+    healers: list[str] | None = None
+    nodes: int = Field(default=3, ge=2, le=8)
+    experiments: list[CampaignEntry] = Field(min_length=1)
+
+    _profile = field_validator("profile")(_check_profile)
+
+    @field_validator("healers")
+    @classmethod
+    def _healers(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else _check_healers(v)
+
+
+# --- loading -------------------------------------------------------------------
+
+
+def _read_document(path: Path) -> object:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the file ({exc.strerror or exc}).") from None
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise SpecError(
+            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
+        ) from None
+
+
+def _loc(parts: Sequence[int | str], prefix: str) -> str:
+    out = prefix
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += f".{p}" if out else p
+    return out or "(top level)"
+
+
+def _explain(path: Path, exc: ValidationError, prefix: str) -> str:
+    """One paragraph: file, then every bad field with what is allowed."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        # Discriminated unions put the tag in the location; drop it so the path
+        # reads like the file ("fault.duration_s", not "fault.node-power-off...").
+        loc = [p for p in err["loc"] if p not in _FAULT_TYPES]
+        msg = err["msg"]
+        if err["type"] == "union_tag_invalid":
+            bad = err.get("ctx", {}).get("tag", "")
+            msg = f"unknown fault type {bad!r}; allowed: {', '.join(_FAULT_TYPES)}"
+        elif err["type"] == "union_tag_not_found":
+            msg = f"missing 'type'; allowed: {', '.join(_FAULT_TYPES)}"
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown field (not allowed here; check the spelling)"
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        elif err["type"] == "literal_error":
+            msg = f"got {err.get('input')!r}; {msg.lower()}"
+        problems.append(f"{_loc(loc, prefix)}: {msg}")
+    return f"{path}: invalid: " + "; ".join(problems) + "."
+
+
+def _check_activities(path: Path, section: str, activities: object) -> None:
+    if not isinstance(activities, list):
+        raise SpecError(f"{path}: {section} must be a list of activities.")
+    for i, act in enumerate(activities):
+        if not isinstance(act, Mapping):
+            raise SpecError(f"{path}: {section}[{i}] must be a mapping (an activity).")
+        provider = act.get("provider")
+        if not isinstance(provider, Mapping):
+            if "ref" in act:
+                continue
+            raise SpecError(f"{path}: {section}[{i}].provider is missing.")
+        module = provider.get("module")
+        if provider.get("type") != "python" or module not in _OUR_MODULES:
+            continue
+        func = provider.get("func")
+        mod = importlib.import_module(str(module))
+        if func not in getattr(mod, "__all__", ()):
+            raise SpecError(
+                f"{path}: {section}[{i}].provider.func: {module} has no function {func!r}; "
+                f"allowed: {', '.join(sorted(getattr(mod, '__all__', ())))}."
+            )
+
+
+def _experiment_from_document(path: Path, doc: object) -> ExperimentSpec:
+    if not isinstance(doc, Mapping):
+        raise SpecError(f"{path}: an experiment must be a mapping with title, method, extensions.")
+    title = doc.get("title")
+    if not isinstance(title, str) or not title.strip():
+        raise SpecError(f"{path}: title: required, a non-empty string.")
+    if not isinstance(doc.get("description"), str):
+        raise SpecError(f"{path}: description: required by Chaos Toolkit, a string.")
+    if "method" not in doc:
+        raise SpecError(f"{path}: method: required (a list of Chaos Toolkit activities).")
+    _check_activities(path, "method", doc["method"])
+    _check_activities(path, "rollbacks", doc.get("rollbacks", []))
+    ssh = doc.get("steady-state-hypothesis")
+    if ssh is not None:
+        if not isinstance(ssh, Mapping):
+            raise SpecError(f"{path}: steady-state-hypothesis must be a mapping.")
+        _check_activities(path, "steady-state-hypothesis.probes", ssh.get("probes", []))
+    extensions = doc.get("extensions", [])
+    if not isinstance(extensions, list):
+        raise SpecError(f"{path}: extensions must be a list of mappings with a name.")
+    found = [
+        (i, e)
+        for i, e in enumerate(extensions)
+        if isinstance(e, Mapping) and e.get("name") == "rto"
+    ]
+    if len(found) != 1:
+        raise SpecError(
+            f"{path}: extensions: exactly one entry with name: rto is required "
+            f"(found {len(found)}); it holds target, fault, healers, recovery, profile."
+        )
+    idx, ext = found[0]
+    try:
+        rto = RtoSpec.model_validate(dict(ext))
+    except ValidationError as exc:
+        raise SpecError(_explain(path, exc, prefix=f"extensions[{idx}]")) from None
+    return ExperimentSpec(path=path, title=title.strip(), rto=rto)
+
+
+def load_experiment(path: Path | str) -> ExperimentSpec:
+    """Read and validate one experiment file; raise ``SpecError`` on bad input."""
+    p = Path(path)
+    return _experiment_from_document(p, _read_document(p))
+
+
+def load_experiment_document(path: Path, doc: Mapping[str, Any]) -> ExperimentSpec:
+    """Validate an already-parsed Chaos Toolkit experiment (the CTK control's view)."""
+    return _experiment_from_document(path, doc)
+
+
+def load_campaign(path: Path | str) -> tuple[CampaignSpec, list[ExperimentSpec]]:
+    """Read a campaign and every experiment it lists (paths relative to the campaign).
+
+    Everything is validated up front, so a typo in the last experiment fails the
+    campaign before the first fault is injected.
+    """
+    p = Path(path)
+    doc = _read_document(p)
+    if not isinstance(doc, Mapping):
+        raise SpecError(f"{p}: a campaign must be a mapping with name and experiments.")
+    try:
+        campaign = CampaignSpec.model_validate(dict(doc))
+    except ValidationError as exc:
+        raise SpecError(_explain(p, exc, prefix="")) from None
+    experiments = []
+    for i, entry in enumerate(campaign.experiments):
+        exp_path = (p.parent / entry.path).resolve()
+        if not exp_path.is_file():
+            raise SpecError(
+                f"{p}: experiments[{i}].path: {entry.path} does not exist ({exp_path})."
+            )
+        # Apply the overrides now so a bad one fails before the first run.
+        experiments.append(
+            load_experiment(exp_path).with_overrides(
+                profile=entry.profile or campaign.profile,
+                healers=entry.healers if entry.healers is not None else campaign.healers,
+                duration_s=entry.duration_s,
+                deadline_s=entry.deadline_s,
+            )
+        )
+    return campaign, experiments

@@ -1,0 +1,414 @@
+"""Stateful in-memory fakes for unit tests: a Backend and a Recorder on a Clock.
+
+Used by the runner, fault, journal, CLI and Chaos Toolkit tests, where the real
+lab cannot be used (no root, or timing logic that must run on a FakeClock). The
+FakeBackend carries real state (nodes, workloads, partitions, volumes, restart
+back-off) and can persist it to a JSON file so a SIGKILLed subprocess leaves the
+same trace a crashed harness would. The FakeRecorder probes the FakeBackend on
+the clock and writes the same timeline transitions as ``chaos.recorder``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from chaos.clock import Clock, FakeClock
+from chaos.errors import BackendError
+from chaos.spec import RecoverySpec
+from chaos.timeline import EventKind, Timeline
+from cluster.api import (
+    Event,
+    NodeStatus,
+    Phase,
+    ProbeTarget,
+    VolumeFailure,
+    WorkloadKind,
+    WorkloadStatus,
+)
+
+__all__ = ["FakeBackend", "FakeHealer", "FakeRecorder", "fake_recorder_factory"]
+
+
+def _empty_state(nodes: list[str]) -> dict[str, Any]:
+    return {
+        "nodes": {
+            n: {"schedulable": True, "fenced": False, "powered": True, "partitioned": False}
+            for n in nodes
+        },
+        "workloads": {},
+        "restart_healing": True,
+        "events": [],
+        "calls": [],
+    }
+
+
+class FakeBackend:
+    """cluster.api.Backend in memory (or in ``state_file``), timed by ``clock``.
+
+    Behaviour: a killed process restarts after ``restart_delay`` if restart
+    healing is on, else the workload is Failed; an evicted/rescheduled workload
+    comes back on another node after ``restart_delay``; a workload answers only if
+    its node is powered and not partitioned, it is not partitioned, its volume
+    works and its process runs. ``fail_on`` maps a method name to an error
+    message that method raises (BackendError), to test failure paths.
+    """
+
+    name = "fake"
+
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        nodes: tuple[str, ...] = ("node1", "node2", "node3"),
+        restart_delay: float = 1.0,
+        state_file: Path | None = None,
+    ) -> None:
+        self.clock = clock or FakeClock(1000.0)
+        self.restart_delay = restart_delay
+        self.state_file = state_file
+        self.fail_on: dict[str, str] = {}
+        self.profile = "fast"
+        self._mem = _empty_state(list(nodes))
+        if state_file is not None and not state_file.exists():
+            state_file.write_text(json.dumps(self._mem))
+
+    # --- state plumbing ------------------------------------------------------------
+    @contextmanager
+    def _state(self, call: str | None = None) -> Iterator[dict[str, Any]]:
+        if call is not None and call.split("(")[0] in self.fail_on:
+            raise BackendError(self.fail_on[call.split("(")[0]])
+        st = json.loads(self.state_file.read_text()) if self.state_file else self._mem
+        if call is not None:
+            st["calls"].append(call)
+        yield st
+        if self.state_file is not None:
+            self.state_file.write_text(json.dumps(st))
+
+    @property
+    def calls(self) -> list[str]:
+        with self._state() as st:
+            return list(st["calls"])
+
+    def _event(self, st: dict[str, Any], source: str, name: str, reason: str) -> None:
+        st["events"].append(
+            {"at": self.clock.now(), "source": source, "name": name, "reason": reason}
+        )
+
+    @staticmethod
+    def _wl(st: dict[str, Any], name: str) -> dict[str, Any]:
+        try:
+            wl: dict[str, Any] = st["workloads"][name]
+        except KeyError:
+            raise BackendError(f"no workload {name}") from None
+        return wl
+
+    def _pick_node(self, st: dict[str, Any], avoid: str | None) -> str:
+        for n, ns in st["nodes"].items():
+            if n != avoid and ns["schedulable"] and ns["powered"] and not ns["fenced"]:
+                return str(n)
+        raise BackendError("no schedulable node")
+
+    def _restart(self, wl: dict[str, Any], delay: float) -> None:
+        wl["instance"] = uuid.uuid4().hex[:8]
+        wl["down_until"] = self.clock.now() + delay
+        wl["failed"] = False
+
+    # --- the probe the FakeRecorder uses ----------------------------------------------
+    def answers(self, workload: str, at: float | None = None) -> tuple[bool, str | None]:
+        t = self.clock.now() if at is None else at
+        with self._state() as st:
+            wl = st["workloads"].get(workload)
+            if wl is None or wl["node"] is None:
+                return False, None
+            node = st["nodes"][wl["node"]]
+            ok = (
+                node["powered"]
+                and not node["partitioned"]
+                and not wl["partitioned"]
+                and wl["volume"] is None
+                and not wl["failed"]
+                and t >= wl["down_until"]
+            )
+            return bool(ok), wl["instance"]
+
+    def restart_healing(self) -> bool:
+        with self._state() as st:
+            return bool(st["restart_healing"])
+
+    def node_state(self, node: str) -> dict[str, Any]:
+        with self._state() as st:
+            return dict(st["nodes"][node])
+
+    def workload_state(self, name: str) -> dict[str, Any]:
+        with self._state() as st:
+            return dict(self._wl(st, name))
+
+    # --- reading --------------------------------------------------------------------
+    def nodes(self) -> list[NodeStatus]:
+        with self._state() as st:
+            return [self._node_status(n, ns) for n, ns in st["nodes"].items()]
+
+    @staticmethod
+    def _node_status(n: str, ns: dict[str, Any]) -> NodeStatus:
+        return NodeStatus(
+            name=n,
+            ready=ns["powered"] and not ns["partitioned"],
+            schedulable=ns["schedulable"],
+            fenced=ns["fenced"],
+            powered=ns["powered"],
+        )
+
+    def node(self, name: str) -> NodeStatus:
+        with self._state() as st:
+            if name not in st["nodes"]:
+                raise BackendError(f"no node {name}")
+            return self._node_status(name, st["nodes"][name])
+
+    def workloads(self) -> list[WorkloadStatus]:
+        with self._state() as st:
+            names = list(st["workloads"])
+        return [self.workload(n) for n in names]
+
+    def workload(self, name: str) -> WorkloadStatus:
+        ok, instance = self.answers(name)
+        with self._state() as st:
+            wl = self._wl(st, name)
+            phase = Phase.FAILED if wl["failed"] else Phase.RUNNING if ok else Phase.UNKNOWN
+            return WorkloadStatus(
+                name=name,
+                kind=WorkloadKind(wl["kind"]),
+                phase=phase,
+                node=wl["node"],
+                instance=instance,
+                restarts=wl["restarts"],
+            )
+
+    def probe_target(self, workload: str) -> ProbeTarget | None:
+        return ProbeTarget(host="127.0.0.1", port=9)
+
+    def events(self, since: float) -> Iterator[Event]:
+        with self._state() as st:
+            evs = [e for e in st["events"] if e["at"] > since]
+        for e in evs:
+            yield Event(at=e["at"], source=e["source"], name=e["name"], reason=e["reason"])
+
+    # --- workloads --------------------------------------------------------------------
+    def create_workload(self, name: str, kind: WorkloadKind, node: str | None = None) -> None:
+        with self._state(f"create_workload({name})") as st:
+            wl = {
+                "kind": kind.value,
+                "node": node or self._pick_node(st, None),
+                "instance": None,
+                "restarts": 0,
+                "down_until": 0.0,
+                "failed": False,
+                "partitioned": False,
+                "volume": None,
+            }
+            self._restart(wl, 0.0)
+            st["workloads"][name] = wl
+
+    def delete_workload(self, name: str) -> None:
+        with self._state(f"delete_workload({name})") as st:
+            st["workloads"].pop(name, None)
+
+    # --- faults -------------------------------------------------------------------------
+    def kill_main_process(self, workload: str) -> None:
+        with self._state(f"kill_main_process({workload})") as st:
+            wl = self._wl(st, workload)
+            wl["restarts"] += 1
+            if st["restart_healing"]:
+                self._restart(wl, self.restart_delay)
+                self._event(st, "pod", workload, "ContainerRestarted")
+            else:
+                wl["failed"] = True
+
+    def cordon(self, node: str) -> None:
+        with self._state(f"cordon({node})") as st:
+            st["nodes"][node]["schedulable"] = False
+
+    def uncordon(self, node: str) -> None:
+        with self._state(f"uncordon({node})") as st:
+            st["nodes"][node]["schedulable"] = True
+
+    def evict(self, workload: str) -> None:
+        with self._state(f"evict({workload})") as st:
+            wl = self._wl(st, workload)
+            wl["node"] = self._pick_node(st, wl["node"])
+            self._restart(wl, self.restart_delay)
+            self._event(st, "pod", workload, "Evicted")
+
+    def power_off(self, node: str) -> None:
+        with self._state(f"power_off({node})") as st:
+            st["nodes"][node]["powered"] = False
+            self._event(st, "node", node, "NodeNotReady")
+
+    def power_on(self, node: str) -> None:
+        with self._state(f"power_on({node})") as st:
+            if st["nodes"][node]["powered"]:
+                return
+            st["nodes"][node]["powered"] = True
+            for wl in st["workloads"].values():
+                if wl["node"] == node:
+                    self._restart(wl, self.restart_delay)
+
+    def partition_node(self, node: str) -> None:
+        with self._state(f"partition_node({node})") as st:
+            st["nodes"][node]["partitioned"] = True
+
+    def heal_node_partition(self, node: str) -> None:
+        with self._state(f"heal_node_partition({node})") as st:
+            st["nodes"][node]["partitioned"] = False
+
+    def partition_workload(self, workload: str) -> None:
+        with self._state(f"partition_workload({workload})") as st:
+            self._wl(st, workload)["partitioned"] = True
+
+    def heal_workload_partition(self, workload: str) -> None:
+        with self._state(f"heal_workload_partition({workload})") as st:
+            self._wl(st, workload)["partitioned"] = False
+
+    def fail_volume(self, workload: str, mode: VolumeFailure) -> None:
+        with self._state(f"fail_volume({workload},{mode.value})") as st:
+            self._wl(st, workload)["volume"] = mode.value
+
+    def repair_volume(self, workload: str, mode: VolumeFailure) -> None:
+        with self._state(f"repair_volume({workload},{mode.value})") as st:
+            self._wl(st, workload)["volume"] = None
+
+    # --- healer actions -------------------------------------------------------------------
+    def set_restart_healing(self, enabled: bool) -> None:
+        with self._state(f"set_restart_healing({enabled})") as st:
+            st["restart_healing"] = enabled
+
+    def fence(self, node: str) -> None:
+        with self._state(f"fence({node})") as st:
+            st["nodes"][node]["fenced"] = True
+
+    def unfence(self, node: str) -> None:
+        with self._state(f"unfence({node})") as st:
+            st["nodes"][node]["fenced"] = False
+
+    def reschedule(self, workload: str) -> None:
+        with self._state(f"reschedule({workload})") as st:
+            wl = self._wl(st, workload)
+            wl["node"] = self._pick_node(st, wl["node"])
+            self._restart(wl, self.restart_delay)
+
+
+class FakeRecorder:
+    """Probes a FakeBackend every ``interval`` of the clock, lazily catching up.
+
+    Between two calls nothing but time changes the fake's state, so probing the
+    past (``answers(at=t)``) on each call gives the same transitions a threaded
+    prober would have seen.
+    """
+
+    def __init__(
+        self,
+        backend: FakeBackend,
+        workload: str,
+        timeline: Timeline,
+        clock: Clock,
+        interval: float = 0.02,
+        good_needed: int = 5,
+    ) -> None:
+        self.backend = backend
+        self.workload = workload
+        self.timeline = timeline
+        self.clock = clock
+        self.interval = interval
+        self.good_needed = good_needed
+        self.probes_sent = 0
+        self.probes_failed = 0
+        self.up: bool | None = None
+        self.good_run = 0
+        self.good_since = float("-inf")
+        self._next: float | None = None
+        self.started = False
+        self.stopped = False
+
+    def start(self) -> None:
+        self.started = True
+        self._next = self.clock.now()
+
+    def stop(self) -> None:
+        self._catch_up()
+        self.stopped = True
+
+    def _catch_up(self) -> None:
+        if self._next is None or self.stopped:
+            return
+        now = self.clock.now()
+        while self._next <= now:
+            self._probe(self._next)
+            self._next += self.interval
+
+    def _probe(self, t: float) -> None:
+        ok, instance = self.backend.answers(self.workload, at=t)
+        self.probes_sent += 1
+        if not ok:
+            self.probes_failed += 1
+            self.good_run = 0
+        else:
+            if self.good_run == 0:
+                self.good_since = t
+            self.good_run += 1
+        if ok != self.up:
+            kind = EventKind.PROBE_OK if ok else EventKind.PROBE_FAIL
+            data = {"instance": instance} if ok and instance else {}
+            self.timeline.add(t, kind, "prober", "", data)
+        self.up = ok
+
+    def is_up(self) -> bool:
+        self._catch_up()
+        return self.up is True
+
+    def _wait(self, timeout_s: float, done: Any) -> bool:
+        end = self.clock.now() + timeout_s
+        while True:
+            self._catch_up()
+            if done():
+                return True
+            if self.clock.now() >= end:
+                return False
+            self.clock.sleep(self.interval)
+
+    def wait_until_up(self, timeout_s: float) -> bool:
+        return self._wait(timeout_s, lambda: self.up is True)
+
+    def wait_until_recovered(self, since_t: float, timeout_s: float) -> bool:
+        # Only probes sent after ``since_t`` count, as in chaos.recorder.
+        return self._wait(
+            timeout_s, lambda: self.good_run >= self.good_needed and self.good_since > since_t
+        )
+
+
+def fake_recorder_factory(
+    backend: Any, workload: str, timeline: Timeline, clock: Clock, recovery: RecoverySpec
+) -> FakeRecorder:
+    return FakeRecorder(
+        backend, workload, timeline, clock, recovery.probe_interval_ms / 1000, recovery.good_probes
+    )
+
+
+class FakeHealer:
+    """A healer that records start/stop and may fail at stop; moves nothing."""
+
+    def __init__(self, name: str, fail_stop: str | None = None) -> None:
+        self.name = name
+        self.fail_stop = fail_stop
+        self.started = False
+        self.stopped = False
+
+    def start(self, ctx: object) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.fail_stop:
+            raise BackendError(self.fail_stop)
