@@ -1,0 +1,116 @@
+"""Lab network and node cgroups on real namespaces: reachability, partitions, power-off."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+from lab_node_kit import IsolatedLab, in_netns, isolated_lab
+
+from cluster.lab import cgroups, net, state
+
+__all__ = ["isolated_lab"]  # the fixture, re-exported for pytest
+
+pytestmark = pytest.mark.lab
+
+
+def _tcp_reachable(ns: str, ip: str, port: int, timeout: float = 0.3) -> bool:
+    def connect() -> bool:
+        try:
+            with socket.create_connection((ip, port), timeout=timeout):
+                return True
+        except ConnectionRefusedError:
+            return True  # the host answered (RST): reachable
+        except OSError:
+            return False
+
+    return in_netns(ns, connect)
+
+
+def test_names_and_addresses() -> None:
+    assert net.node_ns("node1") == f"{net.NS_PREFIX}-node1"
+    assert net.pod_ns("web") == f"{net.NS_PREFIX}-p-web"
+    assert net.pod_ip(1, 7) == "198.18.11.7"
+    with pytest.raises(Exception, match="slot"):
+        net.pod_ip(1, 1)
+
+
+def test_hub_node_pod_connectivity_and_partitions(isolated_lab: IsolatedLab) -> None:
+    lab = isolated_lab
+    lab.up_node()
+    net.create_node_net(lab.node, lab.index)  # idempotent
+    pod = lab.pod_name()
+    ip = net.create_pod_net(lab.node, lab.index, pod, 5)
+    assert ip == "198.18.19.5"
+    assert set(net.lab_netns()) == {net.HUB_NS, net.node_ns(lab.node), net.pod_ns(pod)}
+    node_ip = state.node_ip(lab.index)
+    assert _tcp_reachable(net.HUB_NS, ip, 9)
+    assert _tcp_reachable(net.HUB_NS, node_ip, 9)
+    # The pod reaches the hub through its node (default routes both ways).
+    assert _tcp_reachable(net.pod_ns(pod), state.HUB_IP, 9)
+
+    net.partition_pod(pod)
+    net.partition_pod(pod)  # idempotent
+    assert net.is_partitioned(pod=pod)
+    assert not _tcp_reachable(net.HUB_NS, ip, 9)
+    assert _tcp_reachable(net.HUB_NS, node_ip, 9)  # only the pod is cut off
+    net.heal_pod_partition(pod)
+    net.heal_pod_partition(pod)
+    assert _tcp_reachable(net.HUB_NS, ip, 9)
+
+    net.partition_node(lab.node)
+    assert net.is_partitioned(node=lab.node)
+    assert not _tcp_reachable(net.HUB_NS, node_ip, 9)
+    assert not _tcp_reachable(net.HUB_NS, ip, 9)
+    net.heal_node_partition(lab.node)
+    assert _tcp_reachable(net.HUB_NS, ip, 9)
+
+    # A pod re-created (e.g. rescheduled back) gets a fresh namespace; the old
+    # identity no longer matches, so a stale delete leaves the new one alone.
+    old = net.netns_inode(net.pod_ns(pod))
+    net.create_pod_net(lab.node, lab.index, pod, 6)
+    assert net.netns_inode(net.pod_ns(pod)) != old
+    net.delete_pod_net(pod, only_inode=old)
+    assert net.pod_ns(pod) in net.lab_netns()
+    net.delete_pod_net(pod)
+    net.delete_pod_net(pod)
+    assert net.pod_ns(pod) not in net.lab_netns()
+    net.delete_node_net(lab.node)
+    net.delete_hub()
+    net.delete_hub()
+    assert net.lab_netns() == []
+
+
+def test_kill_node_kills_every_process(isolated_lab: IsolatedLab) -> None:
+    lab = isolated_lab
+    node = lab.node
+    cgroups.create_node_cgroup(node)
+    lab.nodes.append(node)
+    # A process tree that keeps forking, started inside the node cgroup.
+    shell = subprocess.Popen(
+        ["sh", "-c", "sleep 300 & sleep 300 & (sleep 300 & wait) & trap '' TERM; wait"],
+        preexec_fn=lambda: cgroups.attach(__import__("os").getpid(), node),
+    )
+    lab.procs.append(shell)
+    from lab_node_kit import NotYet, wait_for
+
+    def five() -> list[int]:
+        pids = cgroups.cgroup_pids(node)
+        if len(pids) < 5:
+            raise NotYet
+        return pids
+
+    pids = wait_for(five, 5.0)
+    t0 = time.monotonic()
+    killed = cgroups.kill_node(node)
+    took = time.monotonic() - t0
+    print(f"\nkill_node: {killed} processes in {took * 1000:.1f} ms")
+    assert killed == len(pids) >= 5
+    assert cgroups.cgroup_pids(node) == []
+    assert shell.wait(5) == -signal.SIGKILL
+    assert took < 2.0
+    cgroups.delete_node_cgroup(node)
+    assert f"{cgroups.LAB_CGROUP}/{node}" not in cgroups.lab_cgroups()
