@@ -1,0 +1,122 @@
+"""Run a campaign: a list of experiments, each repeated, with per-entry overrides.
+
+Called by ``rto campaign`` and the nightly job; reads a campaign file through
+``chaos.spec.load_campaign`` (every experiment validated before the first run),
+sets the lab's timing profile per entry, runs each repetition with
+``chaos.runner.run_experiment`` and returns the rows it appended to the store.
+With ``lab_lifecycle`` it brings the lab up before and always down after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from chaos.backends import apply_profile, get_backend
+from chaos.results import ResultsStore, RunResult
+from chaos.runner import RunOptions, run_experiment
+from chaos.spec import CampaignSpec, ExperimentSpec, load_campaign
+from cluster.api import Backend
+
+__all__ = ["CampaignPlan", "plan_campaign", "run_campaign"]
+
+
+@dataclass(frozen=True)
+class CampaignPlan:
+    """A loaded campaign: the spec and one (experiment, repetitions) per entry."""
+
+    spec: CampaignSpec
+    entries: list[tuple[ExperimentSpec, int]]
+
+    @property
+    def total_runs(self) -> int:
+        return sum(n for _, n in self.entries)
+
+
+def plan_campaign(path: Path) -> CampaignPlan:
+    spec, experiments = load_campaign(path)
+    entries = [
+        (exp, entry.repetitions or spec.repetitions)
+        for exp, entry in zip(experiments, spec.experiments, strict=True)
+    ]
+    return CampaignPlan(spec, entries)
+
+
+def _lab_up(profile: str, nodes: int) -> None:
+    from cluster.lab.lifecycle import lab_up
+
+    lab_up(profile=profile, nodes=nodes)
+
+
+def _lab_down() -> None:
+    from cluster.lab.lifecycle import lab_down
+
+    lab_down()
+
+
+def run_campaign(
+    plan: CampaignPlan,
+    store: ResultsStore,
+    *,
+    backend_factory: Callable[[str], Backend] = get_backend,
+    options: RunOptions | None = None,
+    lab_lifecycle: bool = False,
+    console: Console | None = None,
+    lab_up: Callable[[str, int], None] = _lab_up,
+    lab_down: Callable[[], None] = _lab_down,
+) -> list[RunResult]:
+    """Run every entry of ``plan``; stops at the first aborted run (it re-raises)."""
+    spec = plan.spec
+    first_profile = next(
+        (e.rto.profile for e, _ in plan.entries if e.rto.profile), spec.profile or "fast"
+    )
+    results: list[RunResult] = []
+    if lab_lifecycle and spec.backend == "lab":
+        lab_up(first_profile, spec.nodes)
+    try:
+        backend = backend_factory(spec.backend)
+        opts = options or RunOptions()
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=console is None,
+        )
+        with progress:
+            task = progress.add_task(spec.name, total=plan.total_runs)
+            status = opts.status
+
+            def show(message: str) -> None:
+                progress.update(task, description=f"{spec.name}: {message}")
+                status(message)
+
+            opts.status = show
+            current: str | None = None
+            for experiment, reps in plan.entries:
+                # Switching profile restarts the lab's timers; only do it on change.
+                if experiment.rto.profile and experiment.rto.profile != current:
+                    apply_profile(backend, experiment.rto.profile)
+                    current = experiment.rto.profile
+                for rep in range(reps):
+                    result = run_experiment(
+                        experiment,
+                        backend,
+                        store,
+                        campaign=spec.name,
+                        repetition=rep,
+                        profile=experiment.rto.profile,
+                        options=opts,
+                    )
+                    results.append(result)
+                    progress.advance(task)
+            opts.status = status
+    finally:
+        if lab_lifecycle and spec.backend == "lab":
+            lab_down()
+    return results

@@ -1,0 +1,239 @@
+"""``rto``: the command line of the harness (entry point ``chaos.cli:main``).
+
+Commands: ``lab up|down|status``, ``run FILE``, ``campaign FILE``, ``report``,
+``revert``. Every input is validated before anything touches a cluster; a
+``HarnessError`` is printed in red and exits 2; a report with failing cells
+exits 1. ``lab down`` and ``revert`` first revert every fault still pending in
+the journal, so nothing is ever left behind after a crash of the harness.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from chaos.backends import BACKENDS, apply_profile, get_backend
+from chaos.errors import HarnessError, SpecError
+from chaos.journal import Journal
+from chaos.results import ResultsStore, RunResult
+
+__all__ = ["cli", "main", "parse_budgets"]
+
+console = Console(stderr=True)
+out = Console()
+
+# Injection point for tests (the FakeBackend); production uses chaos.backends.
+BACKEND_FACTORY: list[Callable[[str], Any]] = [get_backend]
+
+
+def _backend(name: str) -> Any:
+    return BACKEND_FACTORY[0](name)
+
+
+class _HarnessGroup(click.Group):
+    """Turns a HarnessError anywhere below into a red message and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HarnessError as exc:
+            console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            ctx.exit(2)
+
+
+@click.group(
+    cls=_HarnessGroup, help="Fault injection and self-healing harness: measures pod/VMI RTO."
+)
+def cli() -> None:
+    pass
+
+
+# --- lab ---------------------------------------------------------------------------
+
+
+@cli.group(help="The embedded lab (needs root).")
+def lab() -> None:
+    pass
+
+
+@lab.command("up", help="Create the lab: nodes, control plane, agents.")
+@click.option("--profile", default="fast", show_default=True, help="timing profile")
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(2, 8))
+def lab_up_cmd(profile: str, nodes: int) -> None:
+    from cluster.lab.lifecycle import lab_up
+    from cluster.lab.profile import get_profile
+
+    get_profile(profile)  # bad input fails before anything is created
+    with console.status(f"bringing the lab up ({nodes} nodes, profile {profile})"):
+        lab_up(profile=profile, nodes=nodes)
+    out.print(f"[green]lab up[/]: {nodes} nodes, profile {profile}")
+
+
+@lab.command("down", help="Revert pending faults, then remove every lab object.")
+def lab_down_cmd() -> None:
+    from cluster.lab.lifecycle import lab_down
+
+    try:
+        _revert_journal()
+    finally:
+        with console.status("tearing the lab down"):
+            lab_down()
+    out.print("[green]lab down[/]")
+
+
+@lab.command("status", help="What is up (JSON).")
+def lab_status_cmd() -> None:
+    from cluster.lab.lifecycle import lab_status
+
+    out.print_json(json.dumps(lab_status(), default=str))
+
+
+# --- runs ----------------------------------------------------------------------------
+
+
+@contextmanager
+def _status_line() -> Iterator[Callable[[str], None]]:
+    with console.status("starting") as status:
+
+        def update(message: str) -> None:
+            status.update(message)
+
+        yield update
+
+
+def _print_result(r: RunResult) -> None:
+    colour = {"recovered": "green", "no_outage": "green", "not_recovered": "yellow"}.get(
+        r.status.value, "red"
+    )
+    rto = "-" if r.rto_s is None else f"{r.rto_s:.3f} s"
+    out.print(
+        f"[{colour}]{r.status.value}[/] {r.experiment} ({r.fault} {r.variant} {r.kind}, "
+        f"{r.profile}, healers {','.join(r.healers) or 'none'}): RTO {rto}"
+        + (f" - {r.error}" if r.error else "")
+    )
+
+
+@cli.command("run", help="Run one experiment file.")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--runs-dir", default=Path("runs"), type=click.Path(path_type=Path))
+@click.option("--repeat", default=1, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--backend", "backend_name", default="lab", type=click.Choice(BACKENDS))
+def run_cmd(file: Path, runs_dir: Path, repeat: int, backend_name: str) -> None:
+    from chaos.runner import RunOptions, run_experiment
+    from chaos.spec import load_experiment
+
+    spec = load_experiment(file)  # SpecError -> exit 2, nothing injected
+    backend = _backend(backend_name)
+    profile = spec.rto.profile
+    apply_profile(backend, profile)
+    if profile is None and backend_name == "lab":
+        from cluster.lab.lifecycle import lab_status
+
+        profile = lab_status().get("profile")
+    store = ResultsStore(runs_dir)
+    with _status_line() as status:
+        for rep in range(repeat):
+            result = run_experiment(
+                spec,
+                backend,
+                store,
+                repetition=rep,
+                profile=profile,
+                options=RunOptions(status=status),
+            )
+            _print_result(result)
+
+
+@cli.command("campaign", help="Run a campaign file (repetitions, overrides, profiles).")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--runs-dir", default=Path("runs"), type=click.Path(path_type=Path))
+@click.option("--with-lab", is_flag=True, help="bring the lab up before and down after")
+@click.option("--report", "report_dir", default=None, type=click.Path(path_type=Path))
+def campaign_cmd(file: Path, runs_dir: Path, with_lab: bool, report_dir: Path | None) -> None:
+    from chaos.campaign import plan_campaign, run_campaign
+
+    plan = plan_campaign(file)  # every experiment validated before the first run
+    store = ResultsStore(runs_dir)
+    try:
+        results = run_campaign(
+            plan,
+            store,
+            backend_factory=_backend,
+            lab_lifecycle=with_lab,
+            console=console,
+        )
+        for r in results:
+            _print_result(r)
+    finally:
+        if report_dir is not None:
+            _build_report(runs_dir, report_dir)
+
+
+def _build_report(runs_dir: Path, out_dir: Path) -> Any:
+    from reports.build import build_report
+
+    summary = build_report(runs_dir, out_dir)
+    out.print(f"report written to {out_dir}")
+    return summary
+
+
+def parse_budgets(values: tuple[str, ...]) -> dict[str, float]:
+    """``fault:kind=seconds`` (or ``fault/kind``, ``fault``, ``kind``, ``*``) -> dict."""
+    budgets: dict[str, float] = {}
+    for v in values:
+        key, sep, seconds = v.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError
+            budgets[key.strip().replace(":", "/")] = float(seconds)
+        except ValueError:
+            raise SpecError(
+                f"--budget {v!r}: expected fault:kind=seconds, e.g. process-crash:pod=15"
+            ) from None
+    return budgets
+
+
+@cli.command("report", help="Build the RTO report from the results store.")
+@click.option("--runs-dir", default=Path("runs"), type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", default=Path("reports/latest"), type=click.Path(path_type=Path))
+@click.option("--fail-on", default="", help="verdicts that fail, e.g. contradicted,no-recovery")
+@click.option("--budget", multiple=True, help="RTO budget fault:kind=seconds (repeatable)")
+def report_cmd(runs_dir: Path, out_dir: Path, fail_on: str, budget: tuple[str, ...]) -> None:
+    from reports.analysis import failing_cells
+
+    budgets = parse_budgets(budget)
+    wanted = {s.strip() for s in fail_on.split(",") if s.strip()}
+    summary = _build_report(runs_dir, out_dir)
+    failing = failing_cells(summary, wanted, budgets)
+    for f in failing:
+        cell = f.cell
+        console.print(f"[red]FAIL[/] {cell.fault}/{cell.kind}: {f.reason}")
+    if failing:
+        sys.exit(1)
+
+
+@cli.command("revert", help="Revert every fault still pending in the journal.")
+def revert_cmd() -> None:
+    _revert_journal()
+
+
+def _revert_journal() -> None:
+    journal = Journal()
+    pending = journal.pending()
+    if not pending:
+        out.print(f"nothing to revert ({journal.path})")
+        return
+    done = journal.revert_pending(_backend)
+    for rec in done:
+        out.print(f"[green]reverted[/] {rec.fault} on {rec.target} ({rec.id})")
+
+
+def main() -> None:
+    cli()
