@@ -38,7 +38,7 @@ from cluster.lab import net, runtime, state, volumes
 from cluster.lab.backoff import RestartBackoff
 from cluster.lab.profile import TimingProfile, get_profile
 
-__all__ = ["Agent", "PodRun", "enter_host_mount_ns", "main"]
+__all__ = ["Agent", "PodRun", "enter_host_mount_ns", "enter_node_netns", "main"]
 
 log = logging.getLogger("rto.lab.agent")
 
@@ -323,24 +323,45 @@ _CLONE_NEWNS = 0x00020000
 
 
 def enter_host_mount_ns() -> None:
-    """Join pid 1's mount namespace if we are not in it.
+    """Join the machine's mount namespace if ``ip netns exec`` took us out of it.
 
     ``ip netns exec`` gives the agent a private (slave) mount namespace: the
     volumes it mounts and the pod netns it creates would be invisible to the
-    rest of the machine. Must run while the process is single-threaded.
+    rest of the machine (the harness, lab_down, other nodes). pid 1's namespace
+    may be unreadable (sandboxes), so the launcher's (our parent's: ``ip netns
+    exec`` execs in place) is the fallback. Must run while single-threaded.
     """
-    if os.readlink("/proc/self/ns/mnt") == os.readlink("/proc/1/ns/mnt"):
+    mine = os.readlink("/proc/self/ns/mnt")
+    for cand in ("/proc/1/ns/mnt", f"/proc/{os.getppid()}/ns/mnt"):
+        try:
+            if os.readlink(cand) == mine:
+                return
+            fd = os.open(cand, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # not allowed to look at it: try the next candidate
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.setns(fd, _CLONE_NEWNS) != 0:
+                err = os.strerror(ctypes.get_errno())
+                raise LabError(f"cannot join the mount namespace of {cand}: {err}")
+        finally:
+            os.close(fd)
+        os.chdir("/")
+        log.info("joined the mount namespace of %s", cand)
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open("/proc/1/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, _CLONE_NEWNS) != 0:
-            raise LabError(
-                f"cannot join the host mount namespace: {os.strerror(ctypes.get_errno())}"
-            )
-    finally:
-        os.close(fd)
-    os.chdir("/")
+
+
+def enter_node_netns(node: str) -> None:
+    """Move the whole (still single-threaded) agent into its node's netns.
+
+    Lets the launcher start the agent without ``ip netns exec``; threads and
+    children created afterwards inherit the namespace.
+    """
+    want = net.netns_inode(net.node_ns(node))
+    if want is None:
+        raise LabError(f"node {node} has no network namespace {net.node_ns(node)}; run lab up")
+    if os.stat("/proc/self/ns/net").st_ino != want:
+        net.enter_netns(net.node_ns(node))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -355,6 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         enter_host_mount_ns()
+        enter_node_netns(args.node)
         Agent(args.node, db=args.db).run()
     except HarnessError as exc:
         raise SystemExit(f"agent {args.node}: {exc}") from exc
