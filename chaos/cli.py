@@ -23,18 +23,22 @@ from chaos.backends import BACKENDS, apply_profile, get_backend
 from chaos.errors import HarnessError, SpecError
 from chaos.journal import Journal
 from chaos.results import ResultsStore, RunResult
+from chaos.runner import RunOptions
+from cluster.api import Backend
 
 __all__ = ["cli", "main", "parse_budgets"]
 
 console = Console(stderr=True)
 out = Console()
 
-# Injection point for tests (the FakeBackend); production uses chaos.backends.
-BACKEND_FACTORY: list[Callable[[str], Any]] = [get_backend]
+# Injection points for tests (FakeBackend, fake recorder and clock); read at call
+# time, so a test can monkeypatch them. Production never changes them.
+BACKEND_FACTORY: Callable[[str], Backend] = get_backend
+OPTIONS_FACTORY: Callable[[], RunOptions] = RunOptions
 
 
-def _backend(name: str) -> Any:
-    return BACKEND_FACTORY[0](name)
+def _backend(name: str) -> Backend:
+    return BACKEND_FACTORY(name)
 
 
 class _HarnessGroup(click.Group):
@@ -126,27 +130,24 @@ def _print_result(r: RunResult) -> None:
 @click.option("--repeat", default=1, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--backend", "backend_name", default="lab", type=click.Choice(BACKENDS))
 def run_cmd(file: Path, runs_dir: Path, repeat: int, backend_name: str) -> None:
-    from chaos.runner import RunOptions, run_experiment
+    from chaos.runner import run_experiment
     from chaos.spec import load_experiment
 
     spec = load_experiment(file)  # SpecError -> exit 2, nothing injected
     backend = _backend(backend_name)
     profile = spec.rto.profile
     apply_profile(backend, profile)
-    if profile is None and backend_name == "lab":
+    if profile is None and backend.name == "lab":
         from cluster.lab.lifecycle import lab_status
 
         profile = lab_status().get("profile")
     store = ResultsStore(runs_dir)
     with _status_line() as status:
+        opts = OPTIONS_FACTORY()
+        opts.status = status
         for rep in range(repeat):
             result = run_experiment(
-                spec,
-                backend,
-                store,
-                repetition=rep,
-                profile=profile,
-                options=RunOptions(status=status),
+                spec, backend, store, repetition=rep, profile=profile, options=opts
             )
             _print_result(result)
 
@@ -166,6 +167,7 @@ def campaign_cmd(file: Path, runs_dir: Path, with_lab: bool, report_dir: Path | 
             plan,
             store,
             backend_factory=_backend,
+            options=OPTIONS_FACTORY(),
             lab_lifecycle=with_lab,
             console=console,
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -71,6 +71,7 @@ class FakeBackend:
         self.restart_delay = restart_delay
         self.state_file = state_file
         self.fail_on: dict[str, str] = {}
+        self.observers: list[Callable[[], None]] = []  # called before every action
         self.profile = "fast"
         self._mem = _empty_state(list(nodes))
         if state_file is not None and not state_file.exists():
@@ -79,6 +80,10 @@ class FakeBackend:
     # --- state plumbing ------------------------------------------------------------
     @contextmanager
     def _state(self, call: str | None = None) -> Iterator[dict[str, Any]]:
+        if call is not None:
+            # Observers (the FakeRecorder) catch up on the old state first.
+            for observe in list(self.observers):
+                observe()
         if call is not None and call.split("(")[0] in self.fail_on:
             raise BackendError(self.fail_on[call.split("(")[0]])
         st = json.loads(self.state_file.read_text()) if self.state_file else self._mem
@@ -303,9 +308,9 @@ class FakeBackend:
 class FakeRecorder:
     """Probes a FakeBackend every ``interval`` of the clock, lazily catching up.
 
-    Between two calls nothing but time changes the fake's state, so probing the
-    past (``answers(at=t)``) on each call gives the same transitions a threaded
-    prober would have seen.
+    It is an observer of the backend (called before every action), so between two
+    catch-ups nothing but time changes the fake's state: probing the past
+    (``answers(at=t)``) gives the transitions a threaded prober would have seen.
     """
 
     def __init__(
@@ -335,10 +340,13 @@ class FakeRecorder:
     def start(self) -> None:
         self.started = True
         self._next = self.clock.now()
+        self.backend.observers.append(self._catch_up)
 
     def stop(self) -> None:
         self._catch_up()
         self.stopped = True
+        if self._catch_up in self.backend.observers:
+            self.backend.observers.remove(self._catch_up)
 
     def _catch_up(self) -> None:
         if self._next is None or self.stopped:

@@ -10,12 +10,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from fakes import FakeBackend
 
 from chaos.errors import JournalError
 from chaos.faults import NodePowerOff, StorageLost
 from chaos.journal import FaultRecord, Journal
 from cluster.api import VolumeFailure, WorkloadKind
-from fakes import FakeBackend
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fakes import FakeBackend, FakeHealer, fake_recorder_factory
 
 from chaos.clock import FakeClock
 from chaos.errors import FaultError
@@ -14,7 +15,6 @@ from chaos.runner import RunOptions, run_experiment
 from chaos.spec import ExperimentSpec, RtoSpec
 from chaos.timeline import EventKind
 from cluster.api import WorkloadKind
-from fakes import FakeBackend, FakeHealer, fake_recorder_factory
 
 
 def spec(
@@ -66,7 +66,7 @@ def test_process_crash_recovers_with_rto_of_the_restart_delay(env) -> None:  # t
 
 
 def test_power_off_held_then_reverted_and_recovered(env) -> None:  # type: ignore[no-untyped-def]
-    backend, store, opts, journal, _ = env
+    backend, store, opts, _journal, _ = env
     r = run_experiment(
         spec({"type": "node-power-off", "duration_s": 10}), backend, store, options=opts
     )
