@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -78,6 +79,12 @@ class Watch:
         with self.cond:
             return self.cond.wait_for(seen, timeout)
 
+    def wait_fail(self, mark: int, timeout: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(
+                lambda: any(t.kind is EventKind.PROBE_FAIL for t in self.items[mark:]), timeout
+            )
+
     def wait_up(self, timeout: float) -> bool:
         with self.cond:
             return self.cond.wait_for(
@@ -120,15 +127,37 @@ def run_trials(
             down_at = go_down()
             time.sleep(x)  # the outage itself: its length is the ground truth
             up_at = go_up()
-            ok = watch.wait_ok_after_fail(mark, x + 10)
-            time.sleep(0.15)  # let a flap show up before measuring
             truth = up_at - down_at
+            # A stall shorter than the probe timeout is only a slow answer: by the
+            # prober's definition there was no outage. Count it, do not score it.
+            if not watch.wait_fail(mark, timeout + 0.5):
+                rows.append(
+                    {
+                        "trial": i,
+                        "mode": mode,
+                        "x_s": x,
+                        "truth_s": round(truth, 6),
+                        "visible": False,
+                        "recovered": True,
+                        "rto_s": None,
+                        "error_s": None,
+                    }
+                )
+                print(
+                    f"{label:8} {i:3} {mode:7} X={x * 1000:7.1f} ms  no failed probe "
+                    f"(stall < timeout {timeout * 1000:g} ms)",
+                    flush=True,
+                )
+                continue
+            ok = watch.wait_ok_after_fail(mark, 10)
+            time.sleep(0.15)  # let a flap show up before measuring
             m = measure(watch.timeline.events(), down_at - watch.timeline.origin)
             row: dict[str, Any] = {
                 "trial": i,
                 "mode": mode,
                 "x_s": x,
                 "truth_s": round(truth, 6),
+                "visible": True,
                 "recovered": ok and m.recovered,
                 "rto_s": m.rto_s,
                 "error_s": None if m.rto_s is None else round(m.rto_s - truth, 6),
@@ -154,14 +183,19 @@ def run_trials(
 
 
 def summary(rows: list[dict[str, Any]], key: str = "error_s") -> dict[str, Any]:
-    errs = [abs(r[key]) for r in rows if r.get(key) is not None]
-    signed = [r[key] for r in rows if r.get(key) is not None]
+    scored = [r for r in rows if r["visible"] and r["recovered"] and r.get(key) is not None]
+    errs = [abs(r[key]) for r in scored]
+    signed = [r[key] for r in scored]
+    counts = {
+        "n": len(errs),
+        "invisible": sum(1 for r in rows if not r["visible"]),
+        "not_recovered": sum(1 for r in rows if r["visible"] and not r["recovered"]),
+    }
     if not errs:
-        return {"n": 0, "not_recovered": len(rows)}
+        return counts
     q = statistics.quantiles(errs, n=100, method="inclusive") if len(errs) > 1 else errs * 99
     return {
-        "n": len(errs),
-        "not_recovered": sum(1 for r in rows if not r["recovered"]),
+        **counts,
         "p50_abs_ms": round(statistics.median(errs) * 1000, 1),
         "p95_abs_ms": round(q[94] * 1000, 1),
         "max_abs_ms": round(max(errs) * 1000, 1),
@@ -248,11 +282,12 @@ def print_table(results: dict[str, Any]) -> None:
         for mode, s in block["by_mode"].items():
             sent = block["by_mode_sent_stamp"].get(mode, {})
             print(
-                f"{target:10} {mode:8} {s['n']:3} {s.get('p50_abs_ms', '-'):>9} "
+                f"{target:10} {mode:8} {s['n']:3} {s['invisible']:3} {s.get('p50_abs_ms', '-'):>9} "
                 f"{s.get('p95_abs_ms', '-'):>9} {s.get('max_abs_ms', '-'):>7} "
                 f"{s.get('mean_signed_ms', '-'):>9} {sent.get('p95_abs_ms', '-'):>15}"
             )
-    print("(ms; err = measured RTO - ground truth; sent-stamp = PROBE_OK at the send time)")
+    print("(ms; err = measured RTO - ground truth; inv = stall shorter than the probe timeout,")
+    print(" no failed probe, not scored; sent-stamp = PROBE_OK stamped at the send time)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     xs = durations(args.trials)
+    load_before = list(os.getloadavg())
     cfg = (args.interval, args.timeout, args.good_needed)
     targets: dict[str, list[dict[str, Any]]] = {}
     if not args.no_loopback:
@@ -285,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
             "host": platform.node(),
             "python": platform.python_version(),
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            # Other work on the machine shows up as error: keep it on record.
+            "loadavg_before": load_before,
+            "loadavg_after": list(os.getloadavg()),
+            "cpus": os.cpu_count(),
         },
         "targets": {},
     }
