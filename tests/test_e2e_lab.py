@@ -1,0 +1,38 @@
+"""End to end on the real lab: the smoke campaign through rto's runner, LabBackend.
+
+Needs root, namespaces, runc and the lab images; brings the lab up and always
+down again. One run per fault type of the smoke campaign; every run must record
+a row, and nothing may be left in the journal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chaos.campaign import plan_campaign, run_campaign
+from chaos.journal import Journal
+from chaos.results import ResultsStore, RunStatus
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def test_smoke_campaign_on_the_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RTO_JOURNAL", str(tmp_path / "journal.jsonl"))
+    plan = plan_campaign(ROOT / "experiments/campaigns/smoke.yaml")
+    store = ResultsStore(tmp_path / "runs")
+    results = run_campaign(plan, store, lab_lifecycle=True)
+    assert len(results) == plan.total_runs == len(store.load())
+    by_fault = {r.fault: r for r in results}
+    crash = by_fault["process-crash"]
+    assert crash.status is RunStatus.RECOVERED, crash.error
+    assert crash.rto_s is not None and crash.rto_s < 10
+    power = by_fault["node-power-off"]
+    assert power.status is RunStatus.RECOVERED, power.error
+    part = by_fault["network-partition"]
+    assert part.status is RunStatus.RECOVERED, part.error
+    assert part.rto_s is not None and part.rto_s >= 1.5  # held 2 s
+    assert Journal().pending() == []
