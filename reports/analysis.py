@@ -35,6 +35,7 @@ __all__ = [
     "CellSummary",
     "FailingCell",
     "MetricVerdict",
+    "ReportSummary",
     "Verdict",
     "failing_cells",
     "fmt_s",
@@ -114,6 +115,41 @@ class MetricVerdict(BaseModel):
     expectation: MetricExpectation
     verdict: Verdict
     detail: str
+
+
+class ReportSummary(BaseModel):
+    """What a report says: every cell with its verdict, the metric claims, the files."""
+
+    model_config = ConfigDict(frozen=True)
+
+    results_path: str
+    expectations_path: str
+    generated_at: str  # ISO 8601 UTC
+    runs: int
+    cells: tuple[CellSummary, ...]
+    metrics: tuple[MetricVerdict, ...]
+    expectations: Expectations
+    message: str = ""  # e.g. "no runs recorded in runs/results.jsonl"
+    files: tuple[str, ...] = ()  # what build_report wrote, relative to out_dir
+
+    def verdict_counts(self) -> dict[str, int]:
+        counts = {v.value: 0 for v in Verdict}
+        for c in self.cells:
+            counts[c.verdict.value] += 1
+        return {k: n for k, n in counts.items() if n}
+
+    def cell(self, fault: str, kind: str, **match: str) -> CellSummary:
+        """The one cell of (fault, kind) matching ``match`` (e.g. profile=..., healers=...)."""
+        found = [
+            c
+            for c in self.cells
+            if c.fault == fault
+            and c.kind == kind
+            and all(getattr(c, k) == v for k, v in match.items())
+        ]
+        if len(found) != 1:
+            raise LookupError(f"{len(found)} cells match {fault}/{kind} {match}")
+        return found[0]
 
 
 class FailingCell(BaseModel):

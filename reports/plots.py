@@ -31,9 +31,10 @@ _OFFSET = {"pod": -0.2, "vmi": 0.2}
 _DPI = 100
 
 
-def _png(fig: Figure) -> bytes:
+def _png(fig: Figure, dpi: int = _DPI) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
+    # bbox "tight": the timeline legend sits outside the axes and must not be cut.
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()
 
 
@@ -285,4 +286,5 @@ def plot_timeline(run: RunResult) -> bytes:
     )
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _png(fig)
+    # One of these per run in the page: a lower resolution keeps the HTML small.
+    return _png(fig, dpi=80)
