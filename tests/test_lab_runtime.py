@@ -93,3 +93,15 @@ def test_freeze_pod_makes_it_hang(isolated_lab: IsolatedLab) -> None:
     finally:
         cgroups.thaw_pod(lab.node, pod)
     wait_healthy(lab, ip, f"{pod} i", timeout=3)
+
+
+def test_kill_node_also_kills_a_frozen_pod(isolated_lab: IsolatedLab) -> None:
+    lab = isolated_lab
+    lab.up_node()
+    pod = lab.pod_name()
+    ip, proc = start_pod(lab, pod, 8, "f")
+    wait_healthy(lab, ip, f"{pod} f")
+    cgroups.freeze_pod(lab.node, pod)
+    assert cgroups.kill_node(lab.node) == 1  # httpd (runc is the test's child here)
+    assert proc.wait(5) != 0
+    assert cgroups.cgroup_pids(lab.node) == []

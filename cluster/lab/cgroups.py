@@ -183,7 +183,11 @@ def kill_node(node: str) -> int:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):  # already gone
                 os.kill(pid, signal.SIGKILL)
-        _set_frozen(top, False)
+        # Thaw from the top down: a pod frozen on its own (freeze_pod) would
+        # otherwise keep its killed processes frozen, and alive, forever.
+        for cg in _walk(top):
+            with contextlib.suppress(FileNotFoundError):
+                _set_frozen(cg, False)
     _wait_empty(node, 5.0)
     _remove_children(node)
     return len(pids)
