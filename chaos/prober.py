@@ -298,7 +298,7 @@ class Prober:
         if loop is not None and main is not None and not loop.is_closed():
             # The loop may close between the check and the call: nothing to stop then.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(main.cancel)
+                loop.call_soon_threadsafe(self._cancel_main)
         if self._thread is not None:
             self._thread.join()
         if self.error is not None:
@@ -310,7 +310,7 @@ class Prober:
             self._home_fd = current_netns_fd()
             asyncio.run(self._amain())
         except BaseException as exc:  # kept and re-raised by stop(), never lost
-            self.error = exc
+            self.error = self.error or exc
             log.exception("%s died", self.name)
         finally:
             self._started.set()
@@ -349,6 +349,11 @@ class Prober:
             for t in in_flight:
                 t.cancel()
             await asyncio.gather(refresher, *in_flight, return_exceptions=True)
+
+    def _cancel_main(self) -> None:
+        # Once only: a second cancel would land in the clean-up of the first.
+        if self._main is not None and not self._main.done() and not self._main.cancelling():
+            self._main.cancel()
 
     async def _refresh_target(self) -> None:
         try:
@@ -396,4 +401,11 @@ class Prober:
             if not o.ok:
                 self.failed += 1
             for tr in self.machine.feed_outcome(o):
-                self._on_transition(tr)
+                try:
+                    self._on_transition(tr)
+                except Exception as exc:
+                    # A transition that cannot be recorded makes the whole
+                    # measurement worthless: stop, and let stop() raise it.
+                    self.error = exc
+                    self._cancel_main()
+                    return

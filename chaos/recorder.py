@@ -140,7 +140,12 @@ class Recorder:
             target=self._follow, name=f"follower-{self.workload}", daemon=True
         )
         self._follower.start()
-        self.prober.start()
+        try:
+            self.prober.start()
+        except HarnessError:
+            self._stop.set()
+            self._follower.join()
+            raise
 
     def stop(self) -> None:
         """Stop both threads, take a last control-plane reading.

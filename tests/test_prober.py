@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from loopback_target import LoopbackTarget
 
-from chaos.errors import LabError
+from chaos.errors import HarnessError, LabError
 from chaos.netns import enter_netns
 from chaos.prober import Prober, ProbeState, ProbeStateMachine, Transition, _parse
 from chaos.timeline import EventKind
@@ -293,3 +293,17 @@ def test_enter_missing_netns_is_a_clear_error() -> None:
     th.start()
     th.join()
     assert err and "is the lab up" in str(err[0])
+
+
+def test_a_transition_that_cannot_be_recorded_stops_the_prober(server: LoopbackTarget) -> None:
+    seen = threading.Event()
+
+    def broken(tr: Transition) -> None:
+        seen.set()
+        raise RuntimeError("timeline full")
+
+    p = Prober(server.target, broken)
+    p.start()
+    assert seen.wait(2)
+    with pytest.raises(HarnessError, match="timeline full"):
+        p.stop()
