@@ -94,11 +94,29 @@ def _daemon_of(pid: int) -> str | None:
     whose command line is really ours is ever signalled. Another lab on the
     machine (tests use other ``RTO_LAB_RUN_DIR``s) is not ours either.
     """
-    args = _cmdline(pid)
+    module = _module_of(_cmdline(pid))
+    if module is None:
+        return None
+    run_dir = _environ(pid).get("RTO_LAB_RUN_DIR", "/run/rto-lab")
+    return module if Path(run_dir) == Path(state.RUN_DIR) else None
+
+
+# WORKAROUND (agent.enter_host_mount_ns reads /proc/1/ns/mnt, which this
+# sandbox forbids even to root, so the agent dies at start). Daemons are
+# started with nsenter --net, i.e. already in the host mount namespace, so
+# skipping that call is exactly right. Remove once the agent tolerates it.
+_AGENT_LAUNCHER = (
+    "import sys; import cluster.lab.agent as agent; "
+    "agent.enter_host_mount_ns = lambda: None; agent.main(sys.argv[1:])"
+)
+
+
+def _module_of(args: list[str]) -> str | None:
     for i, a in enumerate(args[:-1]):
         if a == "-m" and args[i + 1] in _DAEMONS:
-            run_dir = _environ(pid).get("RTO_LAB_RUN_DIR", "/run/rto-lab")
-            return args[i + 1] if Path(run_dir) == Path(state.RUN_DIR) else None
+            return args[i + 1]
+        if a == "-c" and args[i + 1] == _AGENT_LAUNCHER:
+            return "cluster.lab.agent"
     return None
 
 
@@ -182,7 +200,16 @@ def _spawn(netns: str, module: str, args: list[str], log: Path, node: str | None
 
     with open(log, "ab") as out:
         p = subprocess.Popen(
-            ["ip", "netns", "exec", netns, sys.executable, "-m", module, *args],
+            # nsenter, not `ip netns exec`: the latter also makes a private mount
+            # namespace, and volumes/pod netns the daemons create must be
+            # visible to the whole machine. nsenter execs: the pid is the daemon.
+            [
+                "nsenter",
+                f"--net={net.NETNS_DIR / netns}",
+                sys.executable,
+                *(["-c", _AGENT_LAUNCHER] if module == "cluster.lab.agent" else ["-m", module]),
+                *args,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -197,7 +224,7 @@ def _spawn(netns: str, module: str, args: list[str], log: Path, node: str | None
 
 def _start_controlplane() -> int:
     pid = _spawn(net.HUB_NS, "cluster.lab.controlplane", [], _log_dir() / "controlplane.log", None)
-    # `ip netns exec` execs the command, so this is the daemon's pid; written here
+    # nsenter execs the command, so this is the daemon's pid; written here
     # too so lab_down finds it even if the daemon dies before writing its own.
     _cp_pid_file().parent.mkdir(parents=True, exist_ok=True)
     _cp_pid_file().write_text(f"{pid}\n")
@@ -360,11 +387,43 @@ def leftovers(nodes: set[str] | None = None) -> dict[str, list[str]]:
     out = {
         "processes": [str(p) for p in lab_processes(names)],
         "netns": _our_netns(names),
-        "cgroups": [c for c in cgroups.lab_cgroups() if c.split("/", 1)[1] in names],
+        "cgroups": [str(d) for d in _node_cgroup_dirs(names)],
         "mounts": _mounts_under([Path(state.STATE_DIR), Path(state.RUN_DIR)]),
         "loops": _lab_loops(),
     }
     return {k: v for k, v in out.items() if v}
+
+
+def _cgroup_roots() -> list[Path]:
+    """Every mounted cgroup hierarchy (v1 controllers, name=systemd, unified)."""
+    root = cgroups.CGROUP_ROOT
+    if (root / "cgroup.procs").exists():
+        return [root]  # pure v2
+    return [p for p in sorted(root.iterdir()) if (p / "cgroup.procs").exists()]
+
+
+def _node_cgroup_dirs(nodes: set[str]) -> list[Path]:
+    """``rto-lab/<node>`` dirs (and below) of ``nodes`` in any hierarchy, deepest first.
+
+    runc also creates pod cgroups in hierarchies the node cgroups do not use
+    (name=systemd, unified on hybrid hosts); they must go too.
+    """
+    found: list[Path] = []
+    for root in _cgroup_roots():
+        for node in nodes:
+            top = root / cgroups.LAB_CGROUP / node
+            if top.is_dir():
+                found.extend(Path(d) for d, _, _ in os.walk(top))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def _remove_cgroup_dirs(nodes: set[str]) -> None:
+    for d in _node_cgroup_dirs(nodes):
+        with contextlib.suppress(FileNotFoundError):
+            d.rmdir()
+    for root in _cgroup_roots():
+        with contextlib.suppress(OSError):  # busy: another lab's nodes still there
+            (root / cgroups.LAB_CGROUP).rmdir()
 
 
 def _node_names() -> set[str]:
@@ -454,6 +513,7 @@ def lab_down() -> None:
     step("hub netns", net.delete_hub)
     for node in sorted(nodes):
         step(f"cgroup of {node}", functools.partial(cgroups.delete_node_cgroup, node))
+    step("cgroups in other hierarchies", functools.partial(_remove_cgroup_dirs, nodes))
     run = Path(state.RUN_DIR)
     if run.exists():
         step("runtime dir", lambda: shutil.rmtree(run))

@@ -1,0 +1,244 @@
+"""The real lab end to end: namespaces, runc pods, control plane, agents.
+
+Each module run brings up its own lab under private names (state/run dirs,
+netns prefix ``rtoa2``, nodes ``a2n1..3``) so it never touches a lab a user
+(or another test) has up on the same machine, and takes it down in finally.
+Timings are the ``fast`` profile's; measured figures are printed (``-s``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import leftovers as machine
+import pytest
+
+from chaos.errors import BackendError
+from cluster.api import Phase, WorkloadKind
+from cluster.lab import lifecycle, net, state
+from cluster.lab.backend import LabBackend
+from cluster.lab.profile import get_profile
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+STATE = Path("/var/lib/rto-lab-a2test")
+RUN = Path("/run/rto-lab-a2test")
+PREFIX = "rtoa2"
+NODE_PREFIX = "a2n"
+NODES = {f"{NODE_PREFIX}{i}" for i in (1, 2, 3)}
+FAST = get_profile("fast")
+
+
+def _isolate(mp: pytest.MonkeyPatch) -> None:
+    mp.setattr(state, "STATE_DIR", STATE)
+    mp.setattr(state, "RUN_DIR", RUN)
+    # Same effect as net.set_prefix, but undone by the monkeypatch.
+    mp.setattr(net, "NS_PREFIX", PREFIX)
+    mp.setattr(net, "HUB_NS", f"{PREFIX}-hub")
+
+
+def _our_objects() -> dict[str, set[str]]:
+    snap = machine.snapshot(lab_dirs=(STATE, RUN), netns_prefix=f"{PREFIX}-", probe_frozen=False)
+    # Processes/cgroups of other labs on the machine are not ours: filter by name.
+    snap[machine.CGROUPS] = {c for c in snap[machine.CGROUPS] if f"/{NODE_PREFIX}" in c}
+    snap[machine.PROCESSES] = {
+        p for p in snap[machine.PROCESSES] if str(RUN) in p or str(STATE) in p
+    }
+    snap.pop(machine.UNCHECKED, None)
+    snap.pop(machine.IPTABLES, None)
+    return {k: v for k, v in snap.items() if v}
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[LabBackend]:
+    mp = pytest.MonkeyPatch()
+    _isolate(mp)
+    try:
+        lifecycle.lab_down()  # a previous aborted run of this module
+        t0 = time.monotonic()
+        lifecycle.lab_up("fast", 3, node_prefix=NODE_PREFIX)
+        print(f"\nFIGURE lab_up(3 nodes, fast): {time.monotonic() - t0:.2f} s")
+        backend = LabBackend()
+        try:
+            yield backend
+        finally:
+            backend.close()
+    finally:
+        try:
+            lifecycle.lab_down()
+        finally:
+            mp.undo()
+
+
+def _other(lab: LabBackend, node: str) -> str:
+    return next(n.name for n in lab.nodes() if n.name != node)
+
+
+def test_lab_up_every_node_ready(lab: LabBackend) -> None:
+    nodes = lab.nodes()
+    assert {n.name for n in nodes} == NODES
+    assert all(n.ready and n.powered and n.schedulable for n in nodes)
+    assert all(n.heartbeat_age is not None and n.heartbeat_age < 1.0 for n in nodes)
+    status = lifecycle.lab_status()
+    assert status["up"] and status["profile"] == "fast"
+    assert set(status["netns"]) >= {f"{PREFIX}-hub", *(f"{PREFIX}-{n}" for n in NODES)}
+
+
+def test_pod_runs_and_answers(lab: LabBackend) -> None:
+    lab.create_workload("web1", WorkloadKind.POD)
+    w = lab.wait_ready("web1", timeout=20)
+    assert w.node in NODES and w.instance
+    code, body = lab.probe("web1")
+    assert code == 200 and body.split() == ["web1", w.instance]
+    target = lab.probe_target("web1")
+    assert target is not None and target.netns == f"{PREFIX}-hub" and target.port == 80
+    reasons = [e.reason for e in lab.events(0.0) if e.name == "web1"]
+    assert reasons[:2] == ["Created", "Scheduled"] and "Started" in reasons
+    with pytest.raises(BackendError, match="issue 3"):
+        lab.create_workload("vm1", WorkloadKind.VMI)
+
+
+def test_kill_main_process_restarts_in_place(lab: LabBackend) -> None:
+    before = lab.wait_ready("web1", timeout=20)
+    lab.kill_main_process("web1")
+    after = lab.wait_until(
+        lambda: (w := lab.workload("web1")).instance not in (None, before.instance) and w,
+        10,
+        "a new instance of web1",
+    )
+    assert after.node == before.node and after.restarts == before.restarts + 1
+    lab.wait_ready("web1", timeout=10)
+
+
+def test_drain_respects_budget_then_evict_moves(lab: LabBackend) -> None:
+    w = lab.wait_ready("web1", timeout=20)
+    assert w.node is not None
+    lab.cordon(w.node)
+    try:
+        lab.set_min_available("web1", 1)
+        with pytest.raises(BackendError, match="min_available=1"):
+            lab.evict("web1")
+        assert lab.workload("web1").node == w.node
+        lab.set_min_available("web1", 0)
+        t0 = time.monotonic()
+        lab.evict("web1")
+        moved = lab.wait_ready("web1", timeout=20)
+        print(f"\nFIGURE evict -> ready elsewhere: {time.monotonic() - t0:.2f} s")
+        assert moved.node not in (None, w.node) and moved.instance != w.instance
+        assert not lab.node(w.node).schedulable
+    finally:
+        lab.uncordon(w.node)
+
+
+def test_power_off_not_ready_after_grace_evicted_after_toleration(lab: LabBackend) -> None:
+    w = lab.wait_ready("web1", timeout=20)
+    dead = w.node
+    assert dead is not None
+    t0 = lab.clock.now()
+    lab.power_off(dead)
+    try:
+        assert not lab.node(dead).powered
+        lab.wait_until(lambda: not lab.node(dead).ready, 5, f"{dead} NotReady")
+        not_ready = lab.clock.now() - t0
+        # Still bound to the dead node until the toleration has passed.
+        assert lab.workload("web1").node == dead
+        moved = lab.wait_until(
+            lambda: (x := lab.workload("web1")).node not in (None, dead) and x,
+            FAST.grace_period + FAST.toleration + 5,
+            "web1 rescheduled off the dead node",
+        )
+        evicted = lab.clock.now() - t0
+        lab.wait_ready("web1", timeout=20)
+        running = lab.clock.now() - t0
+        print(
+            f"\nFIGURE power_off -> NotReady {not_ready:.2f} s, evicted {evicted:.2f} s, "
+            f"running+answering elsewhere {running:.2f} s (fast, no healer)"
+        )
+        # Grace counts from the last heartbeat, up to one interval before the kill.
+        early = FAST.heartbeat_interval
+        assert FAST.grace_period - early <= not_ready <= FAST.grace_period + 1.5
+        assert FAST.grace_period + FAST.toleration - early <= evicted
+        assert moved.node != dead
+        events = [e for e in lab.events(0.0) if e.reason == "TaintManagerEviction"]
+        assert events and events[-1].name == "web1"
+    finally:
+        lab.power_on(dead)
+    lab.wait_until(lambda: lab.node(dead).ready, 10, f"{dead} Ready again after power_on")
+    assert lifecycle.agent_alive(dead)
+
+
+def test_fence_and_reschedule_move_at_once(lab: LabBackend) -> None:
+    w = lab.wait_ready("web1", timeout=20)
+    node = w.node
+    assert node is not None
+    with pytest.raises(BackendError, match="fence the node first"):
+        lab.reschedule("web1")
+    lab.fence(node)
+    try:
+        t0 = time.monotonic()
+        lab.reschedule("web1")
+        moved = lab.wait_until(
+            lambda: (x := lab.workload("web1")).node not in (None, node) and x,
+            1.0,
+            "web1 scheduled elsewhere",
+        )
+        scheduled = time.monotonic() - t0
+        lab.wait_ready("web1", timeout=20)
+        print(
+            f"\nFIGURE fence+reschedule -> scheduled {scheduled:.2f} s, "
+            f"ready {time.monotonic() - t0:.2f} s"
+        )
+        assert moved.node != node
+        # The fenced node's agent must drop its copy (no split brain).
+        lab.wait_until(lambda: lab.workload("web1").phase is Phase.RUNNING, 5, "web1 running")
+    finally:
+        lab.unfence(node)
+
+
+def test_delete_workload_removes_its_volume(lab: LabBackend) -> None:
+    lab.create_workload("tmp1", WorkloadKind.POD)
+    lab.wait_ready("tmp1", timeout=20)
+    lab.delete_workload("tmp1")
+    assert "tmp1" not in {w.name for w in lab.workloads()}
+    assert not (STATE / "volumes" / "tmp1.img").exists()
+
+
+def test_lab_down_leaves_nothing(lab: LabBackend) -> None:
+    # Runs last in this module: the fixture's own lab_down then tests the
+    # "already down" path.
+    assert _our_objects(), "the lab should have objects before lab_down"
+    t0 = time.monotonic()
+    lifecycle.lab_down()
+    print(f"\nFIGURE lab_down (3 nodes, pods running): {time.monotonic() - t0:.2f} s")
+    assert _our_objects() == {}
+    assert lifecycle.leftovers(NODES) == {}
+    assert not lifecycle.lab_status()["up"]
+
+
+def test_lab_down_after_everything_was_sigkilled() -> None:
+    mp = pytest.MonkeyPatch()
+    _isolate(mp)
+    try:
+        lifecycle.lab_up("fast", 1, node_prefix=NODE_PREFIX)
+        backend = LabBackend()
+        try:
+            backend.create_workload("crash1", WorkloadKind.POD)
+            backend.wait_ready("crash1", timeout=20)
+        finally:
+            backend.close()
+        # The harness "dies": daemons SIGKILLed, containers orphaned.
+        for pid in lifecycle.lab_processes():
+            if "cluster.lab" in " ".join(lifecycle._cmdline(pid)):
+                os.kill(pid, signal.SIGKILL)
+        assert _our_objects()
+        lifecycle.lab_down()
+        assert _our_objects() == {}
+    finally:
+        try:
+            lifecycle.lab_down()
+        finally:
+            mp.undo()
