@@ -102,6 +102,7 @@ def test_kill_node_also_kills_a_frozen_pod(isolated_lab: IsolatedLab) -> None:
     ip, proc = start_pod(lab, pod, 8, "f")
     wait_healthy(lab, ip, f"{pod} f")
     cgroups.freeze_pod(lab.node, pod)
-    assert cgroups.kill_node(lab.node) == 1  # httpd (runc is the test's child here)
+    # httpd (+ a CGI child maybe); runc is the test's child here, outside the node.
+    assert cgroups.kill_node(lab.node) >= 1
     assert proc.wait(5) != 0
     assert cgroups.cgroup_pids(lab.node) == []
