@@ -21,6 +21,7 @@ domain keeps its XML.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import shutil
@@ -112,7 +113,9 @@ def connect(uri: str) -> libvirt.virConnect:
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as exc:
-        raise LabError(f"cannot connect to libvirt at {uri}: {exc}; is the node's libvirtd up?")
+        raise LabError(
+            f"cannot connect to libvirt at {uri}: {exc}; is the node's libvirtd up?"
+        ) from exc
     conn.setKeepAlive(5, 3)
     return conn
 
@@ -444,10 +447,9 @@ class VirtEvents:
         """Deregister (idempotent; a dead connection has nothing to deregister)."""
         ids, self._ids = self._ids, []
         for cb in ids:
-            try:
+            # A closed connection took its callbacks with it: nothing to undo.
+            with contextlib.suppress(libvirt.libvirtError):
                 self._conn.domainEventDeregisterAny(cb)
-            except libvirt.libvirtError:
-                pass  # the connection is already closed: its callbacks went with it
 
 
 # --- migration -------------------------------------------------------------------
@@ -508,7 +510,9 @@ def migrate_vmi(
     try:
         dom.migrateToURI3(dst_uri, {libvirt.VIR_MIGRATE_PARAM_URI: uri}, flags)
     except libvirt.libvirtError as exc:
-        raise LabError(f"live migration of VMI {name} to {dst_uri} via {uri} failed: {exc}") from exc
+        raise LabError(
+            f"live migration of VMI {name} to {dst_uri} via {uri} failed: {exc}"
+        ) from exc
     wall = clk.now() - t0
     try:
         stats = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)

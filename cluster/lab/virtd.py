@@ -31,6 +31,7 @@ addresses 198.18.200.0/24, VMI subnet 198.18.201.0/24).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -288,10 +289,18 @@ def start_node_libvirtd(
     try:
         proc = subprocess.Popen(
             [
-                "ip", "netns", "exec", ns,
-                "unshare", "--mount", "--propagation", "slave",
-                "sh", "-c", _launch_script(node),
-            ],  # fmt: skip
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "unshare",
+                "--mount",
+                "--propagation",
+                "slave",
+                "sh",
+                "-c",
+                _launch_script(node),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=stderr,
             stderr=stderr,
@@ -373,8 +382,8 @@ def stop_node_libvirtd(
     QEMU outlives libvirtd by design, so guests are killed first from libvirt's
     pid files; the daemon's mount namespace disappears with its last process.
     """
-    for pid in _qemu_pids(node):
-        _kill(pid, signal.SIGKILL)
+    for qpid in _qemu_pids(node):
+        _kill(qpid, signal.SIGKILL)
     pid = libvirtd_pid(node)
     if pid is not None:
         _kill(pid, signal.SIGTERM)
@@ -390,15 +399,21 @@ def stop_node_libvirtd(
         _reap(node, pid)
     _pid_file(node).unlink(missing_ok=True)
     # The guests' leftover pid files would make the next start look busy.
-    for pid in _qemu_pids(node):
-        raise LabError(f"QEMU pid {pid} of node {node} survived SIGKILL; kill it by hand")
+    # SIGKILL is asynchronous: give the guests a moment to be gone.
+    survivors = tenacity.Retrying(
+        stop=tenacity.stop_after_delay(timeout),
+        wait=tenacity.wait_fixed(0.05),
+        retry=tenacity.retry_if_result(bool),
+        retry_error_callback=lambda rs: rs.outcome.result() if rs.outcome else [],
+        sleep=sleep,
+    )(lambda: _qemu_pids(node))
+    if survivors:
+        raise LabError(f"QEMU pids {survivors} of node {node} survived SIGKILL; kill them by hand")
 
 
 def _kill(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # already gone: the goal is reached
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass  # already gone: the goal is reached
 
 
 def _reap(node: str, pid: int) -> None:
@@ -406,10 +421,8 @@ def _reap(node: str, pid: int) -> None:
     if proc is not None and proc.pid == pid:
         proc.wait(timeout=5)  # dead already: collects the exit status
         return
-    try:
+    with contextlib.suppress(ChildProcessError):  # not our child (another harness)
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass  # not our child (started by another harness process)
 
 
 def purge_node_libvirtd(node: str) -> None:
