@@ -17,8 +17,8 @@ from pathlib import Path
 import leftovers as machine
 import pytest
 
-from chaos.errors import BackendError
-from cluster.api import Phase, WorkloadKind
+from chaos.errors import BackendError, SpecError
+from cluster.api import Backend, Phase, VolumeFailure, WorkloadKind
 from cluster.lab import lifecycle, net, state
 from cluster.lab.backend import LabBackend
 from cluster.lab.profile import get_profile
@@ -79,6 +79,7 @@ def _other(lab: LabBackend, node: str) -> str:
 
 
 def test_lab_up_every_node_ready(lab: LabBackend) -> None:
+    assert isinstance(lab, Backend)
     nodes = lab.nodes()
     assert {n.name for n in nodes} == NODES
     assert all(n.ready and n.powered and n.schedulable for n in nodes)
@@ -106,7 +107,7 @@ def test_kill_main_process_restarts_in_place(lab: LabBackend) -> None:
     before = lab.wait_ready("web1", timeout=20)
     lab.kill_main_process("web1")
     after = lab.wait_until(
-        lambda: (w := lab.workload("web1")).instance not in (None, before.instance) and w,
+        lambda: w if (w := lab.workload("web1")).instance not in (None, before.instance) else None,
         10,
         "a new instance of web1",
     )
@@ -147,7 +148,7 @@ def test_power_off_not_ready_after_grace_evicted_after_toleration(lab: LabBacken
         # Still bound to the dead node until the toleration has passed.
         assert lab.workload("web1").node == dead
         moved = lab.wait_until(
-            lambda: (x := lab.workload("web1")).node not in (None, dead) and x,
+            lambda: x if (x := lab.workload("web1")).node not in (None, dead) else None,
             FAST.grace_period + FAST.toleration + 5,
             "web1 rescheduled off the dead node",
         )
@@ -182,7 +183,7 @@ def test_fence_and_reschedule_move_at_once(lab: LabBackend) -> None:
         t0 = time.monotonic()
         lab.reschedule("web1")
         moved = lab.wait_until(
-            lambda: (x := lab.workload("web1")).node not in (None, node) and x,
+            lambda: x if (x := lab.workload("web1")).node not in (None, node) else None,
             1.0,
             "web1 scheduled elsewhere",
         )
@@ -197,6 +198,45 @@ def test_fence_and_reschedule_move_at_once(lab: LabBackend) -> None:
         lab.wait_until(lambda: lab.workload("web1").phase is Phase.RUNNING, 5, "web1 running")
     finally:
         lab.unfence(node)
+
+
+def test_partition_node_goes_not_ready_and_heals(lab: LabBackend) -> None:
+    w = lab.wait_ready("web1", timeout=20)
+    assert w.node is not None
+    lab.partition_node(w.node)
+    try:
+        lab.partition_node(w.node)  # idempotent
+        lab.wait_until(lambda: not lab.node(w.node or "").ready, 3, "partitioned node NotReady")
+        ready = lab.workload("web1").condition("Ready")
+        assert ready is not None and not ready.status
+    finally:
+        lab.heal_node_partition(w.node)
+    lab.wait_until(lambda: lab.node(w.node or "").ready, 3, "healed node Ready")
+    assert lab.wait_ready("web1", timeout=10).instance == w.instance  # never restarted
+
+
+def test_volume_eio_answers_503_and_repair_restarts(lab: LabBackend) -> None:
+    w = lab.wait_ready("web1", timeout=20)
+    lab.fail_volume("web1", VolumeFailure.EIO)
+    try:
+        code, _ = lab.probe("web1")
+        assert code == 503
+    finally:
+        lab.repair_volume("web1", VolumeFailure.EIO)
+    back = lab.wait_ready("web1", timeout=15)
+    assert back.instance != w.instance and back.node == w.node
+    lab.repair_volume("web1", VolumeFailure.EIO)  # healthy: a no-op
+    assert lab.wait_ready("web1", timeout=5).instance == back.instance
+
+
+def test_set_profile_reaches_the_control_plane(lab: LabBackend) -> None:
+    with pytest.raises(SpecError):
+        lifecycle.set_profile("nope")
+    lifecycle.set_profile("kubernetes-defaults")
+    try:
+        assert lifecycle.lab_status()["profile"] == "kubernetes-defaults"
+    finally:
+        lifecycle.set_profile("fast")
 
 
 def test_delete_workload_removes_its_volume(lab: LabBackend) -> None:
