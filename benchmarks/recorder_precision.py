@@ -275,7 +275,7 @@ def lab(
 def print_table(results: dict[str, Any]) -> None:
     print()
     print(
-        f"{'target':10} {'mode':8} {'n':>3} {'p50|err|':>9} {'p95|err|':>9} {'max':>7} "
+        f"{'target':10} {'mode':8} {'n':>3} {'inv':>3} {'p50|err|':>9} {'p95|err|':>9} {'max':>7} "
         f"{'mean err':>9} {'p95 sent-stamp':>15}"
     )
     for target, block in results["targets"].items():
