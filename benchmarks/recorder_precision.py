@@ -225,13 +225,21 @@ def loopback(
 def lab(
     xs: list[float], interval: float, timeout: float, good_needed: int, bring_up: bool
 ) -> list[dict[str, Any]]:
+    if bring_up:
+        # A private lab (own dirs, netns prefix, node names) so that it never
+        # touches a lab a user or a test has up on the same machine. Set before
+        # the lab modules are imported: they read these once, and so do the
+        # daemons they start.
+        os.environ.setdefault("RTO_LAB_STATE_DIR", "/var/lib/rto-lab-bench")
+        os.environ.setdefault("RTO_LAB_RUN_DIR", "/run/rto-lab-bench")
+        os.environ.setdefault("RTO_LAB_NS_PREFIX", "rtobn")
     # Imported lazily: the loopback half must run where no lab code works.
     from cluster.api import WorkloadKind
     from cluster.lab.backend import LabBackend
     from cluster.lab.lifecycle import lab_down, lab_status, lab_up
 
     if bring_up:
-        lab_up("fast", nodes=1)
+        lab_up("fast", nodes=1, node_prefix="bn")
     elif not lab_status().get("up"):
         raise SystemExit("--lab: the lab is not up (run `rto lab up` or pass --lab-up)")
     be = LabBackend()
