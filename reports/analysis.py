@@ -292,18 +292,19 @@ def _stats(group: pd.DataFrame) -> _Stats:
 
 
 def _range_verdict(median: float, claim: RangeClaim, doc: str) -> tuple[Verdict, str]:
-    measured = f"measured median {fmt_s(median)} vs documented {claim.describe()} ({doc})"
+    measured = f"measured median {fmt_s(median)} vs documented {claim.describe()}"
+    handbook = f' (handbook: "{doc}")'
     if median < claim.min_s:
         how = "no outage at all" if median == 0 else f"{_factor(claim.min_s / median)} faster"
-        return Verdict.CONTRADICTED, f"{measured}: {how}"
+        return Verdict.CONTRADICTED, f"{measured}: {how}{handbook}"
     if median > claim.upper:
         how = (
-            f"{fmt_s(median)} slower"
+            f"{fmt_s(median - claim.upper)} slower"
             if claim.upper == 0
             else f"{_factor(median / claim.upper)} slower"
         )
-        return Verdict.CONTRADICTED, f"{measured}: {how}"
-    return Verdict.HOLDS, f"{measured}: within the documented range"
+        return Verdict.CONTRADICTED, f"{measured}: {how}{handbook}"
+    return Verdict.HOLDS, f"{measured}: within the documented range{handbook}"
 
 
 def _same_verdict(

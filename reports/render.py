@@ -14,7 +14,7 @@ import html
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 
-from chaos.results import RunResult
+from chaos.results import RunResult, RunStatus
 from reports.analysis import CellSummary, ReportSummary, Verdict, fmt_s
 from reports.expectations import FAULTS, RtoExpectation
 
@@ -93,7 +93,11 @@ th, td { border: 1px solid #bbb; padding: 4px 7px; vertical-align: top; text-ali
 th { background: #f0f0f0; }
 td.num { text-align: right; white-space: nowrap; }
 th.doc, td.doc { background: #fafafa; }
-.verdict { font-weight: 600; white-space: nowrap; }
+.verdict { font-weight: 600; min-width: 7em; }
+.verdict .why { font-weight: normal; font-size: 0.85em; color: #333; margin-top: 3px; }
+td.why { min-width: 16em; }
+td.runs a { margin-right: 4px; white-space: nowrap; }
+table.wide { width: 100%; }
 .note { color: #555; font-size: 0.92em; }
 .empty { padding: 1em; background: #fff3c4; border: 1px solid #e0c060; font-size: 1.1em; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.3em 0; }
@@ -107,9 +111,14 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _verdict_td(v: Verdict, detail: str = "") -> str:
+def _verdict_td(v: Verdict, detail: str = "", show: bool = False) -> str:
+    """A coloured verdict cell; the reason is a tooltip, or shown under it with ``show``."""
     title = f' title="{_e(detail)}"' if detail else ""
-    return f'<td class="verdict" style="background:{VERDICT_COLOURS[v]}"{title}>{_e(v.label)}</td>'
+    why = f'<div class="why">{_e(detail)}</div>' if show and detail else ""
+    return (
+        f'<td class="verdict" style="background:{VERDICT_COLOURS[v]}"{title}>'
+        f"{_e(v.label)}{why}</td>"
+    )
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -129,23 +138,28 @@ def _comparison_html(summary: ReportSummary) -> str:
         vmi_e = summary.expectations.get(fault, "vmi")
         settings: list[_Setting | None] = list(_settings(summary, fault)) or [None]
         for i, s in enumerate(settings):
+            # The documented text is per fault: span it over the fault's settings
+            # so that the eye reads one claim against several measurements.
+            span = f' rowspan="{len(settings)}"'
             row_name = pod_e.handbook_row if pod_e else "-"
-            fault_td = (
-                f'<td rowspan="{len(settings)}"><b>{_e(fault)}</b><br>'
-                f'<span class="note">handbook: {_e(row_name)}</span></td>'
-                if i == 0
-                else ""
-            )
+            fault_td = doc_pod = doc_vmi = ""
+            if i == 0:
+                fault_td = (
+                    f"<td{span}><b>{_e(fault)}</b><br>"
+                    f'<span class="note">handbook: {_e(row_name)}</span></td>'
+                )
+                doc_pod = f'<td class="doc"{span}>{_e(_documented(pod_e))}</td>'
+                doc_vmi = f'<td class="doc"{span}>{_e(_documented(vmi_e))}</td>'
             pod = _find(summary, fault, "pod", s) if s else None
             vmi = _find(summary, fault, "vmi", s) if s else None
             rows.append(
                 f"<tr>{fault_td}<td>{_e(_setting_text(s) if s else 'no runs recorded')}</td>"
-                f'<td class="doc">{_e(_documented(pod_e))}</td><td>{_e(_measured(pod))}</td>'
-                f"{_verdict_td(_verdict_of(pod), pod.detail if pod else '')}"
-                f'<td class="doc">{_e(_documented(vmi_e))}</td><td>{_e(_measured(vmi))}</td>'
-                f"{_verdict_td(_verdict_of(vmi), vmi.detail if vmi else '')}</tr>"
+                f"{doc_pod}<td>{_e(_measured(pod))}</td>"
+                f"{_verdict_td(_verdict_of(pod), pod.detail if pod else '', show=True)}"
+                f"{doc_vmi}<td>{_e(_measured(vmi))}</td>"
+                f"{_verdict_td(_verdict_of(vmi), vmi.detail if vmi else '', show=True)}</tr>"
             )
-    return f"<table>{head}{''.join(rows)}</table>"
+    return f'<table class="wide">{head}{"".join(rows)}</table>'
 
 
 def _cells_html(summary: ReportSummary) -> str:
@@ -153,7 +167,7 @@ def _cells_html(summary: ReportSummary) -> str:
         "<tr><th>fault</th><th>variant</th><th>kind</th><th>backend</th><th>profile</th>"
         "<th>healers</th><th>n</th><th>recovered</th><th>median</th><th>p95</th><th>min</th>"
         "<th>max</th><th>detection (median)</th><th>healer action (median)</th>"
-        "<th>same instance</th><th>verdict</th><th>why</th></tr>"
+        "<th>same instance</th><th>verdict</th><th>why</th><th>runs</th></tr>"
     )
     rows = []
     for c in summary.cells:
@@ -175,9 +189,16 @@ def _cells_html(summary: ReportSummary) -> str:
         rows.append(
             f"<tr><td>{_e(c.fault)}</td><td>{_e(c.variant or '-')}</td><td>{_e(c.kind)}</td>"
             f"<td>{_e(c.backend)}</td><td>{_e(c.profile)}</td><td>{_e(c.healers)}</td>{nums}"
-            f"{_verdict_td(c.verdict)}<td>{_e(c.detail)}</td></tr>"
+            f'{_verdict_td(c.verdict)}<td class="why">{_e(c.detail)}</td>'
+            f'<td class="runs">{_run_links(c.run_ids)}</td></tr>'
         )
-    return f"<table>{head}{''.join(rows)}</table>"
+    return f'<table class="wide">{head}{"".join(rows)}</table>'
+
+
+def _run_links(run_ids: Sequence[str], limit: int = 8) -> str:
+    links = " ".join(f'<a href="#run-{_e(r)}">{_e(r)}</a>' for r in run_ids[:limit])
+    more = f" (+{len(run_ids) - limit})" if len(run_ids) > limit else ""
+    return links + more
 
 
 def _documented_html(summary: ReportSummary) -> str:
@@ -234,9 +255,11 @@ def _run_html(run: RunResult, png: bytes | None) -> str:
         else "<p>(no timeline events recorded)</p>"
     )
     img = _img(png, f"timeline of {run.run_id}") if png else ""
+    # Runs that went wrong are the ones a reader opens first: show them unfolded.
+    unfold = " open" if run.status in (RunStatus.NOT_RECOVERED, RunStatus.ABORTED) else ""
     return (
-        f'<details id="run-{_e(run.run_id)}"><summary>{_e(title)}</summary>{facts}{img}{table}'
-        "</details>"
+        f'<details id="run-{_e(run.run_id)}"{unfold}><summary>{_e(title)}</summary>'
+        f"{facts}{img}{table}</details>"
     )
 
 
