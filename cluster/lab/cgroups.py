@@ -45,7 +45,18 @@ LAB_CGROUP = "rto-lab"
 # (cpuset needs cpus/mems copied in before a task may join).
 _V1_ATTACH = ("freezer", "pids", "memory", "cpu", "cpuacct", "blkio")
 # ...but runc creates the pod cgroups in every hierarchy, so cleanup visits all.
-_V1_ALL = (*_V1_ATTACH, "cpuset", "devices", "net_cls", "net_prio", "perf_event", "hugetlb")
+# "systemd" and "unified" (the hybrid layout's named and v2 mounts) included.
+_V1_ALL = (
+    *_V1_ATTACH,
+    "cpuset",
+    "devices",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "hugetlb",
+    "systemd",
+    "unified",
+)
 
 
 def is_v2() -> bool:

@@ -101,22 +101,10 @@ def _daemon_of(pid: int) -> str | None:
     return module if Path(run_dir) == Path(state.RUN_DIR) else None
 
 
-# WORKAROUND (agent.enter_host_mount_ns reads /proc/1/ns/mnt, which this
-# sandbox forbids even to root, so the agent dies at start). Daemons are
-# started with nsenter --net, i.e. already in the host mount namespace, so
-# skipping that call is exactly right. Remove once the agent tolerates it.
-_AGENT_LAUNCHER = (
-    "import sys; import cluster.lab.agent as agent; "
-    "agent.enter_host_mount_ns = lambda: None; agent.main(sys.argv[1:])"
-)
-
-
 def _module_of(args: list[str]) -> str | None:
     for i, a in enumerate(args[:-1]):
         if a == "-m" and args[i + 1] in _DAEMONS:
             return args[i + 1]
-        if a == "-c" and args[i + 1] == _AGENT_LAUNCHER:
-            return "cluster.lab.agent"
     return None
 
 
@@ -207,7 +195,8 @@ def _spawn(netns: str, module: str, args: list[str], log: Path, node: str | None
                 "nsenter",
                 f"--net={net.NETNS_DIR / netns}",
                 sys.executable,
-                *(["-c", _AGENT_LAUNCHER] if module == "cluster.lab.agent" else ["-m", module]),
+                "-m",
+                module,
                 *args,
             ],
             stdin=subprocess.DEVNULL,
