@@ -59,8 +59,9 @@ FORMAT_VERSION = 1
 # Modules the guest needs (the Debian kernel builds all of them as modules);
 # dependencies are added from modules.dep. virtio_pci binds the PCI devices,
 # virtio_net/virtio_blk give eth0 and /dev/vda, i6300esb (+ watchdog core)
-# gives /dev/watchdog.
-GUEST_MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "i6300esb")
+# gives /dev/watchdog. virtio_balloon answers a libvirt <memballoon> with
+# memory statistics (harmless without one).
+GUEST_MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "virtio_balloon", "i6300esb")
 
 # The guest's own address when nothing else is asked for. QEMU user-mode
 # networking (tests, benchmark) is configured for this /24, inside the

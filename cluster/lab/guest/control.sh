@@ -4,9 +4,9 @@
 # Started (and restarted) by /init. The host writes one command per line and
 # reads one reply line:
 #   ping  -> pong
-#   hang  -> hanging; then every other userland process (watchdog feeder,
-#            HTTP server) gets SIGSTOP, so probes time out and the i6300esb
-#            fires. This loop keeps running so the channel stays open.
+#   hang  -> every other userland process (watchdog feeder, HTTP server)
+#            gets SIGSTOP, then the reply "hung": probes time out and the
+#            i6300esb fires. This loop keeps running so the channel stays open.
 #   crash -> crashing; then a kernel panic via sysrq (panic=N on the kernel
 #            command line decides between reboot and hang-until-watchdog).
 # The port stays open for the guest's whole life: QEMU drops host writes to a
@@ -33,8 +33,9 @@ while read -r cmd <&4; do
     case "$cmd" in
         ping) echo pong >&4 ;;
         hang)
-            echo hanging >&4
+            # Reply once frozen, so the host may expect failed probes at once.
             freeze_all
+            echo hung >&4
             echo "rto-guest: hang: userland stopped, watchdog no longer fed" > /dev/console
             ;;
         crash)
