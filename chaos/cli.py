@@ -92,6 +92,19 @@ def lab_down_cmd() -> None:
     out.print("[green]lab down[/]")
 
 
+@lab.command("images", help="Build (or check) the lab's cached images: pod rootfs, VM guest.")
+def lab_images_cmd() -> None:
+    from cluster.lab.guest.build import build_guest
+    from cluster.lab.rootfs import ensure_rootfs
+
+    with console.status("building the pod rootfs"):
+        rootfs = ensure_rootfs()
+    out.print(f"pod rootfs: {rootfs}")
+    with console.status("building the VM guest (kernel + initramfs)"):
+        guest = build_guest()
+    out.print(f"VM guest: {guest.kernel.parent}")
+
+
 @lab.command("status", help="What is up (JSON).")
 def lab_status_cmd() -> None:
     from cluster.lab.lifecycle import lab_status
