@@ -278,7 +278,7 @@ def plot_timeline(run: RunResult) -> bytes:
     ax.set_xlim(0, end)
     ax.set_xlabel("seconds since the run started")
     healers = ",".join(run.healers) or "none"
-    rto = fmt_s(run.rto_s) if run.rto_s is not None else run.status.value
+    rto = fmt_s(run.rto_s) if run.rto_s is not None else run.status.value.replace("_", " ")
     ax.set_title(
         f"{run.run_id}: {run.fault}{'[' + run.variant + ']' if run.variant else ''}/{run.kind}"
         f" on {run.backend}/{run.profile}, healers {healers}, RTO {rto}",

@@ -96,11 +96,15 @@ th.doc, td.doc { background: #fafafa; }
 .verdict { font-weight: 600; min-width: 7em; }
 .verdict .why { font-weight: normal; font-size: 0.85em; color: #333; margin-top: 3px; }
 td.why { min-width: 16em; }
-td.runs a { margin-right: 4px; white-space: nowrap; }
+div.runs { font-size: 0.85em; margin-top: 3px; }
+div.runs a { margin-right: 4px; white-space: nowrap; }
 table.wide { width: 100%; }
 .note { color: #555; font-size: 0.92em; }
 .empty { padding: 1em; background: #fff3c4; border: 1px solid #e0c060; font-size: 1.1em; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.3em 0; }
+.plots { display: flex; flex-wrap: wrap; gap: 1em; }
+.plots figure { margin: 0; flex: 0 1 auto; max-width: 100%; }
+figcaption { font-weight: 600; }
 details { margin: 0.4em 0; border: 1px solid #ddd; padding: 0.3em 0.6em; }
 summary { cursor: pointer; }
 .legend span { padding: 2px 8px; margin-right: 6px; border: 1px solid #bbb; }
@@ -164,10 +168,10 @@ def _comparison_html(summary: ReportSummary) -> str:
 
 def _cells_html(summary: ReportSummary) -> str:
     head = (
-        "<tr><th>fault</th><th>variant</th><th>kind</th><th>backend</th><th>profile</th>"
-        "<th>healers</th><th>n</th><th>recovered</th><th>median</th><th>p95</th><th>min</th>"
-        "<th>max</th><th>detection (median)</th><th>healer action (median)</th>"
-        "<th>same instance</th><th>verdict</th><th>why</th><th>runs</th></tr>"
+        "<tr><th>fault</th><th>kind</th><th>setting</th><th>n</th><th>recovered</th>"
+        "<th>median</th><th>p95</th><th>min</th><th>max</th><th>detection (median)</th>"
+        "<th>healer action (median)</th><th>same instance</th><th>verdict</th>"
+        "<th>why (and runs)</th></tr>"
     )
     rows = []
     for c in summary.cells:
@@ -186,11 +190,11 @@ def _cells_html(summary: ReportSummary) -> str:
                 same,
             )
         )
+        setting = _setting_text((c.variant, c.backend, c.profile, c.healers))
         rows.append(
-            f"<tr><td>{_e(c.fault)}</td><td>{_e(c.variant or '-')}</td><td>{_e(c.kind)}</td>"
-            f"<td>{_e(c.backend)}</td><td>{_e(c.profile)}</td><td>{_e(c.healers)}</td>{nums}"
-            f'{_verdict_td(c.verdict)}<td class="why">{_e(c.detail)}</td>'
-            f'<td class="runs">{_run_links(c.run_ids)}</td></tr>'
+            f"<tr><td>{_e(c.fault)}</td><td>{_e(c.kind)}</td><td>{_e(setting)}</td>{nums}"
+            f'{_verdict_td(c.verdict)}<td class="why">{_e(c.detail)}'
+            f'<div class="runs">runs: {_run_links(c.run_ids)}</div></td></tr>'
         )
     return f'<table class="wide">{head}{"".join(rows)}</table>'
 
@@ -303,7 +307,11 @@ def render_html(
     ]
     if rto_plots:
         parts.append("<h2>RTO per fault</h2>")
-        parts += [f"<h3>{_e(f)}</h3>{_img(png, f'RTO of {f}')}" for f, png in rto_plots.items()]
+        figures = "".join(
+            f"<figure><figcaption>{_e(f)}</figcaption>{_img(png, f'RTO of {f}')}</figure>"
+            for f, png in rto_plots.items()
+        )
+        parts.append(f'<div class="plots">{figures}</div>')
     if runs:
         parts.append(f"<h2>Runs ({len(runs)})</h2>")
         parts += [_run_html(r, timeline_plots.get(r.run_id)) for r in runs]
