@@ -302,6 +302,8 @@ def test_build_report_writes_everything(tmp_path: Path) -> None:
 
     assert summary.runs == 16
     assert summary.verdict_counts()["contradicted"] == 3
+    # The CLI's --fail-on works on the summary build_report returns.
+    assert len(failing_cells(summary, {"contradicted"}, {})) == 3
     for name in ("index.html", "summary.md", "junit.xml"):
         assert (out / name).stat().st_size > 0
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
