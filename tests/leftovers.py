@@ -26,6 +26,7 @@ import errno
 import fcntl
 import os
 import subprocess
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -66,6 +67,7 @@ LAB_MODULES = ("cluster.lab.agent", "cluster.lab.controlplane")
 _FIFREEZE = 0xC0045877  # _IOWR('X', 119, int)
 _FITHAW = 0xC0045878  # _IOWR('X', 120, int)
 _TOOL_TIMEOUT = 15.0
+_PROBE_TIMEOUT = 5.0
 
 
 def snapshot(
@@ -196,19 +198,35 @@ def _lab_mounts(dirs: Sequence[str]) -> list[tuple[str, str, str]]:
 
 
 def _probe_frozen(target: str, out: dict[str, set[str]]) -> None:
+    # In a thread with a deadline: FIFREEZE first syncs the filesystem, which can
+    # take long under a leftover blkio throttle; the check must not hang on it.
+    result: list[tuple[str, str]] = []
+    probe = threading.Thread(
+        target=_freeze_probe, args=(target, result), name="leftovers-freeze-probe", daemon=True
+    )
+    probe.start()
+    probe.join(_PROBE_TIMEOUT)
+    if probe.is_alive():
+        out[UNCHECKED].add(f"frozen? {target}: no answer in {_PROBE_TIMEOUT:g} s (slow sync?)")
+        return
+    for category, item in result:
+        out[category].add(item)
+
+
+def _freeze_probe(target: str, result: list[tuple[str, str]]) -> None:
     try:
         fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
-        out[UNCHECKED].add(f"frozen? {target}: {exc.strerror}")
+        result.append((UNCHECKED, f"frozen? {target}: {exc.strerror}"))
         return
     try:
         try:
             fcntl.ioctl(fd, _FIFREEZE, 0)
         except OSError as exc:
             if exc.errno == errno.EBUSY:
-                out[FROZEN].add(target)
+                result.append((FROZEN, target))
             else:  # not freezable (tmpfs, a shut-down ext4, not root): say so
-                out[UNCHECKED].add(f"frozen? {target}: {exc.strerror}")
+                result.append((UNCHECKED, f"frozen? {target}: {exc.strerror}"))
             return
         fcntl.ioctl(fd, _FITHAW, 0)  # it was not frozen: undo our probe at once
     finally:

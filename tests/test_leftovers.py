@@ -151,10 +151,12 @@ def test_detects_loop_mount_and_frozen_volume(tmp_path: Path) -> None:
         assert f"{dev} -> {image}" in left[LOOP_DEVICES]
         assert f"{mnt} (ext4 from {dev})" in left[MOUNTS]
         assert FROZEN not in left  # the probe saw it thawed ...
-        (mnt / "still-writable").write_text("ok")  # ... and left it thawed
 
-        sh("fsfreeze", "-f", str(mnt))
+        # Thaw registered first: cleanup must never meet a frozen mount. Not a
+        # write to check the probe thawed it (that would hang if it did not):
+        # fsfreeze -f fails with EBUSY on a mount that is still frozen.
         undo.callback(subprocess.run, ["fsfreeze", "-u", str(mnt)], check=False)
+        sh("fsfreeze", "-f", str(mnt))  # ... and left it thawed
         assert str(mnt) in diff(before, snapshot(lab_dirs=[lab]))[FROZEN]
         sh("fsfreeze", "-u", str(mnt))
         assert FROZEN not in diff(before, snapshot(lab_dirs=[lab]))
