@@ -117,6 +117,7 @@ class ProbeStateMachine:
         self.state = ProbeState.UNKNOWN
         self.instance: str | None = None  # instance of the last good probe
         self._streak: list[ProbeOutcome] = []
+        self._last_at: float | None = None  # stamp of the last PROBE_* transition
 
     def feed_outcome(self, o: ProbeOutcome) -> list[Transition]:
         if not o.ok:
@@ -127,7 +128,13 @@ class ProbeStateMachine:
             data = {"reason": o.reason}
             if o.endpoint:
                 data["endpoint"] = o.endpoint
-            return [Transition(EventKind.PROBE_FAIL, o.sent, f"probe failed: {o.reason}", data)]
+            # A PROBE_OK stamped at its answer time can lie after the send time
+            # of a probe that fails next (a flap right after a thaw). Transitions
+            # must stay in order on the timeline, or a reader sorting by time
+            # would see the failure before the recovery it follows.
+            at = o.sent if self._last_at is None else max(o.sent, self._last_at + 1e-6)
+            self._last_at = at
+            return [Transition(EventKind.PROBE_FAIL, at, f"probe failed: {o.reason}", data)]
 
         if self.state is ProbeState.UP:
             if o.instance != self.instance:
@@ -153,6 +160,9 @@ class ProbeStateMachine:
         self._streak.clear()
         self.state = ProbeState.UP
         at = first.answered if self.ok_stamp == "answered" and first.answered else first.sent
+        if self._last_at is not None:
+            at = max(at, self._last_at + 1e-6)
+        self._last_at = at
         latency = (first.answered - first.sent) if first.answered is not None else 0.0
         data = {"instance": o.instance or "", "latency_ms": f"{latency * 1000:.1f}"}
         if o.endpoint:

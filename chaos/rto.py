@@ -13,8 +13,8 @@ Definitions (all times are timeline ``t``, seconds since the run started;
 - *up at injection*: the prober's last transition before ``injected_t`` is a
   ``PROBE_OK``. If it is not, the run did not start from a healthy workload
   (or a probe in flight at the injection already failed); the outage is then
-  counted from ``injected_t`` itself and ``up_at_injection`` is False so the
-  run can be flagged.
+  counted from ``injected_t`` itself (any ``PROBE_FAIL`` after it is a flap of
+  that outage) and ``up_at_injection`` is False so the run can be flagged.
 - *outage start* (``outage_start_s``): ``injected_t`` .. the first ``PROBE_FAIL``
   at or after ``injected_t`` (the send time of the first failed probe).
 - *recovery*: the last ``PROBE_OK`` of the run that is not followed by another
@@ -89,10 +89,12 @@ def measure(events: Sequence[TimelineEvent], injected_t: float) -> Measures:
     healer_action_s = _first_after(after, EventKind.HEALER_ACTION, injected_t)
 
     first_fail = next((e for e in after if e.kind is EventKind.PROBE_FAIL), None)
-    if first_fail is not None:
+    if not up_at_injection:
+        # Already down (or never up) when the fault hit: a later PROBE_FAIL is
+        # only a flap of this same outage, so the outage runs from the injection.
+        outage_t = injected_t
+    elif first_fail is not None:
         outage_t = first_fail.t
-    elif not up_at_injection:
-        outage_t = injected_t  # already down (or never up) when the fault hit
     else:
         return Measures(
             status=RunStatus.NO_OUTAGE,

@@ -307,3 +307,18 @@ def test_a_transition_that_cannot_be_recorded_stops_the_prober(server: LoopbackT
     assert seen.wait(2)
     with pytest.raises(HarnessError, match="timeline full"):
         p.stop()
+
+
+def test_transitions_stay_in_time_order_when_a_flap_follows_a_late_answer() -> None:
+    # After a thaw: five probes held in the freeze are answered at 1.0; the next
+    # probe, sent at 0.9, is answered too late. Its failure must not be stamped
+    # before the recovery it follows.
+    sm = ProbeStateMachine(good_needed=5)
+    trs = sm.feed(0.0, False)
+    for s in (0.76, 0.78, 0.8, 0.82, 0.84):
+        trs += sm.feed(s, True, "a", answered=1.0)
+    trs += sm.feed(0.9, False, reason="timeout")
+    trs += sm.feed(1.2, True, "a", answered=1.21)
+    assert [t.kind for t in trs] == [FAIL, OK, FAIL]
+    assert [t.at for t in trs] == sorted(t.at for t in trs)
+    assert trs[2].at > trs[1].at == 1.0

@@ -121,3 +121,13 @@ def test_unsorted_input_is_sorted() -> None:
 def test_events_before_injection_are_not_detection() -> None:
     tl = [*base(), TimelineEvent(t=0.5, kind=EventKind.CONTROL), ev(2.0, FAIL), ev(3.0, OK)]
     assert measure(tl, 1.0).detection_s is None
+
+
+def test_down_at_injection_a_later_flap_does_not_restart_the_outage() -> None:
+    tl = [*base(), ev(0.99, FAIL), ev(1.3, OK, instance="a"), ev(1.31, FAIL)]
+    tl.append(ev(1.35, OK, instance="a"))
+    m = measure(tl, 1.0)
+    assert not m.up_at_injection
+    assert m.outage_start_s == 0.0
+    assert m.rto_s == pytest.approx(0.35)
+    assert m.flaps == 1
