@@ -103,6 +103,15 @@ def test_module_load_order_names_a_missing_module() -> None:
         module_load_order(MODULES_DEP, ["virtio_blk"])
 
 
+def test_strip_signature_removes_the_appended_signature() -> None:
+    body = b"\x7fELF module body"
+    sig = b"S" * 20
+    info = bytes(8) + len(sig).to_bytes(4, "big")  # struct module_signature
+    signed = body + sig + info + b"~Module signature appended~\n"
+    assert guest_build._strip_signature(signed) == body
+    assert guest_build._strip_signature(body) == body
+
+
 # --- cpio ------------------------------------------------------------------------
 
 
@@ -213,7 +222,7 @@ def test_build_guest_reuses_cache_and_rebuilds_on_change(
 @pytest.mark.lab
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86")
-def test_guest_boots_serves_healthz_and_watchdog_resets_a_hang(
+def test_guest_boots_serves_healthz_and_watchdog_resets_a_hang_and_a_panic(
     built: GuestImage, tmp_path: Path
 ) -> None:
     guest = QemuGuest(built, tmp_path, GuestOptions(name="vm-test", wdt_timeout=2), disk_mib=8)
@@ -231,8 +240,14 @@ def test_guest_boots_serves_healthz_and_watchdog_resets_a_hang(
         assert second.instance != first.instance
         assert second.boot == 2  # counted on the data disk, which survives a reset
         assert guest.wait_healthy(10) == f"vm-test {second.instance} boot=2"
+
+        # A kernel panic (panic=0: no reboot by itself) is also the watchdog's.
+        assert guest.command("crash") == "crashing"
+        third = guest.wait_ready(40, count=3)
+        assert third.boot == 3
+        assert "Kernel panic" in guest.console_log.read_text(errors="replace")
     finally:
         guest.stop()
     # The boot count really lives on the disk, in sector 0.
     assert guest.disk is not None
-    assert guest.disk.read_bytes()[:512].rstrip(b"\0") == b"RTOGUEST boot=2\n"
+    assert guest.disk.read_bytes()[:512].rstrip(b"\0") == b"RTOGUEST boot=3\n"

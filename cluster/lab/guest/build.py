@@ -267,17 +267,37 @@ def module_load_order(modules_dep: str, wanted: Iterable[str]) -> list[str]:
     return order
 
 
+_SIG_MAGIC = b"~Module signature appended~\n"
+
+
+def _strip_signature(data: bytes) -> bytes:
+    """A module without its appended signature (struct module_signature + magic).
+
+    Without it the kernel skips the SHA/RSA check that costs tens of ms per
+    module under TCG; it logs "module verification failed" and taints itself,
+    which is fine for a lab guest (signatures are not enforced there).
+    """
+    if not data.endswith(_SIG_MAGIC):
+        return data
+    info_end = len(data) - len(_SIG_MAGIC)
+    sig_len = int.from_bytes(data[info_end - 4 : info_end], "big")
+    end = info_end - 12 - sig_len  # struct module_signature is 12 bytes
+    if end <= 0:
+        raise LabError("malformed module signature trailer")
+    return data[:end]
+
+
 def _read_module(path: Path) -> bytes:
     # Debian 12 ships them uncompressed; newer kernels compress them and the
     # guest's busybox insmod cannot, so decompress here.
     data = path.read_bytes()
     if path.suffix == ".xz":
-        return _xz(data)
-    if path.suffix == ".gz":
-        return _gzip(data)
-    if path.suffix == ".zst":
-        return _cli("zstd", "-dcq")(data)
-    return data
+        data = _xz(data)
+    elif path.suffix == ".gz":
+        data = _gzip(data)
+    elif path.suffix == ".zst":
+        data = _cli("zstd", "-dcq")(data)
+    return _strip_signature(data)
 
 
 # --- cpio ------------------------------------------------------------------------

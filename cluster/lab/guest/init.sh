@@ -18,6 +18,10 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /run/rto /tmp
 
 say() { echo "rto-guest: $*" > /dev/console; }
+# RTO_TRACE=1 on the kernel command line (unknown keys become init's
+# environment) prints the guest uptime at each step of the boot.
+stage() { [ -z "$RTO_TRACE" ] || say "$1 at $(cut -d ' ' -f 1 /proc/uptime)"; }
+stage init
 
 NAME=guest
 IP=
@@ -43,6 +47,7 @@ while read -r mod path; do
     fi
     insmod "/lib/modules/$path" $args || say "insmod $mod failed"
 done < /etc/rto/modules
+stage modules
 
 # Instance: new on every boot, so the host tells a reset from a live guest.
 INSTANCE=$(cut -c1-8,10-13 /proc/sys/kernel/random/uuid)
@@ -72,6 +77,7 @@ echo "$NAME" > /run/rto/name
 echo "$INSTANCE" > /run/rto/instance
 echo "$BOOT" > /run/rto/boot
 echo "$DISK" > /run/rto/disk
+stage disk
 
 ip link set lo up
 if [ -n "$IP" ]; then
@@ -79,6 +85,8 @@ if [ -n "$IP" ]; then
     ip link set eth0 up
     [ -n "$GW" ] && { ip route add default via "$GW" || say "cannot route via $GW"; }
 fi
+
+stage network
 
 # Watchdog feeder. Opening the device arms the i6300esb; the fd stays open in
 # this subshell, so stopping (or killing) it lets the timer run out.
@@ -96,6 +104,7 @@ fi
 # /healthz to /healthz/, which a probe must not have to follow).
 nc -ll -p 80 -e /bin/rto-healthz &
 echo $! > /run/rto/httpd.pid
+stage http
 
 # Ready only once /healthz answers here (it also proves the disk takes writes).
 # nc, not wget: the static busybox wget crashes (glibc NSS in a static binary).
@@ -105,6 +114,7 @@ healthz_ok() {
 }
 for _ in $(seq 1 50); do
     if healthz_ok; then
+        say "healthz up at $(cut -d ' ' -f 1 /proc/uptime) s guest uptime"
         echo "RTO-GUEST-READY $INSTANCE boot=$BOOT" > /dev/console
         break
     fi
