@@ -8,8 +8,10 @@ non-root developer machine they are skipped with a reason, never silently passed
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
+from leftovers import UNCHECKED, diff, format_leftovers, snapshot
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -19,3 +21,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "lab" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_lab_leftovers() -> Iterator[None]:
+    """Fail the run if the session left a lab object on this machine.
+
+    Snapshot before the first test and after the last session fixture was torn
+    down, and fail with every new netns, nft table, iptables rule, mount, frozen
+    filesystem, cgroup, loop device or process (tests/leftovers.py). Non-root runs
+    make no lab objects: skipped. RTO_SKIP_LEFTOVER_CHECK=1 turns it off where
+    several suites share one machine at once.
+    """
+    if os.geteuid() != 0 or os.environ.get("RTO_SKIP_LEFTOVER_CHECK") == "1":
+        yield
+        return
+    before = snapshot()
+    yield
+    after = snapshot()
+    left = diff(before, after)
+    if left:
+        pytest.fail(
+            "the test session left lab objects behind:\n"
+            + format_leftovers(left, unchecked=after[UNCHECKED]),
+            pytrace=False,
+        )
