@@ -44,8 +44,11 @@ def store(tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
     s.close()
 
 
-def beat(ctl: Controller, node: str, seq: int, *reports: PodReport) -> None:
-    ctl.handle_heartbeat(Heartbeat(node=node, seq=seq, sent=0.0, pods=reports))
+def beat(
+    ctl: Controller, node: str, seq: int, *reports: PodReport, sent: float | None = None
+) -> None:
+    sent_at = float(seq) if sent is None else sent
+    ctl.handle_heartbeat(Heartbeat(node=node, seq=seq, sent=sent_at, pods=reports))
 
 
 def all_ready(ctl: Controller, seq: int = 1) -> None:
@@ -253,3 +256,18 @@ def test_store_errors_are_actionable(store: Store) -> None:
     assert store.find_workload("other") is None  # rolled back as a whole
     with pytest.raises(BackendError, match="no lab workload"):
         store.workload("missing")
+
+
+def test_rebooted_agent_is_heard_although_its_seq_starts_again(
+    store: Store, clock: FakeClock
+) -> None:
+    """A powered-on node's new agent counts from seq 0; it must still be heard."""
+    ctl = Controller(store)
+    beat(ctl, "node1", 500, sent=10.0)
+    first = store.node("node1").last_heartbeat
+    assert first is not None
+    clock.advance(5.0)
+    beat(ctl, "node1", 499, sent=9.5)  # an old, reordered datagram: ignored
+    assert store.node("node1").last_heartbeat == first
+    beat(ctl, "node1", 0, sent=20.0)  # the new boot
+    assert store.node("node1").last_heartbeat == pytest.approx(first + 5.0)

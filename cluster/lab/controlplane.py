@@ -122,7 +122,7 @@ class Controller:
         self.store = store
         self.clock: Clock = clock or store.clock
         self.profile = self._read_profile()
-        self._last_seq: dict[str, int] = {}
+        self._last_sent: dict[str, float] = {}
 
     def _read_profile(self) -> TimingProfile:
         name = self.store.get_setting("profile", "fast")
@@ -143,12 +143,13 @@ class Controller:
         if self.store.find_node(hb.node) is None:
             log.warning("heartbeat from unknown node %r ignored", hb.node)
             return
-        # A restarted agent starts at seq 0 again: only drop exact replays/reorders
-        # within one agent run (seq goes down by a little).
-        last = self._last_seq.get(hb.node)
-        if last is not None and last - 100 < hb.seq <= last:
+        # Order by the send time, not seq: a rebooted agent starts at seq 0 again,
+        # while CLOCK_MONOTONIC is machine-wide and only moves forward, so a
+        # replayed or reordered datagram is older and a new boot's is newer.
+        last = self._last_sent.get(hb.node)
+        if last is not None and hb.sent <= last:
             return
-        self._last_seq[hb.node] = hb.seq
+        self._last_sent[hb.node] = hb.sent
         self.store.record_heartbeat(hb.node)
         for report in hb.pods:
             self.store.apply_report(hb.node, report)
