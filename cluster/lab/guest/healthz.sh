@@ -31,6 +31,12 @@ read -r instance < /run/rto/instance
 read -r boot < /run/rto/boot
 read -r disk < /run/rto/disk
 if [ -n "$disk" ]; then
+    # A detached disk leaves no node behind; dd would then create a plain
+    # file in /dev and "succeed".
+    if [ ! -b "$disk" ]; then
+        reply "500 Internal Server Error" "$name $instance boot=$boot disk-missing"
+        exit 0
+    fi
     read -r uptime _ < /proc/uptime
     if ! printf 'healthz %s %s\n' "$instance" "$uptime" \
         | dd of="$disk" bs=512 seek=1 count=1 conv=sync,notrunc,fsync 2> /dev/null; then
