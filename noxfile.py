@@ -36,8 +36,12 @@ def typecheck(session: nox.Session) -> None:
 def lab(session: nox.Session) -> None:
     """Bring the lab up, run the smoke campaign, report, tear the lab down."""
     session.run(
-        "rto", "campaign", "experiments/campaigns/smoke.yaml", "--with-lab",
-        "--report", "reports/latest",
+        "rto",
+        "campaign",
+        "experiments/campaigns/smoke.yaml",
+        "--with-lab",
+        "--report",
+        "reports/latest",
     )
 
 

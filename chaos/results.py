@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import fcntl
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from chaos.timeline import TimelineEvent
 
-__all__ = ["RunResult", "RunStatus", "ResultsStore"]
+__all__ = ["ResultsStore", "RunResult", "RunStatus"]
 
 
-class RunStatus(str, Enum):
+class RunStatus(StrEnum):
     RECOVERED = "recovered"  # outage seen and recovered within the deadline
     NO_OUTAGE = "no_outage"  # no failed probe at all: RTO 0
     NOT_RECOVERED = "not_recovered"  # still failing at the deadline

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from enum import Enum
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["EventKind", "Timeline", "TimelineEvent"]
 
 
-class EventKind(str, Enum):
+class EventKind(StrEnum):
     PROBE_FAIL = "probe_fail"  # first failed probe after a good one (or the start)
     PROBE_OK = "probe_ok"  # first good probe after failures
     FAULT_INJECTED = "fault_injected"

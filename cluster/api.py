@@ -30,12 +30,12 @@ __all__ = [
 ]
 
 
-class WorkloadKind(str, enum.Enum):
+class WorkloadKind(enum.StrEnum):
     POD = "pod"
     VMI = "vmi"
 
 
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     """The union of pod and VMI phases (KubeVirt's list is a superset)."""
 
     PENDING = "Pending"
@@ -47,7 +47,7 @@ class Phase(str, enum.Enum):
     TERMINATING = "Terminating"
 
 
-class VolumeFailure(str, enum.Enum):
+class VolumeFailure(enum.StrEnum):
     """How a volume is made to fail: writes hang, or writes get EIO."""
 
     HANG = "hang"
@@ -96,7 +96,8 @@ class ProbeTarget:
 
     ``netns`` is the network namespace the client must run in (None: the
     harness's own), ``host``/``port``/``path`` the HTTP endpoint. The endpoint
-    answers 200 with a body starting with the workload's instance identity.
+    answers 200 with a body "<workload name> <instance> ..." (the instance changes
+    on every restart).
     """
 
     host: str

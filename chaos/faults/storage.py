@@ -43,7 +43,7 @@ class StorageLost(Fault):
     @classmethod
     def from_params(cls, backend: Backend, params: Mapping[str, JsonScalar]) -> Self:
         try:
-            mode = VolumeFailure(params.get("mode"))
+            mode = VolumeFailure(str(params.get("mode")))
         except ValueError:
             raise FaultError(f"storage-lost record has mode {params.get('mode')!r}") from None
         return cls(backend, str(params["workload"]), mode)
