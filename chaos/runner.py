@@ -22,6 +22,7 @@ from typing import Protocol
 from chaos.clock import Clock, RealClock
 from chaos.errors import BackendError, FaultError
 from chaos.faults import Fault, build_fault
+from chaos.faults.harness_state import RestartHealingOff
 from chaos.journal import Journal
 from chaos.results import ResultsStore, RunResult, RunStatus
 from chaos.spec import (
@@ -116,14 +117,6 @@ class RunOptions:
     status: Callable[[str], None] = _no_status  # progress line (rich status in the CLI)
 
 
-def _restart_healing_state(backend: Backend) -> bool:
-    # Backend has only the setter; a backend that can tell gets its exact state back.
-    getter = getattr(backend, "restart_healing", None)
-    if callable(getter):
-        return bool(getter())
-    return True
-
-
 class Run:
     """One run, in stages. ``run_experiment`` chains them; the CTK control calls them
     from its hooks. ``finish`` must always be called: it reverts and records."""
@@ -154,7 +147,7 @@ class Run:
         self.healers: list[HealerLike] = []
         self.fault: Fault | None = None
         self.injected_at: float | None = None  # monotonic
-        self._restore_restart: bool | None = None
+        self._restart_off: RestartHealingOff | None = None
         self._finished: RunResult | None = None
 
     # --- stages ------------------------------------------------------------------
@@ -189,8 +182,10 @@ class Run:
         self.recorder.start()
         if "watchdog" not in rto.healers:
             # The baseline without our watchdog: node-side restarts off for the run.
-            self._restore_restart = _restart_healing_state(self.backend)
-            self.backend.set_restart_healing(False)
+            # Journaled like a fault, so a SIGKILLed harness leaves no node with
+            # restarts switched off (`rto revert` switches them back on).
+            self._restart_off = RestartHealingOff(self.backend, self.journal)
+            self._restart_off.inject()
         healer_profile = self.profile if self.profile != "unknown" else "kubernetes-defaults"
         self.healers = []
         if rto.healers:
@@ -201,6 +196,7 @@ class Run:
                 workloads=[rto.target.workload],
                 record=self._record_healer,
                 clock=self.clock,
+                journal=self.journal,
             )
             for healer in self.opts.healer_factory(list(rto.healers), healer_profile):
                 healer.start(ctx)
@@ -298,9 +294,9 @@ class Run:
                 healer.stop()
             except Exception as exc:
                 problems.append(f"healer {healer.name} failed: {exc}")
-        if self._restore_restart is not None:
+        if self._restart_off is not None:
             try:
-                self.backend.set_restart_healing(self._restore_restart)
+                self._restart_off.revert()
             except Exception as exc:
                 problems.append(f"could not switch node-side restarts back on: {exc}")
         if self.recorder is not None:

@@ -27,6 +27,7 @@ from typing import Protocol, runtime_checkable
 
 from chaos.clock import Clock
 from chaos.errors import HarnessError
+from chaos.journal import Journal
 from cluster.api import Backend
 
 __all__ = ["Healer", "HealerContext", "LoopHealer", "Recorder"]
@@ -47,6 +48,9 @@ class HealerContext:
     workloads: list[str]  # the run's targets: the only workloads a healer may act on
     record: Recorder
     clock: Clock
+    # Where a healer journals cluster changes it must undo (a fence), so a
+    # SIGKILLed harness leaves none behind: `rto revert` replays them.
+    journal: Journal | None = None
 
 
 @runtime_checkable

@@ -26,6 +26,7 @@ missed in a row do): 0.7 s with ``fast``, 35 s with ``kubernetes-defaults``.
 from __future__ import annotations
 
 from chaos.errors import HarnessError
+from chaos.faults.harness_state import NodeFence
 from cluster.api import NodeStatus, WorkloadStatus
 from cluster.lab.profile import TimingProfile
 from healers.base import LoopHealer
@@ -68,6 +69,7 @@ class EvictionHealer(LoopHealer):
         self.fresh_within = fresh_within
         # node -> targets already rescheduled off it while we held its fence
         self._fenced: dict[str, set[str]] = {}
+        self._fences: dict[str, NodeFence] = {}
 
     @classmethod
     def for_profile(
@@ -122,7 +124,9 @@ class EvictionHealer(LoopHealer):
                 self._fence(node, on_node[node.name])
 
     def _fence(self, node: NodeStatus, workloads: list[WorkloadStatus]) -> None:
-        self.ctx.backend.fence(node.name)
+        fence = NodeFence(self.ctx.backend, node.name, self.ctx.journal)
+        fence.inject()  # journaled first: `rto revert` unfences after a crash
+        self._fences[node.name] = fence
         self._fenced[node.name] = set()
         age = node.heartbeat_age if node.heartbeat_age is not None else float("nan")
         self.record(
@@ -149,7 +153,7 @@ class EvictionHealer(LoopHealer):
             )
 
     def _unfence(self, node: str, reason: str) -> None:
-        self.ctx.backend.unfence(node)
+        self._fences.pop(node).revert()
         del self._fenced[node]
         self.record(f"unfenced node {node} ({reason})", action="unfence", node=node)
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from chaos.errors import FaultError
 from chaos.faults.base import Compose, Fault, FaultLike
+from chaos.faults.harness_state import NodeFence, RestartHealingOff
 from chaos.faults.network_partition import NetworkPartition
 from chaos.faults.node_drain import NodeDrain
 from chaos.faults.node_power import NodePowerOff
@@ -38,7 +39,16 @@ __all__ = [
 ]
 
 FAULT_TYPES: dict[str, type[Fault]] = {
-    cls.type: cls for cls in (ProcessCrash, NodeDrain, NodePowerOff, NetworkPartition, StorageLost)
+    cls.type: cls
+    for cls in (
+        ProcessCrash,
+        NodeDrain,
+        NodePowerOff,
+        NetworkPartition,
+        StorageLost,
+        RestartHealingOff,
+        NodeFence,
+    )
 }
 
 
