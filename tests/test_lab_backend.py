@@ -99,7 +99,7 @@ def test_pod_runs_and_answers(lab: LabBackend) -> None:
     assert target is not None and target.netns == f"{PREFIX}-hub" and target.port == 80
     reasons = [e.reason for e in lab.events(0.0) if e.name == "web1"]
     assert reasons[:2] == ["Created", "Scheduled"] and "Started" in reasons
-    with pytest.raises(BackendError, match="issue 3"):
+    with pytest.raises(BackendError, match="without VMs"):
         lab.create_workload("vm1", WorkloadKind.VMI)
 
 

@@ -37,6 +37,7 @@ from chaos.errors import HarnessError, LabError
 from cluster.lab import net, runtime, state, volumes
 from cluster.lab.backoff import RestartBackoff
 from cluster.lab.profile import TimingProfile, get_profile
+from cluster.lab.vmis import VmiHandler
 
 __all__ = ["Agent", "PodRun", "enter_host_mount_ns", "enter_node_netns", "main"]
 
@@ -95,6 +96,8 @@ class Agent:
         self.restart_healing = True
         self._read_settings()
         self.pods: dict[str, PodRun] = {}
+        # VMIs (kind='vmi') go through the node's libvirtd: the virt-handler half.
+        self.vmis = VmiHandler(node, self.index, self.clock, self.profile)
         self.seq = 0
         self._next_heartbeat = self.clock.now()
         self._next_settings = self.clock.now() + _SETTINGS_PERIOD
@@ -115,10 +118,10 @@ class Agent:
             log.info("timing profile %s", name)
         self.restart_healing = self._setting("restart_healing") is not False
 
-    def _assignments(self) -> dict[str, sqlite3.Row]:
+    def _assignments(self, kind: str = "pod") -> dict[str, sqlite3.Row]:
         rows = self.conn.execute(
-            "SELECT name, generation, slot, ip FROM workloads WHERE node=? AND kind='pod'",
-            (self.node,),
+            "SELECT name, generation, slot, ip FROM workloads WHERE node=? AND kind=?",
+            (self.node, kind),
         ).fetchall()
         return {str(r["name"]): r for r in rows}
 
@@ -195,7 +198,16 @@ class Agent:
         shutil.rmtree(runtime.bundle_dir(self.node, pod.name), ignore_errors=True)
         log.info("pod %s: stopped", pod.name)
 
+    def _sync_vmis(self) -> None:
+        wanted = {
+            name: (int(r["generation"]), r["ip"]) for name, r in self._assignments("vmi").items()
+        }
+        if wanted or self.vmis.vmis:
+            self.vmis.profile = self.profile
+            self.vmis.sync(wanted, self.restart_healing)
+
     def _sync(self) -> None:
+        self._sync_vmis()
         wanted = self._assignments()
         for name in [n for n in self.pods if n not in wanted]:
             self._stop(self.pods.pop(name))
@@ -231,7 +243,10 @@ class Agent:
             "node": self.node,
             "seq": self.seq,
             "sent": self.clock.now(),
-            "pods": {name: pod.status() for name, pod in self.pods.items()},
+            "pods": {
+                **{name: pod.status() for name, pod in self.pods.items()},
+                **self.vmis.statuses(),
+            },
         }
         try:
             self.sock.sendto(json.dumps(msg).encode(), (state.HUB_IP, state.HEARTBEAT_PORT))
@@ -261,6 +276,7 @@ class Agent:
     def _timeout(self) -> float:
         wake = [self._next_heartbeat, self.clock.now() + _MAX_TICK]
         wake += [p.backoff.not_before for p in self.pods.values() if p.proc is None]
+        wake += self.vmis.wake_times()
         return max(0.0, min(wake) - self.clock.now())
 
     def stop(self) -> None:
@@ -271,6 +287,7 @@ class Agent:
         for name in runtime.list_containers(self.node):
             # Left by an agent that was killed: start from a clean slate.
             runtime.delete(self.node, name)
+        self.vmis.clean_slate()
         rfd, wfd = os.pipe()
         os.set_blocking(rfd, False)
         os.set_blocking(wfd, False)
@@ -314,6 +331,7 @@ class Agent:
                 self._stop(self.pods.pop(name))
             except HarnessError as exc:
                 log.error("pod %s: not stopped cleanly: %s", name, exc)
+        self.vmis.shutdown()
         self.sock.close()
         self.conn.close()
         log.info("agent for node %s stopped", self.node)

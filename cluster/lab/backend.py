@@ -40,12 +40,13 @@ from cluster.api import (
     WorkloadKind,
     WorkloadStatus,
 )
-from cluster.lab import cgroups, net, runtime, volumes
+from cluster.lab import cgroups, net, runtime, vmis, volumes
 from cluster.lab.store import NodeRow, Store, WorkloadRow
 
-__all__ = ["HEALTH_PATH", "LabBackend"]
+__all__ = ["HEALTH_PATH", "VMI_HEALTH_PATH", "LabBackend"]
 
 HEALTH_PATH = "/cgi-bin/healthz"
+VMI_HEALTH_PATH = "/healthz"  # served by the guest itself (cluster/lab/guest/healthz.sh)
 # Pod names become netns, cgroup and file names: keep them DNS-label-like and short.
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 
@@ -153,7 +154,8 @@ class LabBackend:
         w = self.store.workload(workload)
         if w.ip is None:
             return None
-        return ProbeTarget(host=w.ip, port=w.port, path=HEALTH_PATH, netns=net.HUB_NS)
+        path = VMI_HEALTH_PATH if w.kind is WorkloadKind.VMI else HEALTH_PATH
+        return ProbeTarget(host=w.ip, port=w.port, path=path, netns=net.HUB_NS)
 
     def events(self, since: float) -> Iterator[Event]:
         for e in self.store.events_since(since):
@@ -168,8 +170,11 @@ class LabBackend:
 
     # --- workloads -------------------------------------------------------------
     def create_workload(self, name: str, kind: WorkloadKind, node: str | None = None) -> None:
-        if kind is WorkloadKind.VMI:
-            raise BackendError("VMIs arrive with issue 3; the lab runs pods only for now")
+        if kind is WorkloadKind.VMI and self.store.get_setting("vms") is not True:
+            raise BackendError(
+                f"cannot create VMI {name}: the lab runs without VMs; "
+                "bring it up with VMs (lab_up(..., vms=True))"
+            )
         if not _NAME.match(name):
             raise BackendError(
                 f"workload name {name!r} is not valid: use 1-32 lowercase letters, digits "
@@ -184,11 +189,18 @@ class LabBackend:
             if n is not None and n.powered:
                 # The agent stops the container when it sees the pod gone; the
                 # volume can only go once nothing holds it.
-                self.wait_until(
-                    lambda: name not in runtime.list_containers(w.node or ""),
-                    10.0,
-                    f"node {w.node} to stop the container of deleted workload {name}",
-                )
+                if w.kind is WorkloadKind.VMI:
+                    self.wait_until(
+                        lambda: vmis.qemu_pid(w.node or "", name) is None,
+                        20.0,
+                        f"node {w.node} to destroy the domain of deleted VMI {name}",
+                    )
+                else:
+                    self.wait_until(
+                        lambda: name not in runtime.list_containers(w.node or ""),
+                        10.0,
+                        f"node {w.node} to stop the container of deleted workload {name}",
+                    )
         volumes.destroy_volume(name)
 
     def set_min_available(self, workload: str, value: int) -> None:
@@ -199,8 +211,13 @@ class LabBackend:
 
     # --- fault actions ---------------------------------------------------------
     def kill_main_process(self, workload: str) -> None:
-        _, node = self._bound(workload)
-        pid = runtime.main_pid(node, workload)
+        w, node = self._bound(workload)
+        if w.kind is WorkloadKind.VMI:
+            pid = vmis.qemu_pid(node, workload)
+            if pid is None:
+                raise BackendError(f"VMI {workload} has no running QEMU on {node}; nothing to kill")
+        else:
+            pid = runtime.main_pid(node, workload)
         if pid is None:
             raise BackendError(
                 f"workload {workload} has no running container on {node}; nothing to kill"
@@ -340,7 +357,8 @@ class LabBackend:
                 code, body = self.probe(name, timeout=0.5)
             except (BackendError, OSError):
                 return None
-            if code != 200 or body.split() != [name, w.instance or ""]:
+            # Pods answer "<name> <instance>", VMIs add " boot=<n>".
+            if code != 200 or body.split()[:2] != [name, w.instance or ""]:
                 return None
             return w
 

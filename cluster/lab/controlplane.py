@@ -27,7 +27,7 @@ from pathlib import Path
 
 from chaos.clock import Clock, RealClock
 from chaos.errors import HarnessError, SpecError
-from cluster.api import Phase
+from cluster.api import Condition, Phase
 from cluster.lab import state
 from cluster.lab.profile import TimingProfile, get_profile
 from cluster.lab.store import NodeRow, PodReport, Store
@@ -104,6 +104,10 @@ def parse_heartbeat(data: bytes) -> Heartbeat:
                 restarts=int(p.get("restarts", 0)),
                 generation=int(p["generation"]),
                 ip=None if p.get("ip") is None else str(p["ip"]),
+                conditions=tuple(
+                    Condition(str(c["type"]), bool(c["status"]), str(c.get("reason", "")))
+                    for c in p.get("conditions", ())
+                ),
             )
             for name, p in dict(msg.get("pods", {})).items()
         )

@@ -249,8 +249,45 @@ def reboot_node(store: Store, node: NodeRow) -> None:
         net.delete_pod_net(w.name)
     cgroups.create_node_cgroup(name)
     net.create_node_net(name, node.idx)
+    if store.get_setting("vms") is True:
+        _start_virt(name, node.idx)
     _start_agent(store, name)
     store.set_node_flag(name, "powered", True)
+
+
+def _start_virt(node: str, index: int) -> None:
+    """The node's hypervisor side: anycast VMI gateway on cbr0 and its libvirtd
+    (in the node's cgroup, so a power-off takes it and its QEMUs down)."""
+    from cluster.lab import virtd  # needs libvirt-python: only with VMs
+
+    _share_volumes_dir()
+    net.add_vmi_gateway(node)
+    virtd.start_node_libvirtd(node, index)
+
+
+def _share_volumes_dir() -> None:
+    """Make the volumes directory a shared mount (idempotent).
+
+    libvirtd (and so QEMU) lives in a mount namespace of its own, copied when
+    it starts; on a host whose / is private, a volume mounted later by the
+    agent would never show up there. A shared bind mount of the volumes
+    directory propagates every later (u)mount below it into the daemon's
+    (slave) copy. lab_down unmounts it with everything else under STATE_DIR.
+    """
+    vol = Path(state.STATE_DIR) / "volumes"
+    vol.mkdir(parents=True, exist_ok=True)
+    if str(vol) not in _mounts_under([vol]):
+        subprocess.run(["mount", "--bind", str(vol), str(vol)], check=True, capture_output=True)
+    subprocess.run(["mount", "--make-shared", str(vol)], check=True, capture_output=True)
+
+
+def _stop_virt(node: str) -> None:
+    """Stop the node's QEMUs and libvirtd, if VMs were ever enabled there."""
+    if not (Path(state.RUN_DIR) / node / "libvirt").exists():
+        return
+    from cluster.lab import virtd
+
+    virtd.stop_node_libvirtd(node)
 
 
 # --- waits ---------------------------------------------------------------------
@@ -288,11 +325,14 @@ def lab_up(
     *,
     node_prefix: str = "node",
     restart_healing: bool = True,
+    vms: bool = False,
     timeout: float | None = None,
     sleep: Callable[[float], None] | None = None,
 ) -> None:
     """Create the lab and return once every node is Ready.
 
+    ``vms=True`` also starts one libvirtd per node (and builds the guest
+    image), so ``WorkloadKind.VMI`` workloads can run; pod-only labs skip it.
     Raises ``LabError`` (after tearing down what it made) if a node does not
     become Ready in time, with the tails of the daemon logs in the message.
     """
@@ -315,12 +355,19 @@ def lab_up(
         store = Store()
         store.put_setting("profile", prof.name)
         store.put_setting("restart_healing", restart_healing)
+        store.put_setting("vms", vms)
+        if vms:
+            from cluster.lab.guest.build import build_guest
+
+            build_guest()  # cached; agents then find it ready
         names = [f"{node_prefix}{i}" for i in range(1, nodes + 1)]
         net.create_hub()
         for i, name in enumerate(names, start=1):
             store.add_node(name, i)
             net.create_node_net(name, i)
             cgroups.create_node_cgroup(name)
+            if vms:
+                _start_virt(name, i)
         _start_controlplane()
         for name in names:
             _start_agent(store, name)
@@ -462,6 +509,8 @@ def lab_down() -> None:
                     os.kill(pid, signal.SIGKILL)
 
     step("kill lab daemons", kill_daemons)
+    for node in sorted(nodes):
+        step(f"libvirtd of {node}", functools.partial(_stop_virt, node))
     for node in sorted(nodes):
         step(f"power off {node}", functools.partial(cgroups.kill_node, node))
 

@@ -31,6 +31,10 @@ __all__ = [
     "HUB_NS",
     "NETNS_DIR",
     "NS_PREFIX",
+    "VMI_GW",
+    "VMI_GW_MAC",
+    "VMI_SUBNET",
+    "add_vmi_gateway",
     "create_hub",
     "create_node_net",
     "create_pod_net",
@@ -49,7 +53,10 @@ __all__ = [
     "partition_pod",
     "pod_ip",
     "pod_ns",
+    "route_vmi",
     "set_prefix",
+    "unroute_vmi",
+    "vmi_ip",
 ]
 
 NETNS_DIR = Path("/run/netns")  # where `ip netns` and pyroute2 keep named namespaces
@@ -60,6 +67,15 @@ _BRIDGE = "br0"
 _POD_BRIDGE = "cbr0"
 _CHAOS_TABLE = "rto_chaos"
 _CLONE_NEWNET = 0x40000000
+
+# VMIs keep their address wherever they run (live migration), so they get a
+# lab-wide subnet instead of the node's pod subnet. Every node's cbr0 carries
+# the same gateway address AND MAC (an "anycast" gateway, as Calico/OVN do):
+# a migrated guest keeps talking to its gateway without an ARP refresh. The hub
+# routes each VMI's /32 to the node that hosts it (``route_vmi``).
+VMI_SUBNET = "198.18.100.0/24"
+VMI_GW = "198.18.100.1"
+VMI_GW_MAC = "02:c6:12:64:00:01"
 
 
 def set_prefix(prefix: str) -> None:
@@ -75,6 +91,13 @@ def node_ns(node: str) -> str:
 
 def pod_ns(pod: str) -> str:
     return f"{NS_PREFIX}-p-{pod}"
+
+
+def vmi_ip(host: int) -> str:
+    """VMI number ``host`` (2..250) in the lab-wide VMI subnet."""
+    if not 2 <= host <= 250:
+        raise LabError(f"VMI host number {host} is outside 2..250")
+    return f"198.18.100.{host}"
 
 
 def pod_ip(index: int, slot: int) -> str:
@@ -249,6 +272,42 @@ def create_node_net(node: str, index: int) -> None:
         hub.route("replace", dst=node_pod_subnet(index), gateway=node_ip(index))
     _sysctl(name, "net.ipv4.ip_forward", "1")
     _sysctl(HUB_NS, "net.ipv4.ip_forward", "1")
+
+
+def add_vmi_gateway(node: str) -> None:
+    """Give the node's cbr0 the anycast VMI gateway (address and MAC; idempotent).
+
+    The MAC is the bridge's own: pods of the node see the same (now fixed)
+    MAC for their gateway, which is harmless because nodes are routed, not
+    bridged, to each other.
+    """
+    with NetNS(node_ns(node)) as ns:
+        idx = _link_index(ns, _POD_BRIDGE)
+        if idx is None:
+            raise LabError(f"node {node} has no {_POD_BRIDGE}; create its network first")
+        ns.link("set", index=idx, address=VMI_GW_MAC)
+        have = {a.get_attr("IFA_ADDRESS") for a in ns.get_addr(index=idx)}
+        if VMI_GW not in have:
+            ns.addr("add", index=idx, address=VMI_GW, prefixlen=24)
+
+
+def route_vmi(ip: str, index: int) -> None:
+    """Hub: send VMI ``ip`` to node ``index`` (placement, restart, migration)."""
+    with NetNS(HUB_NS) as hub:
+        hub.route("replace", dst=f"{ip}/32", gateway=node_ip(index))
+
+
+def unroute_vmi(ip: str, index: int | None = None) -> None:
+    """Hub: drop VMI ``ip``'s route (only if it still points to node ``index``)."""
+    if not _exists(HUB_NS):
+        return
+    with NetNS(HUB_NS) as hub:
+        for r in hub.get_routes(family=2):  # AF_INET; filtered here, not by a lookup
+            if r.get_attr("RTA_DST") != ip or r["dst_len"] != 32:
+                continue
+            if index is not None and r.get_attr("RTA_GATEWAY") != node_ip(index):
+                continue
+            hub.route("del", dst=f"{ip}/32", gateway=r.get_attr("RTA_GATEWAY"))
 
 
 def delete_node_net(node: str) -> None:

@@ -103,6 +103,8 @@ class PodReport:
     restarts: int
     generation: int
     ip: str | None
+    # Conditions the node observed beyond Ready (VMIs: Paused with reason IOError).
+    conditions: tuple[Condition, ...] = ()
 
 
 def _conditions_from_json(text: str) -> tuple[Condition, ...]:
@@ -416,16 +418,22 @@ class Store:
 
     def _bind(self, conn: sqlite3.Connection, name: str, node: NodeRow) -> str:
         """Bind ``name`` to ``node`` with the lowest free slot; returns its IP."""
-        used = {
-            int(r["slot"])
-            for r in conn.execute(
-                "SELECT slot FROM workloads WHERE node = ? AND slot IS NOT NULL", (node.name,)
-            ).fetchall()
-        }
+        kind = conn.execute("SELECT kind FROM workloads WHERE name = ?", (name,)).fetchone()
+        vmi = kind is not None and kind["kind"] == WorkloadKind.VMI.value
+        if vmi:
+            # VMIs number lab-wide in the VMI subnet (their address follows
+            # them across nodes, see net.VMI_SUBNET).
+            sql = "SELECT slot FROM workloads WHERE kind = 'vmi' AND slot IS NOT NULL"
+            args: tuple[str, ...] = ()
+        else:
+            sql = "SELECT slot FROM workloads WHERE node = ? AND slot IS NOT NULL AND kind = 'pod'"
+            args = (node.name,)
+        used = {int(r["slot"]) for r in conn.execute(sql, args).fetchall()}
         slot = next((s for s in range(FIRST_SLOT, LAST_SLOT + 1) if s not in used), None)
         if slot is None:
-            raise BackendError(f"node {node.name} has no free pod address left")
-        ip = pod_ip(node.idx, slot)
+            what = "VMI" if vmi else f"node {node.name}'s pod"
+            raise BackendError(f"no free {what} address left (slots {FIRST_SLOT}..{LAST_SLOT})")
+        ip = f"198.18.100.{slot}" if vmi else pod_ip(node.idx, slot)
         conds = _conditions_to_json((Condition("PodScheduled", True, "Scheduled"),))
         conn.execute(
             "UPDATE workloads SET node = ?, slot = ?, ip = ?, phase = ?, instance = NULL, "
@@ -482,10 +490,12 @@ class Store:
             w = _workload(row)
             if w.node != node or w.generation != report.generation:
                 return False
-            ready = report.phase is Phase.RUNNING and report.instance is not None
-            conds = _with_condition(
-                w.conditions, "Ready", ready, "ContainersReady" if ready else report.phase.value
-            )
+            paused = any(c.type == "Paused" and c.status for c in report.conditions)
+            ready = report.phase is Phase.RUNNING and report.instance is not None and not paused
+            reason = "ContainersReady" if ready else ("Paused" if paused else report.phase.value)
+            conds = _with_condition(w.conditions, "Ready", ready, reason)
+            for c in report.conditions:
+                conds = _with_condition(conds, c.type, c.status, c.reason)
             if (
                 w.phase is report.phase
                 and w.instance == report.instance

@@ -1,0 +1,394 @@
+"""The node agent's VMI half: a tiny virt-handler, one per node agent.
+
+Used by ``cluster.lab.agent.Agent`` (which owns the main loop and the
+heartbeat): every tick it hands over the node's ``kind='vmi'`` assignments
+and reads back one status dict per VMI, sent to the control plane in the same
+``pods`` map of the heartbeat as the pods (plus ``conditions``). Each VMI is a
+libvirt domain on the node's own libvirtd (``cluster.lab.virtd``, started by
+``lifecycle.lab_up(vms=True)``) booting the lab guest of
+``cluster.lab.guest.build``. Its data disk is a raw file on the VMI's lab
+volume (``volumes.ensure_volume``), mounted BEFORE the domain starts so the
+storage faults of the pod lab apply to it (QEMU opens the file once).
+
+Run strategy Always: a domain that stopped (QEMU killed, crashed) is started
+again with the kubelet back-off (first restart at once) unless settings
+``restart_healing`` is false (then Failed). A watchdog reset is a guest
+reboot inside the same QEMU: not a restart, but a new instance (the guest
+picks a fresh one every boot and prints ``RTO-GUEST-READY <instance>
+boot=<n>`` on its console, which is how readiness and instance are read).
+The hub's route to the VMI's /32 is (re)announced by the node that starts it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import tenacity
+
+from chaos.clock import Clock
+from chaos.errors import HarnessError, LabError
+from cluster.lab import net, volumes
+from cluster.lab.backoff import RestartBackoff
+from cluster.lab.profile import TimingProfile
+
+if TYPE_CHECKING:
+    from cluster.lab.guest.build import GuestImage
+
+__all__ = ["DISK_BYTES", "VmiHandler", "VmiRun", "disk_path", "guest_command", "qemu_pid"]
+
+log = logging.getLogger("rto.lab.vmis")
+
+DISK_BYTES = 4 << 20  # the guest only uses sectors 0-1 (boot count, healthz record)
+_READY = "RTO-GUEST-READY"
+
+
+def disk_path(name: str) -> Path:
+    """The VMI's raw data disk, on its lab volume (where storage faults act)."""
+    return volumes.mountpoint(name) / "disk.img"
+
+
+def qemu_pid(node: str, name: str) -> int | None:
+    """QEMU's pid for VMI ``name`` on ``node``, from libvirt's pid file; None if not running."""
+    from cluster.lab import virtd
+
+    try:
+        pid = int((virtd.daemon_dir(node) / "run" / "qemu" / f"{name}.pid").read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return None
+    return pid if comm.startswith("qemu") else None
+
+
+def guest_command(name: str, cmd: str, timeout: float = 10.0) -> str:
+    """Send ``ping``/``hang``/``crash`` on VMI ``name``'s control channel (ttyS1).
+
+    The harness side of the channel is QEMU's unix socket; bytes sent before
+    the guest opened ttyS1 are dropped, so ``ping`` is repeated until ``pong``
+    before the command. Returns the guest's reply line.
+    """
+    from cluster.lab import virt
+
+    if cmd not in ("ping", "hang", "crash"):
+        raise LabError(f"unknown guest command {cmd!r}; use ping, hang or crash")
+    path = virt.control_socket(name)
+    buf = b""
+
+    def read_line(s: socket.socket, wait: float) -> str | None:
+        nonlocal buf
+        s.settimeout(wait)
+        while b"\n" not in buf:
+            try:
+                chunk = s.recv(4096)
+            except TimeoutError:
+                return None
+            if not chunk:
+                raise LabError(f"QEMU closed the control socket of VMI {name}")
+            buf += chunk
+        line, buf = buf.split(b"\n", 1)
+        return line.decode(errors="replace").strip()
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except OSError as exc:
+            raise LabError(f"VMI {name} has no control channel at {path}: {exc}") from exc
+
+        def ping() -> bool:
+            s.sendall(b"ping\n")
+            return read_line(s, 0.5) == "pong"
+
+        try:
+            tenacity.Retrying(
+                stop=tenacity.stop_after_delay(timeout),
+                retry=tenacity.retry_if_result(lambda ok: not ok),
+            )(ping)
+        except tenacity.RetryError:
+            raise LabError(f"VMI {name} does not answer ping within {timeout} s") from None
+        if cmd == "ping":
+            return "pong"
+        s.sendall(cmd.encode() + b"\n")
+        reply = read_line(s, timeout)
+    if reply is None:
+        raise LabError(f"VMI {name} did not acknowledge {cmd!r}")
+    return reply
+
+
+@dataclass
+class VmiRun:
+    """What the agent knows about one VMI it runs (one generation of it)."""
+
+    name: str
+    generation: int
+    ip: str | None
+    backoff: RestartBackoff
+    phase: str = "Pending"
+    instance: str | None = None
+    boot: int | None = None
+    restarts: int = 0
+    starts: int = 0
+    active: bool = False
+    offset: int = 0  # console bytes already read
+    partial: str = ""  # console text after the last newline
+    paused: tuple[bool, str] = (False, "")
+    reason: str = ""
+    died_at: float | None = None
+    restart_s: float | None = None  # QEMU death seen -> domain started again
+    history: list[str] = field(default_factory=list)
+
+    def status(self) -> dict[str, object]:
+        return {
+            "phase": self.phase,
+            "instance": self.instance,
+            "restarts": self.restarts,
+            "generation": self.generation,
+            "ip": self.ip,
+            "conditions": [{"type": "Paused", "status": self.paused[0], "reason": self.paused[1]}],
+            # Extras beyond the contract, for humans and the recorder.
+            "kind": "vmi",
+            "running": self.active,
+            "boot": self.boot,
+            "reason": self.reason,
+            "restart_s": self.restart_s,
+        }
+
+
+class VmiHandler:
+    """Converges the node's VMIs to its assignments through its libvirtd."""
+
+    def __init__(self, node: str, index: int, clock: Clock, profile: TimingProfile) -> None:
+        self.node = node
+        self.index = index
+        self.clock = clock
+        self.profile = profile
+        self.vmis: dict[str, VmiRun] = {}
+        self._conn: Any = None  # libvirt.virConnect, imported lazily (extra 'vm')
+        self._guest: GuestImage | None = None
+
+    # --- libvirt ---------------------------------------------------------------
+    def _connection(self) -> Any:
+        if self._conn is not None:
+            try:
+                if self._conn.isAlive():
+                    return self._conn
+            except Exception:
+                pass
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+        try:
+            from cluster.lab import virt, virtd
+        except ImportError as exc:
+            raise LabError(
+                f"node {self.node} cannot run VMIs: libvirt-python is missing ({exc}); "
+                "install the 'vm' extra"
+            ) from exc
+        if virtd.libvirtd_pid(self.node) is None:
+            raise LabError(
+                f"node {self.node} has no libvirtd; bring the lab up with VMs (lab_up(vms=True))"
+            )
+        self._conn = virt.connect(virtd.node_uri(self.node))
+        return self._conn
+
+    def _guest_image(self) -> GuestImage:
+        if self._guest is None:
+            from cluster.lab.guest.build import build_guest
+
+            self._guest = build_guest()
+        return self._guest
+
+    def _domain(self, name: str) -> Any:
+        import libvirt
+
+        try:
+            return self._connection().lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise LabError(f"libvirt of node {self.node}: {exc}") from exc
+
+    # --- one VMI -----------------------------------------------------------------
+    def _start(self, vmi: VmiRun) -> None:
+        import libvirt
+
+        from cluster.lab import virt
+
+        if vmi.ip is None:
+            vmi.reason = "NoAddress"
+            return
+        try:
+            conn = self._connection()
+            volumes.ensure_volume(vmi.name)  # before QEMU opens the disk
+            disk = disk_path(vmi.name)
+            if not disk.exists():
+                with disk.open("wb") as f:
+                    f.truncate(DISK_BYTES)
+            net.route_vmi(vmi.ip, self.index)
+            # A definition left by the previous start (or a failed one) would
+            # clash: libvirt refuses a second UUID for the same name.
+            virt.destroy_vmi(conn, vmi.name)
+            dom = virt.define_vmi(
+                conn,
+                vmi.name,
+                self.node,
+                f"{vmi.ip}/24",
+                net.VMI_GW,
+                self._guest_image(),
+                disk,
+                "reset",
+            )
+            log_path = virt.console_log(vmi.name)
+            vmi.offset = log_path.stat().st_size if log_path.exists() else 0
+            vmi.partial = ""
+            dom.create()
+        except (HarnessError, OSError, libvirt.libvirtError) as exc:
+            log.error("vmi %s: start failed: %s", vmi.name, exc)
+            vmi.reason = "StartError"
+            vmi.backoff.started()
+            vmi.backoff.exited()
+            return
+        now = self.clock.now()
+        if vmi.starts > 0:
+            vmi.restarts += 1
+            if vmi.died_at is not None:
+                vmi.restart_s = now - vmi.died_at
+        vmi.starts += 1
+        vmi.died_at = None
+        vmi.active = True
+        vmi.instance = None
+        vmi.phase = "Scheduled"  # QEMU runs; Running once the guest says it is ready
+        vmi.reason = "Booting"
+        vmi.backoff.started()
+        log.info("vmi %s: domain started (restarts %d)", vmi.name, vmi.restarts)
+
+    def _read_console(self, vmi: VmiRun) -> None:
+        from cluster.lab import virt
+
+        try:
+            with virt.console_log(vmi.name).open("rb") as f:
+                f.seek(vmi.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        vmi.offset += len(data)
+        text = vmi.partial + data.decode(errors="replace")
+        lines = text.split("\n")
+        vmi.partial = lines.pop()
+        for line in lines:
+            if _READY not in line:
+                continue
+            parts = line[line.index(_READY) :].split()
+            if len(parts) < 2:
+                continue
+            boot = next((p.split("=", 1)[1] for p in parts[2:] if p.startswith("boot=")), None)
+            vmi.instance = parts[1]
+            vmi.boot = int(boot) if boot and boot.isdigit() else None
+            vmi.phase = "Running"
+            vmi.reason = ""
+            log.info("vmi %s: guest ready, instance %s boot %s", vmi.name, parts[1], vmi.boot)
+
+    def _observe(self, vmi: VmiRun, restart_healing: bool) -> None:
+        """Domain state -> phase/conditions; notice a QEMU that died."""
+        import libvirt
+
+        if not vmi.active:
+            return
+        try:
+            dom = self._domain(vmi.name)
+            st, why = dom.state() if dom is not None else (libvirt.VIR_DOMAIN_SHUTOFF, 0)
+        except (HarnessError, libvirt.libvirtError) as exc:
+            log.warning("vmi %s: state unknown: %s", vmi.name, exc)
+            self._conn = None
+            return
+        if st in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED):
+            vmi.active = False
+            vmi.died_at = self.clock.now()
+            vmi.paused = (False, "")
+            delay = vmi.backoff.exited()
+            if restart_healing:
+                vmi.reason = "CrashLoopBackOff" if delay > 0 else "Restarting"
+            else:
+                vmi.phase, vmi.reason = "Failed", "Stopped"
+            log.info("vmi %s: domain stopped (state %d/%d); next start in %.2f s",
+                     vmi.name, st, why, delay)  # fmt: skip
+            return
+        if st == libvirt.VIR_DOMAIN_PAUSED:
+            reason = "IOError" if why == libvirt.VIR_DOMAIN_PAUSED_IOERROR else "Paused"
+            vmi.paused = (True, reason)
+        else:
+            vmi.paused = (False, "")
+        self._read_console(vmi)
+
+    def _stop(self, vmi: VmiRun) -> None:
+        """Destroy and undefine the domain; drop the hub route if it is ours."""
+        from cluster.lab import virt
+
+        with contextlib.suppress(HarnessError):
+            virt.destroy_vmi(self._connection(), vmi.name)
+        if vmi.ip is not None:
+            with contextlib.suppress(HarnessError, OSError):
+                net.unroute_vmi(vmi.ip, self.index)
+        shutil.rmtree(virt.control_socket(vmi.name).parent, ignore_errors=True)
+        log.info("vmi %s: stopped", vmi.name)
+
+    # --- the agent's hooks ---------------------------------------------------------
+    def sync(self, wanted: dict[str, tuple[int, str | None]], restart_healing: bool) -> None:
+        """Converge to ``wanted`` (name -> (generation, ip)); poll what runs."""
+        for name in [n for n in self.vmis if n not in wanted]:
+            self._stop(self.vmis.pop(name))
+        for name, (gen, ip) in wanted.items():
+            vmi = self.vmis.get(name)
+            if vmi is not None and vmi.generation != gen:
+                self._stop(self.vmis.pop(name))
+                vmi = None
+            if vmi is None:
+                vmi = VmiRun(name, gen, ip, RestartBackoff.from_profile(self.profile, self.clock))
+                self.vmis[name] = vmi
+            elif vmi.ip is None and ip is not None:
+                vmi.ip = ip
+            self._observe(vmi, restart_healing)
+            if not vmi.active and vmi.phase != "Failed" and vmi.backoff.may_start():
+                if vmi.starts > 0 and not restart_healing:
+                    vmi.phase = "Failed"
+                    continue
+                self._start(vmi)
+
+    def statuses(self) -> dict[str, dict[str, object]]:
+        return {name: vmi.status() for name, vmi in self.vmis.items()}
+
+    def wake_times(self) -> list[float]:
+        return [v.backoff.not_before for v in self.vmis.values() if not v.active]
+
+    def clean_slate(self) -> None:
+        """Destroy domains left by an agent that was killed (as runc state is)."""
+        from cluster.lab import virtd
+
+        if virtd.libvirtd_pid(self.node) is None:
+            return
+        try:
+            conn = self._connection()
+            for dom in conn.listAllDomains():
+                from cluster.lab import virt
+
+                virt.destroy_vmi(conn, dom.name())
+        except Exception as exc:
+            log.warning("node %s: leftover domains not destroyed: %s", self.node, exc)
+
+    def shutdown(self) -> None:
+        for name in list(self.vmis):
+            try:
+                self._stop(self.vmis.pop(name))
+            except (HarnessError, OSError) as exc:
+                log.error("vmi %s: not stopped cleanly: %s", name, exc)
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
