@@ -282,9 +282,22 @@ def _processes(dirs: Sequence[str], cgroup_prefix: str) -> set[str]:
             continue
         cmd = " ".join(a.decode(errors="replace") for a in argv if a)
         why = _process_reason(cmd, groups, dirs, cgroup_prefix)
+        if not why and comm == "libvirtd":
+            why = _libvirtd_reason(entry, dirs)
         if why:
             found.add(f"pid {entry.name} [{why}] {cmd[:160] or comm}")
     return found
+
+
+def _libvirtd_reason(entry: Path, dirs: Sequence[str]) -> str:
+    """A node libvirtd's command line names no lab path (its config lives at
+    /etc/libvirt inside its own mount namespace), but its private directories
+    are bind mounts of lab directories: look there."""
+    try:
+        mounts = (entry / "mountinfo").read_text()
+    except OSError:
+        return ""
+    return "lab libvirtd" if any(d in mounts for d in dirs) else ""
 
 
 def _process_reason(cmd: str, groups: str, dirs: Sequence[str], cgroup_prefix: str) -> str:

@@ -22,8 +22,8 @@ from cluster.lab import lifecycle, net, state
 
 pytest.importorskip("libvirt", reason="libvirt-python (extra 'vm') is not installed")
 
-from cluster.lab import virtd, vmis  # noqa: E402  (needs libvirt)
-from cluster.lab.backend import LabBackend  # noqa: E402
+from cluster.lab import virtd, vmis  # needs libvirt (importorskip above)
+from cluster.lab.backend import LabBackend
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -136,6 +136,7 @@ def test_vmi_runs_restarts_after_qemu_kill_and_watchdog_reset(lab: LabBackend) -
     paused = first.condition("Paused")
     assert paused is not None and not paused.status
     code, body = lab.probe(VMI)
+    assert code == 200
     boot0 = _boot(body)
     # The disk lives on the VMI's lab volume, which storage faults act on.
     assert vmis.disk_path(VMI).is_file()
