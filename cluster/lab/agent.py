@@ -8,7 +8,9 @@ once), removes containers no longer assigned to it, restarts crashed ones
 with the kubelet back-off (``backoff.RestartBackoff``, timings from the
 profile named by settings ``profile``) unless settings ``restart_healing`` is
 JSON false (then the pod is Failed), and sends a heartbeat datagram to the hub
-(``HUB_IP:HEARTBEAT_PORT``) every ``heartbeat_interval``. The control plane
+(``HUB_IP:HEARTBEAT_PORT``) every ``heartbeat_interval``. VMIs (``kind='vmi'``) are
+run through the node's libvirtd by ``cluster.lab.vmis.VmiHandler`` and
+reported in the same heartbeat map. The control plane
 reads those heartbeats; the agent never writes the DB. SIGTERM stops its
 containers and exits cleanly.
 """

@@ -281,6 +281,11 @@ def start_node_libvirtd(
         # The node's netns was re-created under a live daemon: it listens on
         # a dead network, so replace it.
         stop_node_libvirtd(node, timeout=timeout, sleep=sleep)
+    old = _children.pop(node, None)
+    if old is not None:
+        # A daemon killed with its node (power-off): collect its exit status
+        # so it does not stay a zombie (and Popen does not warn).
+        old.poll()
     ip = listen_ip or node_ip(index)
     _write_config(node, ip)
     _seed_caps_cache(node)
