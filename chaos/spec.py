@@ -58,10 +58,33 @@ class TargetSpec(_Frozen):
     workload: str = Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     kind: Literal["pod", "vmi"] = "pod"
     node: str | None = None  # placement when the harness has to create the workload
+    # VMI only. KubeVirt's evictionStrategy: what a drain does to the VMI.
+    eviction_strategy: Literal["LiveMigrate", "None"] = "LiveMigrate"
+    # VMI only. The guest's i6300esb timeout (the driver's "heartbeat") in s;
+    # null keeps the driver default of 30 s, which is what a guest gets unless
+    # someone sets it. Reaches the guest's kernel command line at creation.
+    watchdog_heartbeat_s: int | None = Field(default=2, ge=2, le=2045)
+
+    @model_validator(mode="after")
+    def _vmi_only_fields(self) -> TargetSpec:
+        if self.kind != "vmi":
+            # Compared with the default, not "was it set": a spec copied through
+            # model_dump (overrides) carries every field.
+            for name in ("eviction_strategy", "watchdog_heartbeat_s"):
+                if getattr(self, name) != type(self).model_fields[name].default:
+                    raise ValueError(
+                        f"target.{name} applies to kind vmi only (this target is a {self.kind}); "
+                        "remove it or set kind: vmi"
+                    )
+        return self
 
 
 class ProcessCrashSpec(_Frozen):
     type: Literal["process-crash"]
+    # kill: SIGKILL the main process (container pid 1 / QEMU). hang (VMI only):
+    # the guest's userland stops through its control channel, so nothing feeds
+    # the i6300esb any more and the watchdog fires.
+    mode: Literal["kill", "hang"] = "kill"
 
 
 class NodeDrainSpec(_Frozen):
@@ -82,7 +105,8 @@ class NetworkPartitionSpec(_Frozen):
 
 class StorageLostSpec(_Frozen):
     type: Literal["storage-lost"]
-    mode: Literal["hang", "eio"] = "hang"
+    # unplug (VMI only): hot-unplug the data disk; the revert plugs it back.
+    mode: Literal["hang", "eio", "unplug"] = "hang"
     duration_s: float = Field(default=30.0, gt=0, le=3600)
 
 
@@ -107,6 +131,8 @@ def fault_variant(fault: FaultSpec) -> str:
         return fault.scope
     if isinstance(fault, StorageLostSpec):
         return fault.mode
+    if isinstance(fault, ProcessCrashSpec) and fault.mode != "kill":
+        return fault.mode  # "" for kill keeps older result rows comparable
     return ""
 
 
@@ -149,6 +175,22 @@ class RtoSpec(_Frozen):
 
     _healers = field_validator("healers")(_check_healers)
     _profile = field_validator("profile")(_check_profile)
+
+    @model_validator(mode="after")
+    def _fault_fits_kind(self) -> RtoSpec:
+        kind = self.target.kind
+        fault = self.fault
+        if kind != "vmi" and isinstance(fault, ProcessCrashSpec) and fault.mode == "hang":
+            raise ValueError(
+                f"fault.mode: hang applies to kind vmi only (it hangs the guest so its "
+                f"watchdog fires); a {kind} has no watchdog: use mode: kill"
+            )
+        if kind != "vmi" and isinstance(fault, StorageLostSpec) and fault.mode == "unplug":
+            raise ValueError(
+                f"fault.mode: unplug applies to kind vmi only (disk hot-unplug); "
+                f"for a {kind} use hang or eio"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fault_fits_deadline(self) -> RtoSpec:

@@ -15,7 +15,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from chaos.metrics import MetricSample
 
 __all__ = [
     "Backend",
@@ -48,10 +52,12 @@ class Phase(enum.StrEnum):
 
 
 class VolumeFailure(enum.StrEnum):
-    """How a volume is made to fail: writes hang, or writes get EIO."""
+    """How a volume is made to fail: writes hang, writes get EIO, or (VMIs only)
+    the data disk is hot-unplugged from the guest."""
 
     HANG = "hang"
     EIO = "eio"
+    UNPLUG = "unplug"
 
 
 @dataclass(frozen=True)
@@ -145,14 +151,45 @@ class Backend(Protocol):
         """
         ...
 
+    def metrics(self, workload: str) -> MetricSample | None:
+        """One resource reading of the workload now (``chaos.metrics``); None
+        when it has nothing running to read (down, restarting, not scheduled)."""
+        ...
+
+    def log_path(self, workload: str) -> Path | None:
+        """The file the workload's output is appended to, None if there is none.
+
+        A pod's container log, a VMI's serial console log; the recorder tails it
+        into LOG timeline events. The file may not exist yet.
+        """
+        ...
+
     # --- workloads -----------------------------------------------------------
-    def create_workload(self, name: str, kind: WorkloadKind, node: str | None = None) -> None: ...
+    def create_workload(
+        self,
+        name: str,
+        kind: WorkloadKind,
+        node: str | None = None,
+        *,
+        watchdog_heartbeat_s: int | None = 2,
+        eviction_strategy: str = "LiveMigrate",
+    ) -> None:
+        """Create a workload. ``watchdog_heartbeat_s`` (VMIs only): the guest's
+        i6300esb timeout in s, None for the driver's 30 s default.
+        ``eviction_strategy`` (VMIs only): ``LiveMigrate`` (an eviction/drain
+        live-migrates the VMI) or ``None`` (it is shut down and started elsewhere)."""
+        ...
 
     def delete_workload(self, name: str) -> None: ...
 
     # --- fault actions -------------------------------------------------------
     def kill_main_process(self, workload: str) -> None:
         """SIGKILL the container's main process (pod) or QEMU (vmi)."""
+        ...
+
+    def hang_workload(self, workload: str) -> None:
+        """VMIs: hang the guest (its userland stops, the watchdog is no longer
+        fed). Pods have no such channel: ``BackendError``."""
         ...
 
     def cordon(self, node: str) -> None: ...
@@ -192,6 +229,18 @@ class Backend(Protocol):
 
     def unfence(self, node: str) -> None: ...
 
+    def resume_workload(self, workload: str) -> None:
+        """VMIs: resume a paused guest (e.g. PausedIOError once storage is back);
+        a running one is left alone. Pods: ``BackendError``."""
+        ...
+
     def reschedule(self, workload: str) -> None:
         """Force-delete the workload on its (fenced) node and start it elsewhere."""
+        ...
+
+    def migrate(self, workload: str, node: str | None = None) -> dict[str, str]:
+        """VMIs: live-migrate a running VMI to ``node`` (None: the backend picks
+        a usable node) and wait for the end. Returns figures as strings, at least
+        ``downtime_ms`` and ``total_ms`` (QEMU's; "" when unknown), ``source``
+        and ``target``. A backend that cannot migrate raises ``BackendError``."""
         ...
