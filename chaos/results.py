@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from chaos.metrics import MetricsSummary
 from chaos.timeline import TimelineEvent
 
 __all__ = ["ResultsStore", "RunResult", "RunStatus"]
@@ -50,6 +51,9 @@ class RunResult(BaseModel):
     probes_failed: int = 0
     error: str | None = None
     timeline: list[TimelineEvent] = Field(default_factory=list)
+    # Resource metrics sampled during the run (None: not sampled, e.g. rows
+    # written before metrics existed, or a backend without metrics()).
+    metrics: MetricsSummary | None = None
 
 
 class ResultsStore:

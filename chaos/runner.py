@@ -24,6 +24,7 @@ from chaos.errors import BackendError, FaultError
 from chaos.faults import Fault, build_fault
 from chaos.faults.harness_state import RestartHealingOff
 from chaos.journal import Journal
+from chaos.metrics import MetricsSampler, MetricsSummary
 from chaos.results import ResultsStore, RunResult, RunStatus
 from chaos.spec import (
     ExperimentSpec,
@@ -115,6 +116,8 @@ class RunOptions:
     ready_timeout_s: float = 120.0  # workload created -> Ready
     steady_timeout_s: float = 60.0  # workload must answer before anything is injected
     status: Callable[[str], None] = _no_status  # progress line (rich status in the CLI)
+    # Resource sampling beside the recorder (chaos.metrics); None switches it off.
+    metrics_period_s: float | None = 0.5
 
 
 class Run:
@@ -144,6 +147,8 @@ class Run:
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.timeline = Timeline(origin=self.clock.now())
         self.recorder: RecorderLike | None = None
+        self.sampler: MetricsSampler | None = None
+        self.metrics: MetricsSummary | None = None
         self.healers: list[HealerLike] = []
         self.fault: Fault | None = None
         self.injected_at: float | None = None  # monotonic
@@ -167,7 +172,17 @@ class Run:
             status = None
         if status is None:
             self._mark(f"creating {target.kind} {target.workload}")
-            self.backend.create_workload(target.workload, WorkloadKind(target.kind), target.node)
+            kind = WorkloadKind(target.kind)
+            if kind is WorkloadKind.VMI:
+                self.backend.create_workload(
+                    target.workload,
+                    kind,
+                    target.node,
+                    watchdog_heartbeat_s=target.watchdog_heartbeat_s,
+                    eviction_strategy=target.eviction_strategy,
+                )
+            else:
+                self.backend.create_workload(target.workload, kind, target.node)
         wait_ready = getattr(self.backend, "wait_ready", None)
         if callable(wait_ready):
             wait_ready(target.workload, self.opts.ready_timeout_s)
@@ -180,6 +195,11 @@ class Run:
             self.backend, rto.target.workload, self.timeline, self.clock, rto.recovery
         )
         self.recorder.start()
+        if self.opts.metrics_period_s is not None and hasattr(self.backend, "metrics"):
+            self.sampler = MetricsSampler(
+                self.backend, rto.target.workload, self.clock, self.opts.metrics_period_s
+            )
+            self.sampler.start()
         if "watchdog" not in rto.healers:
             # The baseline without our watchdog: node-side restarts off for the run.
             # Journaled like a fault, so a SIGKILLed harness leaves no node with
@@ -304,6 +324,12 @@ class Run:
                 self.recorder.stop()
             except Exception as exc:
                 problems.append(f"recorder failed: {exc}")
+        if self.sampler is not None:
+            try:
+                self.metrics = self.sampler.stop()
+            except Exception as exc:
+                problems.append(f"metrics sampler failed: {exc}")
+                self.metrics = self.sampler.summary()
         result = self._result(error, problems)
         self.store.append(result)
         self._finished = result
@@ -355,6 +381,7 @@ class Run:
             probes_failed=self.recorder.probes_failed if self.recorder else 0,
             error="; ".join(messages) or None,
             timeline=self.timeline.events(),
+            metrics=self.metrics,
         )
 
 

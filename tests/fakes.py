@@ -19,6 +19,7 @@ from typing import Any
 
 from chaos.clock import Clock, FakeClock
 from chaos.errors import BackendError
+from chaos.metrics import MetricSample
 from chaos.spec import RecoverySpec
 from chaos.timeline import EventKind, Timeline
 from cluster.api import (
@@ -73,6 +74,8 @@ class FakeBackend:
         self.fail_on: dict[str, str] = {}
         self.observers: list[Callable[[], None]] = []  # called before every action
         self.profile = "fast"
+        # Workload name -> a file the test appends to (log_path); absent: no log.
+        self.log_files: dict[str, Path] = {}
         self._mem = _empty_state(list(nodes))
         if state_file is not None and not state_file.exists():
             state_file.write_text(json.dumps(self._mem))
@@ -165,6 +168,8 @@ class FakeBackend:
             schedulable=ns["schedulable"],
             fenced=ns["fenced"],
             powered=ns["powered"],
+            # Set by a test (set_heartbeat_age) to show a node that answers late.
+            heartbeat_age=ns.get("heartbeat_age"),
         )
 
     def node(self, name: str) -> NodeStatus:
@@ -201,10 +206,57 @@ class FakeBackend:
         for e in evs:
             yield Event(at=e["at"], source=e["source"], name=e["name"], reason=e["reason"])
 
+    def log_path(self, workload: str) -> Path | None:
+        return self.log_files.get(workload)
+
+    def metrics(self, workload: str) -> MetricSample | None:
+        """Synthetic but stateful: counters grow with the instance's uptime on the
+        clock and restart from zero with a new instance; None while it is down."""
+        if "metrics" in self.fail_on:
+            raise BackendError(self.fail_on["metrics"])
+        # Read-only (never through _state, which writes the file back): the
+        # sampler thread reads while the test's thread acts.
+        try:
+            st = json.loads(self.state_file.read_text()) if self.state_file else self._mem
+        except json.JSONDecodeError as exc:  # a writer is mid-write of state_file
+            raise BackendError(f"fake state file being written: {exc}") from exc
+        wl = dict(self._wl(st, workload))
+        node = st["nodes"].get(wl["node"]) if wl["node"] else None
+        now = self.clock.now()
+        if node is None or not node["powered"] or wl["failed"] or now < wl["down_until"]:
+            return None
+        up = max(0.0, now - float(wl["down_until"]))
+        vmi = wl["kind"] == "vmi"
+        cpu = 0.1 * up
+        return MetricSample(
+            t=now,
+            workload=workload,
+            kind=wl["kind"],
+            cpu_s=cpu,
+            host_cpu_s=cpu * 1.5 if vmi else cpu,
+            mem_bytes=(256 << 20) if vmi else (8 << 20) + int(up * 1024),
+            overhead_bytes=(40 << 20) if vmi else 0,
+            disk_wr_bytes=int(up * 4096),
+            disk_wr_ops=int(up),
+            net_rx_bytes=int(up * 1000),
+            net_tx_bytes=int(up * 2000),
+            net_rx_packets=int(up * 10),
+            net_tx_packets=int(up * 10),
+        )
+
     # --- workloads --------------------------------------------------------------------
-    def create_workload(self, name: str, kind: WorkloadKind, node: str | None = None) -> None:
+    def create_workload(
+        self,
+        name: str,
+        kind: WorkloadKind,
+        node: str | None = None,
+        *,
+        watchdog_heartbeat_s: int | None = 2,
+        eviction_strategy: str = "LiveMigrate",
+    ) -> None:
         with self._state(f"create_workload({name})") as st:
             wl = {
+                "eviction_strategy": eviction_strategy,
                 "kind": kind.value,
                 "node": node or self._pick_node(st, None),
                 "instance": None,
@@ -241,6 +293,12 @@ class FakeBackend:
             st["nodes"][node]["schedulable"] = True
 
     def evict(self, workload: str) -> None:
+        with self._state() as st:
+            wl = self._wl(st, workload)
+            live = wl["kind"] == "vmi" and wl.get("eviction_strategy") == "LiveMigrate"
+        if live:
+            self.migrate(workload)
+            return
         with self._state(f"evict({workload})") as st:
             wl = self._wl(st, workload)
             wl["node"] = self._pick_node(st, wl["node"])
@@ -303,6 +361,27 @@ class FakeBackend:
             wl = self._wl(st, workload)
             wl["node"] = self._pick_node(st, wl["node"])
             self._restart(wl, self.restart_delay)
+
+    def migrate(self, workload: str, node: str | None = None) -> dict[str, str]:
+        """A live migration: same instance on another node, ``migration_downtime``
+        seconds without answers (0 by default)."""
+        with self._state(f"migrate({workload})") as st:
+            wl = self._wl(st, workload)
+            if wl["kind"] != "vmi":
+                raise BackendError(f"{workload} is a pod: only VMIs live-migrate")
+            src = wl["node"]
+            dst = node or self._pick_node(st, src)
+            wl["node"] = dst
+            down = float(st.get("migration_downtime", 0.0))
+            wl["down_until"] = max(float(wl["down_until"]), self.clock.now() + down)
+            self._event(st, "migration", workload, "MigrationSucceeded")
+        return {"source": str(src), "target": dst, "downtime_ms": f"{down * 1000:.1f}",
+                "total_ms": "1000.0"}  # fmt: skip
+
+    def set_heartbeat_age(self, node: str, age: float | None) -> None:
+        """Test knob: what ``NodeStatus.heartbeat_age`` of ``node`` reads."""
+        with self._state() as st:
+            st["nodes"][node]["heartbeat_age"] = age
 
 
 class FakeRecorder:

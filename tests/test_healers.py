@@ -134,6 +134,9 @@ class FakeCluster:
     def events(self, since: float) -> Iterator[Event]:
         return iter(())
 
+    def metrics(self, workload: str) -> None:
+        return None  # the healers never read metrics
+
     # --- Backend: actions the healers use --------------------------------------
     def set_restart_healing(self, enabled: bool) -> None:
         self.actions.append(("set_restart_healing", str(enabled)))
@@ -206,6 +209,12 @@ class FakeCluster:
 
     def repair_volume(self, workload: str, mode: VolumeFailure) -> None:
         self._unused(workload, mode)
+
+    def hang_workload(self, workload: str) -> None:
+        self._unused(workload)
+
+    def resume_workload(self, workload: str) -> None:
+        self._unused(workload)
 
 
 @dataclass
