@@ -17,7 +17,7 @@ from chaos.errors import FaultError, HarnessError
 from chaos.journal import FaultRecord, Journal, JsonScalar, new_fault_id
 from cluster.api import Backend
 
-__all__ = ["Compose", "Fault", "FaultLike", "LocalState"]
+__all__ = ["Compose", "Fault", "FaultLike", "LocalState", "NodeFault"]
 
 # "new": never injected (revert is a no-op). The others mirror the journal.
 LocalState = Literal["new", "injecting", "injected", "reverted", "revert_failed"]
@@ -121,6 +121,25 @@ class Fault(ABC):
         fault.journal = journal
         fault.state = record.state
         return fault
+
+
+class NodeFault(Fault):
+    """A fault whose only parameter is the node it acts on (power, fence, ...)."""
+
+    def __init__(self, backend: Backend, node: str, journal: Journal | None = None) -> None:
+        super().__init__(backend, journal)
+        self.node = node
+
+    @property
+    def target(self) -> str:
+        return self.node
+
+    def params(self) -> dict[str, JsonScalar]:
+        return {"node": self.node}
+
+    @classmethod
+    def from_params(cls, backend: Backend, params: Mapping[str, JsonScalar]) -> Self:
+        return cls(backend, str(params["node"]))
 
 
 class Compose:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Self
 
-from chaos.faults.base import Fault
-from chaos.journal import Journal, JsonScalar
+from chaos.faults.base import Fault, NodeFault
+from chaos.journal import JsonScalar
 from cluster.api import Backend
 
 __all__ = ["NodeFence", "RestartHealingOff"]
@@ -43,25 +43,10 @@ class RestartHealingOff(Fault):
         self.backend.set_restart_healing(True)
 
 
-class NodeFence(Fault):
+class NodeFence(NodeFault):
     """A node fenced (out-of-service) by a healer so its workloads may move."""
 
     type = "node-fence"
-
-    def __init__(self, backend: Backend, node: str, journal: Journal | None = None) -> None:
-        super().__init__(backend, journal)
-        self.node = node
-
-    @property
-    def target(self) -> str:
-        return self.node
-
-    def params(self) -> dict[str, JsonScalar]:
-        return {"node": self.node}
-
-    @classmethod
-    def from_params(cls, backend: Backend, params: Mapping[str, JsonScalar]) -> Self:
-        return cls(backend, str(params["node"]))
 
     def _act(self) -> None:
         self.backend.fence(self.node)
