@@ -13,6 +13,9 @@ to compute the RTO and ``reports`` plots. Two threads:
   (phase, node, instance, restarts, conditions). Both land as ``CONTROL`` events.
   The recorder never trusts the phase alone (a partitioned VMI stays a stale
   Running, a paused one too): the phase sits in the timeline beside the probes.
+- on the same tick, the workload's own output: ``backend.log_path(workload)``
+  (container log, VM serial console) is tailed by ``chaos.logs.LogFollower``
+  into ``LOG`` events, trimmed and capped per run.
 
 Backend errors in the follower are written to the timeline as ``MARK`` events
 (once per distinct error, and again when reads work again), counted, and retried
@@ -33,6 +36,7 @@ from typing import Protocol
 
 from chaos.clock import Clock, RealClock
 from chaos.errors import HarnessError
+from chaos.logs import LogFollower
 from chaos.prober import Prober, ProbeState, Transition
 from chaos.timeline import EventKind, Timeline
 from cluster.api import Event, ProbeTarget, WorkloadStatus
@@ -118,6 +122,13 @@ class Recorder:
             clock=self.clock,
             name=f"prober-{workload}",
         )
+        # Backends without a log file (or fakes without the method) record no LOG events.
+        log_path = getattr(backend, "log_path", None)
+        self.logs: LogFollower | None = (
+            LogFollower(lambda: log_path(workload), timeline, workload=workload, clock=self.clock)
+            if callable(log_path)
+            else None
+        )
 
     # --- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
@@ -135,6 +146,8 @@ class Recorder:
                 "good_needed": str(self.prober.machine.good_needed),
             },
         )
+        if self.logs is not None:
+            self._read("log", self.logs.start)
         self.poll_control()  # the status before anything happens
         self._follower = threading.Thread(
             target=self._follow, name=f"follower-{self.workload}", daemon=True
@@ -159,6 +172,8 @@ class Recorder:
             if self._follower is not None:
                 self._follower.join()
             self.poll_control()
+            if self.logs is not None:
+                self._read("log", self.logs.finish)
             self.timeline.add(
                 self.clock.now(),
                 EventKind.MARK,
@@ -236,6 +251,12 @@ class Recorder:
         """One follower tick: new events, then the workload's status (public for tests)."""
         self._read("events", self._read_events)
         self._read("status", self._read_status)
+        if self.logs is not None:
+            self._read("log", self._poll_logs)
+
+    def _poll_logs(self) -> None:
+        assert self.logs is not None
+        self.logs.poll()
 
     def _read(self, what: str, fn: Callable[[], None]) -> None:
         try:

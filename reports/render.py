@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 
 from chaos.results import RunResult, RunStatus
+from chaos.timeline import EventKind
 from reports.analysis import CellSummary, ReportSummary, Verdict, fmt_s
 from reports.expectations import FAULTS, RtoExpectation
 
@@ -108,6 +109,8 @@ figcaption { font-weight: 600; }
 details { margin: 0.4em 0; border: 1px solid #ddd; padding: 0.3em 0.6em; }
 summary { cursor: pointer; }
 .legend span { padding: 2px 8px; margin-right: 6px; border: 1px solid #bbb; }
+tr.log td { background: #f3f6fb; color: #234; }
+tr.log td.out { font-family: ui-monospace, monospace; white-space: pre-wrap; }
 """
 
 
@@ -246,10 +249,17 @@ def _run_html(run: RunResult, png: bytes | None) -> str:
         + (f"; error: {_e(run.error)}" if run.error else "")
         + "</p>"
     )
+    # What the workload printed (LOG) reads as console output, apart from the
+    # harness's own events.
     events = "".join(
-        f'<tr><td class="num">{e.t:.3f}</td><td>{_e(e.kind.value)}</td><td>{_e(e.source)}</td>'
-        f"<td>{_e(e.message)}</td>"
-        f"<td>{_e(', '.join(f'{k}={v}' for k, v in e.data.items()))}</td></tr>"
+        (
+            f'<tr class="log"><td class="num">{e.t:.3f}</td><td>log</td><td>{_e(e.source)}</td>'
+            f'<td class="out">&gt; {_e(e.message)}</td>'
+            if e.kind is EventKind.LOG
+            else f'<tr><td class="num">{e.t:.3f}</td><td>{_e(e.kind.value)}</td>'
+            f"<td>{_e(e.source)}</td><td>{_e(e.message)}</td>"
+        )
+        + f"<td>{_e(', '.join(f'{k}={v}' for k, v in e.data.items()))}</td></tr>"
         for e in sorted(run.timeline, key=lambda e: e.t)
     )
     table = (

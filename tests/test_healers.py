@@ -134,6 +134,9 @@ class FakeCluster:
     def events(self, since: float) -> Iterator[Event]:
         return iter(())
 
+    def log_path(self, workload: str) -> None:
+        return None  # no workload output here
+
     def metrics(self, workload: str) -> None:
         return None  # the healers never read metrics
 

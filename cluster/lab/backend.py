@@ -19,6 +19,7 @@ import re
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 from tenacity import (
@@ -40,7 +41,7 @@ from cluster.api import (
     WorkloadKind,
     WorkloadStatus,
 )
-from cluster.lab import cgroups, net, runtime, vmis, volumes
+from cluster.lab import cgroups, net, runtime, state, vmis, volumes
 from cluster.lab.store import NodeRow, Store, WorkloadRow
 
 __all__ = ["HEALTH_PATH", "VMI_HEALTH_PATH", "LabBackend"]
@@ -167,6 +168,15 @@ class LabBackend:
                 message=e.message,
                 data=e.data,
             )
+
+    def log_path(self, workload: str) -> Path | None:
+        w = self.store.workload(workload)
+        # The files the agent (container stdout/stderr) and cluster.lab.virt
+        # (serial0, append='on') write; both follow the workload across nodes.
+        logs = Path(state.STATE_DIR) / "logs"
+        if w.kind is WorkloadKind.VMI:
+            return logs / "vmi" / f"{w.name}.console.log"
+        return logs / "pods" / f"{w.name}.log"
 
     # --- workloads -------------------------------------------------------------
     def create_workload(self, name: str, kind: WorkloadKind, node: str | None = None) -> None:
