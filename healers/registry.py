@@ -16,6 +16,7 @@ from chaos.errors import SpecError
 from cluster.lab.profile import TimingProfile, get_profile
 from healers.base import Healer
 from healers.eviction import EvictionHealer
+from healers.migration import MigrationHealer
 from healers.watchdog import Watchdog
 
 __all__ = ["HEALERS", "HealerSpec", "build_healers", "known_healers"]
@@ -38,6 +39,10 @@ def _eviction(profile: TimingProfile) -> Healer:
     return EvictionHealer.for_profile(profile)
 
 
+def _migration(profile: TimingProfile) -> Healer:
+    return MigrationHealer.for_profile(profile)
+
+
 HEALERS: dict[str, HealerSpec] = {
     spec.name: spec
     for spec in (
@@ -52,6 +57,12 @@ HEALERS: dict[str, HealerSpec] = {
             "fence a node silent for 3 heartbeats and reschedule the targets on it at "
             "once, instead of waiting for the platform's toleration; unfence on return",
             _eviction,
+        ),
+        HealerSpec(
+            "migration",
+            "live-migrate target VMIs off a node that is cordoned or late (heartbeat older "
+            "than half the eviction threshold but not lost), each with QEMU's downtime",
+            _migration,
         ),
     )
 }

@@ -219,6 +219,10 @@ class FakeCluster:
     def resume_workload(self, workload: str) -> None:
         self._unused(workload)
 
+    def migrate(self, workload: str, node: str | None = None) -> dict[str, str]:
+        self._unused(workload, node)
+        return {}
+
 
 @dataclass
 class Records:
