@@ -271,3 +271,22 @@ def test_rebooted_agent_is_heard_although_its_seq_starts_again(
     assert store.node("node1").last_heartbeat == first
     beat(ctl, "node1", 0, sent=20.0)  # the new boot
     assert store.node("node1").last_heartbeat == pytest.approx(first + 5.0)
+
+
+def test_switch_to_a_faster_profile_does_not_lose_nodes_that_beat_slowly(
+    store: Store, clock: FakeClock
+) -> None:
+    """After kubernetes-defaults -> fast, a node heard 8 s ago is not lost at once
+    (its agent beats on the old 10 s schedule until it sees the change); it is
+    lost only if it stays silent for the new grace period after the switch."""
+    store.put_setting("profile", "kubernetes-defaults")
+    ctl = Controller(store, clock)
+    all_ready(ctl)
+    clock.advance(8.0)
+    store.put_setting("profile", "fast")
+    ctl.reload_profile()
+    ctl.monitor()
+    assert store.node("node1").ready
+    clock.advance(FAST.grace_period + 0.1)
+    ctl.monitor()
+    assert not store.node("node1").ready

@@ -118,11 +118,15 @@ class Agent:
         if isinstance(name, str) and name != self.profile.name:
             self.profile = get_profile(name)
             log.info("timing profile %s", name)
+            # Beat now: under the old profile the next beat may be 10 s away,
+            # longer than the new grace period (set_profile waits for this beat).
+            self._next_heartbeat = self.clock.now()
         self.restart_healing = self._setting("restart_healing") is not False
 
     def _assignments(self, kind: str = "pod") -> dict[str, sqlite3.Row]:
         rows = self.conn.execute(
-            "SELECT name, generation, slot, ip FROM workloads WHERE node=? AND kind=?",
+            "SELECT name, generation, slot, ip, migrating_to FROM workloads "
+            "WHERE node=? AND kind=?",
             (self.node, kind),
         ).fetchall()
         return {str(r["name"]): r for r in rows}
@@ -201,12 +205,13 @@ class Agent:
         log.info("pod %s: stopped", pod.name)
 
     def _sync_vmis(self) -> None:
-        wanted = {
-            name: (int(r["generation"]), r["ip"]) for name, r in self._assignments("vmi").items()
-        }
+        rows = self._assignments("vmi")
+        wanted = {name: (int(r["generation"]), r["ip"]) for name, r in rows.items()}
+        # Live migrations off this node in flight: libvirt moves those domains.
+        leaving = {name for name, r in rows.items() if r["migrating_to"] is not None}
         if wanted or self.vmis.vmis:
             self.vmis.profile = self.profile
-            self.vmis.sync(wanted, self.restart_healing)
+            self.vmis.sync(wanted, self.restart_healing, leaving)
 
     def _sync(self) -> None:
         self._sync_vmis()

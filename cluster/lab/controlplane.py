@@ -56,11 +56,19 @@ def pid_file() -> Path:
 
 
 # --- decisions (pure) --------------------------------------------------------
-def is_lost(node: NodeRow, now: float, profile: TimingProfile) -> bool:
-    """A Ready node silent for longer than the grace period becomes NotReady."""
+def is_lost(
+    node: NodeRow, now: float, profile: TimingProfile, profile_since: float | None = None
+) -> bool:
+    """A Ready node silent for longer than the grace period becomes NotReady.
+
+    Silence is counted from the later of its last heartbeat and the moment the
+    profile last changed: a node that beat on the old (slower) schedule is not
+    lost because the new grace period is shorter than the old interval.
+    """
     if not node.ready or node.last_heartbeat is None:
         return False
-    return now - node.last_heartbeat > profile.grace_period
+    heard = max(node.last_heartbeat, profile_since or node.last_heartbeat)
+    return now - heard > profile.grace_period
 
 
 def should_evict(node: NodeRow, now: float, profile: TimingProfile) -> bool:
@@ -126,6 +134,7 @@ class Controller:
         self.store = store
         self.clock: Clock = clock or store.clock
         self.profile = self._read_profile()
+        self.profile_since: float | None = None
         self._last_sent: dict[str, float] = {}
 
     def _read_profile(self) -> TimingProfile:
@@ -142,6 +151,7 @@ class Controller:
         if new != self.profile:
             log.info("profile %s -> %s", self.profile.name, new.name)
             self.profile = new
+            self.profile_since = self.clock.now()
 
     def handle_heartbeat(self, hb: Heartbeat) -> None:
         if self.store.find_node(hb.node) is None:
@@ -162,7 +172,7 @@ class Controller:
         """One node-monitor pass: NotReady after grace, evictions after toleration."""
         now = self.clock.now()
         for node in self.store.nodes():
-            if is_lost(node, now, self.profile):
+            if is_lost(node, now, self.profile, self.profile_since):
                 silent = now - (node.last_heartbeat or now)
                 self.store.mark_not_ready(
                     node.name,

@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -345,9 +346,7 @@ def lab_up(
         raise LabError("the lab is already up; run `rto lab down` first")
     if leftovers():
         lab_down()  # a previous lab died without its down: start clean
-    import time as _time  # only for the default sleep
-
-    do_sleep = sleep or _time.sleep
+    do_sleep = sleep or time.sleep
     try:
         rootfs.ensure_rootfs()
         for suffix in ("", "-wal", "-shm"):
@@ -637,6 +636,25 @@ def set_profile(name: str) -> None:
         raise LabError("the lab is not up; `rto lab up --profile NAME` instead")
     store = Store()
     try:
+        if store.get_setting("profile", None) == prof.name:
+            return
+        switched = time.monotonic()
         store.put_setting("profile", prof.name)
+
+        # Runs must not start while nodes still beat on the old schedule: their
+        # heartbeat age would read as silence to the new profile (and to the
+        # eviction healer). Agents beat at once when they see the change.
+        def fresh() -> bool:
+            return all(
+                n.last_heartbeat is not None and n.last_heartbeat > switched
+                for n in store.nodes()
+                if n.ready and n.powered
+            )
+
+        if not _wait(fresh, timeout=10.0, sleep=time.sleep):
+            raise LabError(
+                f"profile {prof.name} set, but not every Ready node beat under it within "
+                f"10 s; see the agent logs in {Path(state.STATE_DIR) / 'logs'}"
+            )
     finally:
         store.close()
