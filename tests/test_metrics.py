@@ -175,7 +175,7 @@ def _runner_opts(tmp_path: Path, clock: FakeClock, period: float | None) -> RunO
     return RunOptions(
         clock=clock,
         journal=Journal(tmp_path / "journal.jsonl"),
-        recorder_factory=fake_recorder_factory,  # type: ignore[arg-type]
+        recorder_factory=fake_recorder_factory,
         healer_factory=lambda names, profile: [],
         metrics_period_s=period,
     )

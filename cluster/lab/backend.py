@@ -32,7 +32,9 @@ from tenacity import (
 
 from chaos.clock import Clock, RealClock
 from chaos.errors import BackendError, LabError
+from chaos.metrics import MetricSample
 from cluster.api import (
+    Condition,
     Event,
     NodeStatus,
     Phase,
@@ -41,10 +43,16 @@ from cluster.api import (
     WorkloadKind,
     WorkloadStatus,
 )
-from cluster.lab import cgroups, net, runtime, state, vmis, volumes
+from cluster.lab import cgroups, net, runtime, state, vmi_faults, vmis, volumes
 from cluster.lab.store import NodeRow, Store, WorkloadRow
 
-__all__ = ["HEALTH_PATH", "VMI_HEALTH_PATH", "LabBackend"]
+__all__ = ["EVICTION_STRATEGIES", "HEALTH_PATH", "ROUTE_SWITCH", "VMI_HEALTH_PATH", "LabBackend"]
+
+# KubeVirt's evictionStrategy values the lab implements.
+EVICTION_STRATEGIES = ("LiveMigrate", "None")
+# When the hub /32 route follows a migrated VMI: on the destination libvirtd's
+# Resumed/Migrated event, or once the migrate call has returned.
+ROUTE_SWITCH = ("event", "return")
 
 HEALTH_PATH = "/cgi-bin/healthz"
 VMI_HEALTH_PATH = "/healthz"  # served by the guest itself (cluster/lab/guest/healthz.sh)
@@ -76,6 +84,8 @@ class LabBackend:
         self.clock: Clock = clock or RealClock()
         self.store = store or Store(clock=self.clock)
         self._sleep = sleep or self.clock.sleep
+        # When a migrated VMI's hub route moves (one of ROUTE_SWITCH).
+        self.route_switch = "event"
 
     def close(self) -> None:
         self.store.close()
@@ -134,7 +144,7 @@ class LabBackend:
             node=w.node,
             instance=w.instance,
             restarts=w.restarts,
-            conditions=w.conditions,
+            conditions=w.conditions + _storage_condition(w),
         )
 
     # --- reading ---------------------------------------------------------------
@@ -178,8 +188,35 @@ class LabBackend:
             return logs / "vmi" / f"{w.name}.console.log"
         return logs / "pods" / f"{w.name}.log"
 
+    def metrics(self, workload: str) -> MetricSample | None:
+        # cluster.lab.metrics reads cgroup files (pod) or libvirt + /proc (VMI).
+        from cluster.lab import metrics
+
+        w = self.store.workload(workload)
+        if w.node is None:
+            return None
+        try:
+            if w.kind is WorkloadKind.VMI:
+                return metrics.vmi_sample(w.node, workload, self.clock.now())
+            return metrics.pod_sample(w.node, workload, self.clock.now())
+        except LabError as exc:
+            raise BackendError(f"metrics of {workload} on {w.node}: {exc}") from exc
+
     # --- workloads -------------------------------------------------------------
-    def create_workload(self, name: str, kind: WorkloadKind, node: str | None = None) -> None:
+    def create_workload(
+        self,
+        name: str,
+        kind: WorkloadKind,
+        node: str | None = None,
+        *,
+        watchdog_heartbeat_s: int | None = 2,
+        eviction_strategy: str = "LiveMigrate",
+    ) -> None:
+        if eviction_strategy not in EVICTION_STRATEGIES:
+            raise BackendError(
+                f"eviction strategy {eviction_strategy!r} is not supported; use one of "
+                f"{', '.join(EVICTION_STRATEGIES)}"
+            )
         if kind is WorkloadKind.VMI and self.store.get_setting("vms") is not True:
             raise BackendError(
                 f"cannot create VMI {name}: the lab runs without VMs; "
@@ -190,7 +227,14 @@ class LabBackend:
                 f"workload name {name!r} is not valid: use 1-32 lowercase letters, digits "
                 "and '-', starting and ending with a letter or digit"
             )
-        self.store.insert_workload(name, kind, node)
+        if kind is WorkloadKind.VMI:
+            # Written before the row exists, so the agent's first start reads it
+            # (cluster.lab.vmis puts it on the guest's kernel command line).
+            self.store.put_setting(
+                vmis.heartbeat_key(name),
+                "default" if watchdog_heartbeat_s is None else int(watchdog_heartbeat_s),
+            )
+        self.store.insert_workload(name, kind, node, eviction_strategy=eviction_strategy)
 
     def delete_workload(self, name: str) -> None:
         w = self.store.delete_workload(name)
@@ -239,6 +283,17 @@ class LabBackend:
                 f"main process {pid} of {workload} exited before it could be killed"
             ) from None
 
+    def hang_workload(self, workload: str) -> None:
+        w, _ = self._bound(workload)
+        if w.kind is not WorkloadKind.VMI:
+            raise BackendError(
+                f"cannot hang {workload}: only a VMI's guest can be hung (through its control "
+                "channel); for a pod use process-crash mode kill"
+            )
+        reply = vmis.guest_command(workload, "hang")
+        if reply != "hung":
+            raise BackendError(f"VMI {workload} answered {reply!r} to hang, not 'hung'")
+
     def cordon(self, node: str) -> None:
         self.store.set_node_flag(node, "schedulable", False, "NodeNotSchedulable")
 
@@ -249,6 +304,16 @@ class LabBackend:
         w = self.store.workload(workload)
         if w.node is None:
             return  # already off every node: nothing to evict (idempotent)
+        if (
+            w.kind is WorkloadKind.VMI
+            and w.eviction_strategy == "LiveMigrate"
+            and w.phase is Phase.RUNNING
+        ):
+            # KubeVirt turns the eviction of a LiveMigrate VMI into a migration
+            # (the budget holds: the VMI never stops). A VMI not running yet has
+            # nothing to keep, so it is evicted like a pod below.
+            self.migrate(workload)
+            return
         # The lab runs one replica per workload: any budget >= 1 forbids it.
         if w.min_available >= 1:
             raise BackendError(
@@ -283,28 +348,57 @@ class LabBackend:
         net.heal_node_partition(node)
 
     def partition_workload(self, workload: str) -> None:
-        self._bound(workload)
+        w, node = self._bound(workload)
+        if w.kind is WorkloadKind.VMI:
+            if w.ip is None:
+                raise BackendError(f"VMI {workload} has no address yet: nothing to cut off")
+            vmi_faults.partition_vmi(node, workload, w.ip)
+            return
         net.partition_pod(workload)
 
     def heal_workload_partition(self, workload: str) -> None:
-        self.store.workload(workload)
+        w = self.store.workload(workload)
+        if w.kind is WorkloadKind.VMI:
+            # Every node: the VMI may have moved since it was cut off.
+            vmi_faults.heal_vmi([n.name for n in self.store.nodes()], workload)
+            return
         net.heal_pod_partition(workload)
 
     def fail_volume(self, workload: str, mode: VolumeFailure) -> None:
-        self.store.workload(workload)
+        w = self.store.workload(workload)
+        if mode is VolumeFailure.UNPLUG:
+            if w.kind is not WorkloadKind.VMI:
+                raise BackendError(
+                    f"cannot unplug the volume of pod {workload}: hot-unplug is a VMI disk "
+                    "fault; use hang or eio for pods"
+                )
+            _, node = self._bound(workload)
+            vmi_faults.unplug_disk(node, workload)
+            return
         if mode is VolumeFailure.HANG:
             volumes.freeze(workload)
         else:
             volumes.shutdown(workload)
 
     def repair_volume(self, workload: str, mode: VolumeFailure) -> None:
-        self.store.workload(workload)
+        w0 = self.store.workload(workload)
+        if mode is VolumeFailure.UNPLUG:
+            n = None if w0.node is None else self.store.find_node(w0.node)
+            if n is not None and n.powered and vmis.qemu_pid(n.name, workload) is not None:
+                vmi_faults.replug_disk(n.name, workload)
+            # No QEMU: the next start plugs the disk from the definition.
+            return
         if mode is VolumeFailure.HANG:
             volumes.thaw(workload)
             return
         if not volumes.is_shut_down(workload):
             return  # healthy volume: nothing to repair (idempotent revert)
         volumes.repair(workload)
+        if w0.kind is WorkloadKind.VMI:
+            # QEMU keeps its fd on the dead filesystem and stays paused
+            # (PausedIOError) as KubeVirt's VMI does: resuming it, or restarting
+            # it when a resume cannot help, is the watchdog healer's job.
+            return
         # The container still holds the dead mount in its namespace: restart it
         # so the agent binds the fresh one (first restart is immediate).
         w = self.store.workload(workload)
@@ -325,6 +419,12 @@ class LabBackend:
     def unfence(self, node: str) -> None:
         self.store.set_node_flag(node, "fenced", False, "NodeUnfenced")
 
+    def resume_workload(self, workload: str) -> None:
+        w, node = self._bound(workload)
+        if w.kind is not WorkloadKind.VMI:
+            raise BackendError(f"cannot resume pod {workload}: only a VMI can be paused")
+        vmi_faults.resume(node, workload)
+
     def reschedule(self, workload: str) -> None:
         w = self.store.workload(workload)
         if w.node is None:
@@ -336,6 +436,137 @@ class LabBackend:
                 "its copy may still run (split brain); fence the node first"
             )
         self.store.unbind(workload, "ForceDeleted", f"force-deleted on fenced node {n.name}")
+
+    # --- live migration --------------------------------------------------------
+    def _migration_target(self, workload: str, src: str, node: str | None) -> NodeRow:
+        from cluster.lab.controlplane import choose_node, usable
+
+        if node is not None:
+            n = self.store.node(node)
+            if n.name == src:
+                raise BackendError(f"VMI {workload} already runs on {src}; pick another node")
+            if not usable(n):
+                raise BackendError(
+                    f"cannot migrate VMI {workload} to {n.name}: the node is not Ready, "
+                    "schedulable, unfenced and powered"
+                )
+            return n
+        counts: dict[str, int] = {}
+        for w in self.store.workloads():
+            if w.node is not None:
+                counts[w.node] = counts.get(w.node, 0) + 1
+        target = choose_node([n for n in self.store.nodes() if n.name != src], counts)
+        if target is None:
+            raise BackendError(
+                f"cannot migrate VMI {workload}: no other Ready, schedulable node; "
+                "uncordon or power on a node"
+            )
+        return target
+
+    def migrate(self, workload: str, node: str | None = None) -> dict[str, str]:
+        """Live-migrate running VMI ``workload`` to ``node`` (default: the least
+        loaded other usable node) between the nodes' libvirtds.
+
+        The row is marked in flight first (the source agent leaves the domain
+        alone), the hub /32 route moves at the switch-over (``route_switch``
+        attribute: ``event`` or ``return``), then the row names the destination
+        (generation+1) and its agent adopts the running domain. Returns QEMU's
+        figures as strings: ``downtime_ms``, ``total_ms``, plus ``wall_ms``,
+        ``route_switch_ms`` (after the call started), ``source``, ``target``.
+        Events MigrationScheduled/Running/Succeeded/Failed go to the event table.
+        """
+        try:
+            import libvirt
+
+            from cluster.lab import virt, virtd
+        except ImportError as exc:
+            raise BackendError(
+                f"cannot migrate {workload}: libvirt-python is missing ({exc}); "
+                "install the 'vm' extra"
+            ) from exc
+        from cluster.lab.state import node_ip
+
+        w, src = self._bound(workload)
+        if w.kind is not WorkloadKind.VMI:
+            raise BackendError(f"workload {workload} is a pod: only VMIs live-migrate")
+        if w.phase is not Phase.RUNNING or w.ip is None:
+            raise BackendError(
+                f"VMI {workload} is {w.phase.value}, not Running: only a running guest "
+                "can be live-migrated; wait until it is ready"
+            )
+        ip = w.ip
+        dst = self._migration_target(workload, src, node)
+        dst_ip = node_ip(dst.idx)
+        mode = self.route_switch
+        if mode not in ROUTE_SWITCH:
+            raise BackendError(f"route_switch {mode!r} is not one of {', '.join(ROUTE_SWITCH)}")
+        self.store.begin_migration(workload, src, dst.name)
+        switched: list[float] = []
+        lock = threading.Lock()
+
+        def switch() -> None:
+            with lock:
+                if not switched:
+                    net.route_vmi(ip, dst.idx)
+                    switched.append(self.clock.now())
+
+        def on_event(ev: virt.VirtEvent) -> None:
+            if ev.domain == workload and (ev.reason, ev.detail) == ("Resumed", "Migrated"):
+                # On libvirt's event thread: an error here would be lost, and the
+                # caller switches after the call anyway.
+                with contextlib.suppress(LabError, OSError):
+                    switch()
+
+        conns: list[libvirt.virConnect] = []
+        watch: virt.VirtEvents | None = None
+        t0 = self.clock.now()
+        try:
+            try:
+                src_conn = virt.connect(virtd.node_uri(src))
+                conns.append(src_conn)
+                if mode == "event":
+                    dst_conn = virt.connect(virtd.node_uri(dst.name))
+                    conns.append(dst_conn)
+                    watch = virt.VirtEvents(dst_conn, dst.name, clock=self.clock, listener=on_event)
+                self.store.add_event(
+                    "migration", workload, "MigrationRunning", f"{src} -> {dst.name}",
+                    {"source": src, "target": dst.name},
+                )  # fmt: skip
+                t0 = self.clock.now()
+                stats = virt.migrate_vmi(
+                    src_conn, virtd.node_tcp_uri(dst_ip), dst_ip, workload, clock=self.clock
+                )
+                switch()
+            finally:
+                if watch is not None:
+                    watch.close()
+                for c in conns:
+                    with contextlib.suppress(libvirt.libvirtError):
+                        c.close()
+        except (LabError, OSError, libvirt.libvirtError) as exc:
+            self.store.finish_migration(
+                workload, dst.name, False, str(exc), {"source": src, "target": dst.name}
+            )
+            raise BackendError(
+                f"live migration of {workload} {src} -> {dst.name} failed: {exc}"
+            ) from exc
+        data = {
+            "source": src,
+            "target": dst.name,
+            "downtime_ms": _fmt(stats.downtime_ms),
+            "total_ms": _fmt(stats.total_ms),
+            "wall_ms": _fmt(stats.wall_s * 1000),
+            "route_switch": mode,
+            "route_switch_ms": _fmt((switched[0] - t0) * 1000 if switched else None),
+        }
+        self.store.finish_migration(
+            workload,
+            dst.name,
+            True,
+            f"{src} -> {dst.name}, QEMU downtime {data['downtime_ms']} ms",
+            data,
+        )
+        return data
 
     # --- lab-only helpers ------------------------------------------------------
     def freeze_workload(self, name: str) -> None:
@@ -373,6 +604,23 @@ class LabBackend:
             return w
 
         return self.wait_until(check, timeout, f"workload {name} to be Ready and answer")
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def _storage_condition(w: WorkloadRow) -> tuple[Condition, ...]:
+    """VMIs: whether the volume under the data disk works (the lab knows: its
+    storage faults leave markers), like a CSI volume-health condition. The
+    watchdog healer resumes a PausedIOError VMI only once this is True."""
+    if w.kind is not WorkloadKind.VMI:
+        return ()
+    if volumes.is_shut_down(w.name):
+        return (Condition("StorageReady", False, "IOError"),)
+    if volumes.is_frozen(w.name):
+        return (Condition("StorageReady", False, "Frozen"),)
+    return (Condition("StorageReady", True),)
 
 
 def http_get(target: ProbeTarget, timeout: float) -> tuple[int, str]:

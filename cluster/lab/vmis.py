@@ -17,14 +17,26 @@ reboot inside the same QEMU: not a restart, but a new instance (the guest
 picks a fresh one every boot and prints ``RTO-GUEST-READY <instance>
 boot=<n>`` on its console, which is how readiness and instance are read).
 The hub's route to the VMI's /32 is (re)announced by the node that starts it.
+
+Live migration (``LabBackend.migrate``): while the VMI's row says
+``migrating_to`` the source handler leaves the domain alone (``leaving``:
+no restart when it vanishes, libvirt moves it); once the row names the
+destination, the destination handler ADOPTS the running domain (instance read
+back from the console log, no new boot) and the source forgets its copy
+without touching the control socket, which now belongs to the destination's
+QEMU.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import re
 import shutil
 import socket
+import sqlite3
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,12 +52,47 @@ from cluster.lab.profile import TimingProfile
 if TYPE_CHECKING:
     from cluster.lab.guest.build import GuestImage
 
-__all__ = ["DISK_BYTES", "VmiHandler", "VmiRun", "disk_path", "guest_command", "qemu_pid"]
+__all__ = [
+    "DISK_BYTES",
+    "VmiHandler",
+    "VmiRun",
+    "disk_path",
+    "guest_command",
+    "heartbeat_key",
+    "qemu_pid",
+]
 
 log = logging.getLogger("rto.lab.vmis")
 
 DISK_BYTES = 4 << 20  # the guest only uses sectors 0-1 (boot count, healthz record)
 _READY = "RTO-GUEST-READY"
+
+
+def heartbeat_key(name: str) -> str:
+    """The settings key holding VMI ``name``'s guest watchdog timeout: an int in
+    seconds or "default" (the i6300esb driver's 30 s). Written by
+    ``LabBackend.create_workload``, read at every domain start."""
+    return f"vmi.{name}.watchdog_heartbeat_s"
+
+
+@dataclass(frozen=True)
+class _GuestWithWatchdog:
+    """The lab guest with one VMI's watchdog timeout on its command line
+    (``virt.define_vmi`` formats the command line without one)."""
+
+    image: GuestImage
+    wdt_timeout: int | None
+
+    @property
+    def kernel(self) -> Path:
+        return self.image.kernel
+
+    @property
+    def initrd(self) -> Path:
+        return self.image.initrd
+
+    def cmdline(self, name: str, *, ip: str, gw: str) -> str:
+        return self.image.cmdline(name, ip=ip, gw=gw, wdt_timeout=self.wdt_timeout)
 
 
 def disk_path(name: str) -> Path:
@@ -77,8 +124,13 @@ def guest_command(name: str, cmd: str, timeout: float = 10.0) -> str:
     """
     from cluster.lab import virt
 
-    if cmd not in ("ping", "hang", "crash"):
-        raise LabError(f"unknown guest command {cmd!r}; use ping, hang or crash")
+    # bench-*: the benchmark servers and disk timing of benchmarks/net_compare.py.
+    if cmd not in ("ping", "hang", "crash", "bench-serve") and not re.fullmatch(
+        r"bench-disk [1-9][0-9]{0,2}", cmd
+    ):
+        raise LabError(
+            f"unknown guest command {cmd!r}; use ping, hang, crash, bench-serve or bench-disk N"
+        )
     path = virt.control_socket(name)
     buf = b""
 
@@ -143,6 +195,7 @@ class VmiRun:
     died_at: float | None = None
     restart_s: float | None = None  # QEMU death seen -> domain started again
     history: list[str] = field(default_factory=list)
+    left: bool = False  # a live migration off this node was seen: forget, do not stop
 
     def status(self) -> dict[str, object]:
         return {
@@ -172,6 +225,7 @@ class VmiHandler:
         self.vmis: dict[str, VmiRun] = {}
         self._conn: Any = None  # libvirt.virConnect, imported lazily (extra 'vm')
         self._guest: GuestImage | None = None
+        self._db: sqlite3.Connection | None = None  # settings (watchdog timeouts)
 
     # --- libvirt ---------------------------------------------------------------
     def _connection(self) -> Any:
@@ -204,6 +258,20 @@ class VmiHandler:
 
             self._guest = build_guest()
         return self._guest
+
+    def _wdt_timeout(self, name: str) -> int | None:
+        """The VMI's guest watchdog timeout from settings (2 s when unset)."""
+        from cluster.lab import state
+
+        if self._db is None:
+            self._db = state.connect()
+        row = self._db.execute(
+            "SELECT value FROM settings WHERE key=?", (heartbeat_key(name),)
+        ).fetchone()
+        value = None if row is None else json.loads(row[0])
+        if value == "default":
+            return None
+        return value if isinstance(value, int) else 2
 
     def _domain(self, name: str) -> Any:
         import libvirt
@@ -241,7 +309,7 @@ class VmiHandler:
                 self.node,
                 f"{vmi.ip}/24",
                 net.VMI_GW,
-                self._guest_image(),
+                _GuestWithWatchdog(self._guest_image(), self._wdt_timeout(vmi.name)),
                 disk,
                 "reset",
             )
@@ -331,17 +399,73 @@ class VmiHandler:
         """Destroy and undefine the domain; drop the hub route if it is ours."""
         from cluster.lab import virt
 
+        here = True
         with contextlib.suppress(HarnessError):
+            here = self._domain(vmi.name) is not None
             virt.destroy_vmi(self._connection(), vmi.name)
         if vmi.ip is not None:
             with contextlib.suppress(HarnessError, OSError):
                 net.unroute_vmi(vmi.ip, self.index)
+        if vmi.left or not here:
+            # Migrated away: the control socket path is the destination QEMU's now.
+            log.info("vmi %s: forgotten (it migrated off this node)", vmi.name)
+            return
         shutil.rmtree(virt.control_socket(vmi.name).parent, ignore_errors=True)
         log.info("vmi %s: stopped", vmi.name)
 
+    def _adopt(self, vmi: VmiRun) -> bool:
+        """Take over a domain that already runs here (it migrated in); True if so."""
+        import libvirt
+
+        from cluster.lab import virt
+
+        try:
+            dom = self._domain(vmi.name)
+            if dom is None or not dom.isActive():
+                return False
+        except (HarnessError, libvirt.libvirtError) as exc:
+            log.warning("vmi %s: cannot check for a migrated-in domain: %s", vmi.name, exc)
+            return False
+        # The console log is shared by every QEMU of this VMI: its last ready
+        # line is the boot that is running now.
+        path = virt.console_log(vmi.name)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        vmi.offset = len(data)
+        text = data.decode(errors="replace")
+        last = text.rfind(_READY)
+        if last >= 0:
+            parts = text[last:].split("\n", 1)[0].split()
+            if len(parts) >= 2:
+                vmi.instance = parts[1]
+                boot = next((p[5:] for p in parts[2:] if p.startswith("boot=")), None)
+                vmi.boot = int(boot) if boot and boot.isdigit() else None
+        vmi.active = True
+        vmi.starts = 1
+        vmi.phase = "Running" if vmi.instance is not None else "Scheduled"
+        vmi.reason = "" if vmi.instance is not None else "Booting"
+        vmi.backoff.started()
+        if vmi.ip is not None:
+            # The migration moved the route already; this is idempotent insurance.
+            with contextlib.suppress(HarnessError, OSError):
+                net.route_vmi(vmi.ip, self.index)
+        log.info("vmi %s: adopted migrated-in domain (instance %s)", vmi.name, vmi.instance)
+        return True
+
     # --- the agent's hooks ---------------------------------------------------------
-    def sync(self, wanted: dict[str, tuple[int, str | None]], restart_healing: bool) -> None:
-        """Converge to ``wanted`` (name -> (generation, ip)); poll what runs."""
+    def sync(
+        self,
+        wanted: dict[str, tuple[int, str | None]],
+        restart_healing: bool,
+        leaving: Collection[str] = frozenset(),
+    ) -> None:
+        """Converge to ``wanted`` (name -> (generation, ip)); poll what runs.
+
+        ``leaving``: VMIs of ``wanted`` being live-migrated off this node; their
+        domains are libvirt's to move, so they are neither observed nor started.
+        """
         for name in [n for n in self.vmis if n not in wanted]:
             self._stop(self.vmis.pop(name))
         for name, (gen, ip) in wanted.items():
@@ -352,8 +476,13 @@ class VmiHandler:
             if vmi is None:
                 vmi = VmiRun(name, gen, ip, RestartBackoff.from_profile(self.profile, self.clock))
                 self.vmis[name] = vmi
+                self._adopt(vmi)
             elif vmi.ip is None and ip is not None:
                 vmi.ip = ip
+            if name in leaving:
+                vmi.left = True
+                continue
+            vmi.left = False  # a failed migration leaves the domain here: ours again
             self._observe(vmi, restart_healing)
             if not vmi.active and vmi.phase != "Failed" and vmi.backoff.may_start():
                 if vmi.starts > 0 and not restart_healing:
@@ -392,3 +521,6 @@ class VmiHandler:
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None

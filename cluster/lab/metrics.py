@@ -1,0 +1,188 @@
+"""Resource readings of lab workloads, as ``chaos.metrics.MetricSample``.
+
+Called by ``LabBackend.metrics`` (and so by the runner's metrics sampler and
+``benchmarks/net_compare.py``); reads the real counters of the lab's parts:
+
+- pod: the container's cgroup v1 files under ``rto-lab/<node>/<pod>``
+  (``cpuacct.usage``, ``memory.usage_in_bytes``,
+  ``blkio.throttle.io_service_bytes``/``io_serviced``) and the pod network
+  namespace's interface counters through ``/proc/<container pid>/net/dev``.
+- VMI: libvirt's bulk statistics of the domain on the node's libvirtd
+  (``virt.domain_stats``: ``vcpu.N.time`` = guest CPU, ``cpu.time`` = QEMU's
+  whole process, ``balloon.*``, ``block.N.*``, ``net.N.*``) plus QEMU's memory
+  from ``/proc/<qemu pid>/smaps_rollup``/``smaps``: the guest RAM mapping's
+  resident size is what the guest occupies; QEMU's RSS beyond it is overhead
+  (emulation, TCG translation cache, device state, libraries).
+
+Returns None when the workload has nothing running to read; raises
+``LabError`` when a running workload's counters cannot be read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chaos.errors import LabError
+from chaos.metrics import MetricSample
+from cluster.lab import cgroups, runtime, vmis
+
+__all__ = ["guest_ram_split", "pod_sample", "vmi_sample"]
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError) as exc:
+        raise LabError(f"cannot read {path}: {exc}") from exc
+
+
+def _blkio(path: Path) -> tuple[int, int]:
+    """(read, write) totals of a v1 blkio file ("MAJ:MIN Read N" lines)."""
+    rd = wr = 0
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise LabError(f"cannot read {path}: {exc}") from exc
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == "Read":
+            rd += int(parts[2])
+        elif len(parts) == 3 and parts[1] == "Write":
+            wr += int(parts[2])
+    return rd, wr
+
+
+def _net_dev(pid: int) -> tuple[int, int, int, int]:
+    """(rx bytes, rx packets, tx bytes, tx packets) of every non-loopback
+    interface in the netns of ``pid``."""
+    path = Path(f"/proc/{pid}/net/dev")
+    try:
+        lines = path.read_text().splitlines()[2:]
+    except OSError as exc:
+        raise LabError(f"cannot read {path}: {exc}") from exc
+    rxb = rxp = txb = txp = 0
+    for line in lines:
+        name, _, rest = line.partition(":")
+        if name.strip() == "lo":
+            continue
+        f = rest.split()
+        rxb, rxp = rxb + int(f[0]), rxp + int(f[1])
+        txb, txp = txb + int(f[8]), txp + int(f[9])
+    return rxb, rxp, txb, txp
+
+
+def pod_sample(node: str, pod: str, t: float) -> MetricSample | None:
+    """One reading of pod ``pod`` on ``node`` (None if its container is not running)."""
+    pid = runtime.main_pid(node, pod)
+    if pid is None:
+        return None
+    rel = cgroups.pod_cgroups_path(node, pod).lstrip("/")
+    root = cgroups.CGROUP_ROOT
+    if cgroups.is_v2():
+        raise LabError("pod metrics read cgroup v1 files; this host runs cgroup v2 only")
+    cpu_dir = root / "cpuacct" / rel
+    if not cpu_dir.is_dir():
+        return None  # the container went away between runc state and here
+    cpu_ns = _read_int(cpu_dir / "cpuacct.usage")
+    mem = _read_int(root / "memory" / rel / "memory.usage_in_bytes")
+    rd_b, wr_b = _blkio(root / "blkio" / rel / "blkio.throttle.io_service_bytes")
+    rd_o, wr_o = _blkio(root / "blkio" / rel / "blkio.throttle.io_serviced")
+    rxb, rxp, txb, txp = _net_dev(pid)
+    cpu = cpu_ns / 1e9
+    return MetricSample(
+        t=t,
+        workload=pod,
+        kind="pod",
+        cpu_s=cpu,
+        host_cpu_s=cpu,
+        mem_bytes=mem,
+        overhead_bytes=0,
+        disk_rd_bytes=rd_b,
+        disk_wr_bytes=wr_b,
+        disk_rd_ops=rd_o,
+        disk_wr_ops=wr_o,
+        net_rx_bytes=rxb,
+        net_tx_bytes=txb,
+        net_rx_packets=rxp,
+        net_tx_packets=txp,
+    )
+
+
+def guest_ram_split(pid: int, guest_bytes: int) -> tuple[int, int]:
+    """(QEMU's total RSS, resident part of the guest RAM mapping), bytes.
+
+    The guest RAM is the smallest mapping at least ``guest_bytes`` long (the
+    TCG translation buffer may be larger, so "the largest" would be wrong).
+    """
+    path = Path(f"/proc/{pid}/smaps")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise LabError(f"cannot read {path} of QEMU: {exc}") from exc
+    total = 0
+    best: tuple[int, int] | None = None  # (size, rss) of the guest RAM candidate
+    size = 0
+    for line in text.splitlines():
+        if line.startswith("Size:"):
+            size = int(line.split()[1]) * 1024
+        elif line.startswith("Rss:"):
+            rss = int(line.split()[1]) * 1024
+            total += rss
+            if size >= guest_bytes and (best is None or size < best[0]):
+                best = (size, rss)
+    return total, (best[1] if best else 0)
+
+
+def vmi_sample(node: str, name: str, t: float) -> MetricSample | None:
+    """One reading of VMI ``name`` on ``node`` (None if no QEMU runs for it)."""
+    import libvirt
+
+    from cluster.lab import virt, virtd
+
+    pid = vmis.qemu_pid(node, name)
+    if pid is None:
+        return None
+    conn = virt.connect(virtd.node_uri(node))
+    try:
+        try:
+            dom = conn.lookupByName(name)
+        except libvirt.libvirtError:
+            return None  # QEMU is going away (destroyed, migrated)
+        st = virt.domain_stats(dom)
+    finally:
+        conn.close()
+
+    def num(key: str) -> int:
+        v = st.get(key, 0)
+        return int(v) if isinstance(v, int | float) else 0
+
+    def total(prefix: str, count_key: str, leaf: str) -> int:
+        return sum(num(f"{prefix}.{i}.{leaf}") for i in range(num(count_key)))
+
+    vcpu_ns = total("vcpu", "vcpu.current", "time")
+    guest_kib = num("balloon.current") or num("balloon.maximum")
+    # Balloon statistics (virtio-balloon driver in the guest) tell what the
+    # guest uses; without them the guest's memory is its configured size.
+    if "balloon.available" in st and "balloon.unused" in st:
+        mem = (num("balloon.available") - num("balloon.unused")) * 1024
+    else:
+        mem = guest_kib * 1024
+    rss, guest_resident = guest_ram_split(pid, guest_kib * 1024)
+    return MetricSample(
+        t=t,
+        workload=name,
+        kind="vmi",
+        cpu_s=vcpu_ns / 1e9,
+        host_cpu_s=num("cpu.time") / 1e9,
+        mem_bytes=mem,
+        overhead_bytes=max(0, rss - guest_resident),
+        disk_rd_bytes=total("block", "block.count", "rd.bytes"),
+        disk_wr_bytes=total("block", "block.count", "wr.bytes"),
+        disk_rd_ops=total("block", "block.count", "rd.reqs"),
+        disk_wr_ops=total("block", "block.count", "wr.reqs"),
+        # libvirt reports interface counters as the guest sees them.
+        net_rx_bytes=total("net", "net.count", "rx.bytes"),
+        net_tx_bytes=total("net", "net.count", "tx.bytes"),
+        net_rx_packets=total("net", "net.count", "rx.pkts"),
+        net_tx_packets=total("net", "net.count", "tx.pkts"),
+    )
