@@ -54,9 +54,9 @@ def lab() -> Iterator[LabBackend]:
 def _busy(pod: str, loops: int) -> None:
     """A shell loop inside the pod's container (it joins the pod's cgroup)."""
     script = f"i=0; while [ $i -lt {loops} ]; do i=$((i+1)); done"
+    runc = ["runc", "--root", str(runtime.RUNC_ROOT(NODE))]
     subprocess.run(
-        ["runc", "--root", str(runtime.RUNC_ROOT(NODE)), "exec", pod, "/bin/busybox", "sh"]
-        + ["-c", script],
+        [*runc, "exec", pod, "/bin/busybox", "sh", "-c", script],
         check=True,
         timeout=60,
         capture_output=True,
