@@ -9,18 +9,22 @@ timeline as a HEALER_ACTION "restarted <name> (restart N)". The runner switches
 node-side restarts off for runs where the watchdog is not selected, which is
 what makes "no healer" a real baseline.
 
-Extension point (issue 3, VMIs): the per-kind behaviour lives in ``KindWatcher``
-objects, one per ``WorkloadKind`` in ``Watchdog.watchers``. The VMI watcher
-today only reports restarts; the VM side (watchdog reset seen as a new guest
-instance, ``resume`` after a PausedIOError pause once storage is back, restart
-when QEMU died) goes into ``VmiWatcher.observe`` and may act through the
-backend there.
+The per-kind behaviour lives in ``KindWatcher`` objects, one per
+``WorkloadKind`` in ``Watchdog.watchers``. VMIs (``VmiWatcher``): a restart
+after QEMU died is the node's (run strategy Always) and is recorded; a
+watchdog reset (new guest instance, same QEMU, no restart) is recorded; a VMI
+paused on an I/O error is resumed once its storage is back (condition
+``StorageReady`` not False), and restarted (``kill_main_process``: the node
+starts a fresh QEMU) if it pauses again because QEMU's disk fd died with the
+failed storage. Each action and its reason goes on the timeline.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
+from chaos.errors import BackendError
 from cluster.api import Backend, WorkloadKind, WorkloadStatus
 from healers.base import HealerContext, LoopHealer
 
@@ -90,13 +94,148 @@ class PodWatcher:
         _report_restarts(healer, previous, current)
 
 
+@dataclass
+class _VmiState:
+    """What the VMI watcher remembers of one VMI across rounds."""
+
+    instance: str | None = None  # last guest instance seen (None while booting)
+    restarts: int = 0  # restart count when that instance was seen
+    node: str | None = None  # node it ran on then
+    paused_since: float | None = None  # current I/O-error pause seen since
+    resumed_at: float | None = None  # our resume during this pause
+    restarted_at: float | None = None  # our restart during this pause
+
+
+def _paused_on_io_error(status: WorkloadStatus) -> bool:
+    cond = status.condition("Paused")
+    return cond is not None and cond.status and cond.reason in ("IOError", "PausedIOError")
+
+
+def _storage_ready(status: WorkloadStatus) -> bool:
+    # Backends that cannot tell report no condition: then a resume is tried,
+    # and a re-pause says the storage was not back after all.
+    cond = status.condition("StorageReady")
+    return cond is None or cond.status
+
+
 class VmiWatcher:
-    """VMIs: report restarts. Issue 3 adds watchdog reset, resume and restart here."""
+    """VMIs: record restarts and watchdog resets; resume after an I/O-error pause
+    once storage is back; restart the VMI if the resume does not hold.
+
+    ``confirm_s``: how long a resumed VMI may still show the pause before the
+    watcher decides it paused again (status reaches the backend with a lag).
+    """
+
+    def __init__(self, confirm_s: float = 1.0) -> None:
+        self.confirm_s = confirm_s
+        self._state: dict[str, _VmiState] = {}
 
     def observe(
         self, healer: Watchdog, previous: WorkloadStatus | None, current: WorkloadStatus
     ) -> None:
-        _report_restarts(healer, previous, current)
+        st = self._state.setdefault(current.name, _VmiState())
+        if previous is not None and current.restarts > previous.restarts:
+            # Ours (a resume that did not hold) or QEMU died by itself.
+            why = "qemu-killed-by-healer" if st.restarted_at is not None else "qemu-died"
+            healer.record(
+                f"restarted {current.name} ({why}, restart {current.restarts})",
+                workload=current.name,
+                kind=current.kind.value,
+                action="restarted",
+                reason=why,
+                restarts=str(current.restarts),
+                node=current.node or "",
+            )
+        self._note_instance(healer, previous, current, st)
+        self._heal_pause(healer, current, st)
+
+    def _note_instance(
+        self,
+        healer: Watchdog,
+        previous: WorkloadStatus | None,
+        current: WorkloadStatus,
+        st: _VmiState,
+    ) -> None:
+        if current.instance is None:
+            return
+        if previous is None or st.instance is None:
+            st.instance, st.restarts, st.node = current.instance, current.restarts, current.node
+            return  # the baseline
+        if current.instance == st.instance:
+            return
+        if current.restarts == st.restarts and current.node == st.node:
+            # A new guest in the same QEMU: the guest rebooted, which for a hung
+            # guest is the i6300esb watchdog's reset.
+            healer.record(
+                f"watchdog reset {current.name}: guest rebooted in place "
+                f"(instance {st.instance} -> {current.instance})",
+                workload=current.name,
+                kind=current.kind.value,
+                action="watchdog-reset",
+                instance=current.instance,
+                old_instance=st.instance,
+                node=current.node or "",
+            )
+        st.instance, st.restarts, st.node = current.instance, current.restarts, current.node
+
+    def _heal_pause(self, healer: Watchdog, current: WorkloadStatus, st: _VmiState) -> None:
+        now = healer.ctx.clock.now()
+        if not _paused_on_io_error(current):
+            resumed = st.resumed_at is not None and st.restarted_at is None
+            if st.paused_since is not None and resumed:
+                healer.record(
+                    f"resume of {current.name} held: running again",
+                    workload=current.name,
+                    kind=current.kind.value,
+                    action="resume-held",
+                )
+            st.paused_since = st.resumed_at = st.restarted_at = None
+            return
+        if st.paused_since is None:
+            st.paused_since = now
+        if st.restarted_at is not None or not _storage_ready(current):
+            return  # wait for the restart to show, or for the storage to come back
+        if st.resumed_at is None:
+            self._act(
+                healer, current, "resume", "resumed {name}: paused on I/O error, storage back"
+            )
+            st.resumed_at = now
+            return
+        if now - st.resumed_at < self.confirm_s:
+            return
+        # Resumed, and still (again) paused with storage back: QEMU's disk fd
+        # is on the dead storage, only a new QEMU opens the repaired one.
+        self._act(
+            healer, current, "restart", "restarted {name}: paused again after resume (dead disk)"
+        )
+        st.restarted_at = now
+
+    @staticmethod
+    def _act(healer: Watchdog, current: WorkloadStatus, action: str, message: str) -> None:
+        backend = healer.ctx.backend
+        try:
+            if action == "resume":
+                backend.resume_workload(current.name)
+            else:
+                backend.kill_main_process(current.name)
+        except BackendError as exc:
+            # The VMI changed under us (QEMU gone, moved): the next rounds see
+            # its new state and decide again. Kept on the timeline, not hidden.
+            healer.record(
+                f"{action} of {current.name} failed: {exc}",
+                workload=current.name,
+                kind=current.kind.value,
+                action=f"{action}-failed",
+            )
+            return
+        healer.record(
+            message.format(name=current.name),
+            workload=current.name,
+            kind=current.kind.value,
+            action=action,
+            reason="io-error",
+            node=current.node or "",
+        )
 
 
 class Watchdog(LoopHealer):
@@ -108,7 +247,9 @@ class Watchdog(LoopHealer):
         super().__init__(period)
         self.watchers: dict[WorkloadKind, KindWatcher] = {
             WorkloadKind.POD: PodWatcher(),
-            WorkloadKind.VMI: VmiWatcher(),
+            # Status reaches the backend a heartbeat or two late: give a
+            # resumed VMI two rounds (at least 1 s) to show it runs again.
+            WorkloadKind.VMI: VmiWatcher(confirm_s=max(1.0, 2 * period)),
         }
         self._seen: dict[str, WorkloadStatus] = {}
         self._restore: bool | None = None

@@ -23,6 +23,7 @@ from chaos.metrics import MetricSample
 from chaos.spec import RecoverySpec
 from chaos.timeline import EventKind, Timeline
 from cluster.api import (
+    Condition,
     Event,
     NodeStatus,
     Phase,
@@ -124,6 +125,20 @@ class FakeBackend:
         wl["instance"] = uuid.uuid4().hex[:8]
         wl["down_until"] = self.clock.now() + delay
         wl["failed"] = False
+        # A new QEMU: not paused, opens its disk afresh, guest not hung.
+        wl["paused"] = None
+        wl["disk_dead"] = False
+        wl["reset_at"] = None
+
+    def _settle(self, wl: dict[str, Any], now: float) -> None:
+        """VMIs: a hung guest's watchdog fires ``wdt`` s after the hang and
+        reboots it in the same QEMU (new instance, boot+1, no restart)."""
+        reset_at = wl.get("reset_at")
+        if reset_at is not None and now >= reset_at:
+            wl["reset_at"] = None
+            wl["instance"] = uuid.uuid4().hex[:8]
+            wl["boot"] = wl.get("boot", 1) + 1
+            wl["down_until"] = reset_at + self.restart_delay
 
     # --- the probe the FakeRecorder uses ----------------------------------------------
     def answers(self, workload: str, at: float | None = None) -> tuple[bool, str | None]:
@@ -132,6 +147,7 @@ class FakeBackend:
             wl = st["workloads"].get(workload)
             if wl is None or wl["node"] is None:
                 return False, None
+            self._settle(wl, t)
             node = st["nodes"][wl["node"]]
             ok = (
                 node["powered"]
@@ -140,6 +156,8 @@ class FakeBackend:
                 and wl["volume"] is None
                 and not wl["failed"]
                 and t >= wl["down_until"]
+                and not wl.get("paused")
+                and wl.get("reset_at") is None
             )
             return bool(ok), wl["instance"]
 
@@ -188,6 +206,13 @@ class FakeBackend:
         with self._state() as st:
             wl = self._wl(st, name)
             phase = Phase.FAILED if wl["failed"] else Phase.RUNNING if ok else Phase.UNKNOWN
+            conditions: tuple[Condition, ...] = ()
+            if wl["kind"] == WorkloadKind.VMI.value:
+                paused = wl.get("paused")
+                conditions = (
+                    Condition("Paused", bool(paused), paused or ""),
+                    Condition("StorageReady", wl["volume"] in (None, "unplug")),
+                )
             return WorkloadStatus(
                 name=name,
                 kind=WorkloadKind(wl["kind"]),
@@ -195,6 +220,7 @@ class FakeBackend:
                 node=wl["node"],
                 instance=instance,
                 restarts=wl["restarts"],
+                conditions=conditions,
             )
 
     def probe_target(self, workload: str) -> ProbeTarget | None:
@@ -265,6 +291,9 @@ class FakeBackend:
                 "failed": False,
                 "partitioned": False,
                 "volume": None,
+                # VMIs: the guest's i6300esb timeout (driver default 30 s).
+                "wdt": 30 if watchdog_heartbeat_s is None else watchdog_heartbeat_s,
+                "boot": 1,
             }
             self._restart(wl, 0.0)
             st["workloads"][name] = wl
@@ -283,6 +312,30 @@ class FakeBackend:
                 self._event(st, "pod", workload, "ContainerRestarted")
             else:
                 wl["failed"] = True
+
+    def hang_workload(self, workload: str) -> None:
+        with self._state(f"hang_workload({workload})") as st:
+            wl = self._wl(st, workload)
+            if wl["kind"] != WorkloadKind.VMI.value:
+                raise BackendError(f"cannot hang pod {workload}: only a VMI's guest can hang")
+            now = self.clock.now()
+            self._settle(wl, now)
+            if wl.get("reset_at") is None:
+                wl["reset_at"] = now + float(wl.get("wdt", 30))
+            self._event(st, "vmi", workload, "GuestHung")
+
+    def resume_workload(self, workload: str) -> None:
+        with self._state(f"resume_workload({workload})") as st:
+            wl = self._wl(st, workload)
+            if wl["kind"] != WorkloadKind.VMI.value:
+                raise BackendError(f"cannot resume pod {workload}: only a VMI can be paused")
+            if not wl.get("paused"):
+                return
+            # The failed I/O is retried at once: it fails again while the volume
+            # is broken or QEMU's fd died with it (EIO repaired underneath).
+            if wl["volume"] is None and not wl.get("disk_dead"):
+                wl["paused"] = None
+                self._event(st, "vmi", workload, "Resumed")
 
     def cordon(self, node: str) -> None:
         with self._state(f"cordon({node})") as st:
@@ -337,11 +390,25 @@ class FakeBackend:
 
     def fail_volume(self, workload: str, mode: VolumeFailure) -> None:
         with self._state(f"fail_volume({workload},{mode.value})") as st:
-            self._wl(st, workload)["volume"] = mode.value
+            wl = self._wl(st, workload)
+            vmi = wl["kind"] == WorkloadKind.VMI.value
+            if mode is VolumeFailure.UNPLUG and not vmi:
+                raise BackendError(f"cannot unplug the volume of pod {workload}")
+            wl["volume"] = mode.value
+            if vmi and mode is VolumeFailure.EIO:
+                # error_policy='stop': QEMU pauses the guest (PausedIOError).
+                wl["paused"] = "IOError"
 
     def repair_volume(self, workload: str, mode: VolumeFailure) -> None:
         with self._state(f"repair_volume({workload},{mode.value})") as st:
-            self._wl(st, workload)["volume"] = None
+            wl = self._wl(st, workload)
+            if (
+                wl["kind"] == WorkloadKind.VMI.value
+                and mode is VolumeFailure.EIO
+                and wl["volume"] == "eio"
+            ):
+                wl["disk_dead"] = True  # QEMU's fd stays on the dead filesystem
+            wl["volume"] = None
 
     # --- healer actions -------------------------------------------------------------------
     def set_restart_healing(self, enabled: bool) -> None:

@@ -72,7 +72,9 @@ def test_bad_input_exits_2_naming_the_field_and_injects_nothing(
     res = CliRunner().invoke(cli.cli, ["run", str(bad), "--runs-dir", str(tmp_path / "runs")])
     assert res.exit_code == 2
     assert (
-        "bad.yaml" in res.output and "fault.mode" in res.output and "'hang' or 'eio'" in res.output
+        "bad.yaml" in res.output
+        and "fault.mode" in res.output
+        and "'hang', 'eio' or 'unplug'" in res.output
     )
     assert fake.made == []  # type: ignore[attr-defined]
     assert fake.calls == []

@@ -87,7 +87,7 @@ def build_fault(
 
     wl = target.workload
     if isinstance(spec, ProcessCrashSpec):
-        return ProcessCrash(backend, wl, journal)
+        return ProcessCrash(backend, wl, journal, mode=spec.mode)
     if isinstance(spec, NodeDrainSpec):
         return NodeDrain(backend, _node_of(backend, wl), spec.respect_pdb, journal)
     if isinstance(spec, NodePowerOffSpec):

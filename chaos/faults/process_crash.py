@@ -1,43 +1,66 @@
-"""Process crash: SIGKILL the workload's main process (container pid 1 / QEMU).
+"""Process crash: SIGKILL the workload's main process (container pid 1 / QEMU), or
+(mode ``hang``, VMIs only) hang the guest so that its i6300esb watchdog fires.
 
 Built by ``chaos.faults.build_fault`` for ``type: process-crash``; injected by the
 runner. There is nothing to undo (the platform or the watchdog healer restarts the
-process), but the revert is still journaled so the record is closed.
+process; a watchdog reset reboots a hung guest), but the revert is still
+journaled so the record is closed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Self
+from typing import Literal, Self
 
+from chaos.errors import FaultError
 from chaos.faults.base import Fault
 from chaos.journal import Journal, JsonScalar
 from cluster.api import Backend
 
-__all__ = ["ProcessCrash"]
+__all__ = ["CrashMode", "ProcessCrash"]
+
+CrashMode = Literal["kill", "hang"]
 
 
 class ProcessCrash(Fault):
     type = "process-crash"
 
-    def __init__(self, backend: Backend, workload: str, journal: Journal | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        workload: str,
+        journal: Journal | None = None,
+        mode: CrashMode = "kill",
+    ) -> None:
         super().__init__(backend, journal)
         self.workload = workload
+        self.mode: CrashMode = mode
 
     @property
     def target(self) -> str:
         return self.workload
 
+    def describe(self) -> str:
+        return f"{self.type} ({self.mode}) on {self.workload}"
+
     def params(self) -> dict[str, JsonScalar]:
-        return {"workload": self.workload}
+        return {"workload": self.workload, "mode": self.mode}
 
     @classmethod
     def from_params(cls, backend: Backend, params: Mapping[str, JsonScalar]) -> Self:
-        return cls(backend, str(params["workload"]))
+        # Records written before modes existed have none: they were kills.
+        mode = params.get("mode", "kill")
+        if mode not in ("kill", "hang"):
+            raise FaultError(f"process-crash record has mode {mode!r}; need kill|hang")
+        return cls(backend, str(params["workload"]), mode="hang" if mode == "hang" else "kill")
 
     def _act(self) -> None:
-        self.backend.kill_main_process(self.workload)
+        if self.mode == "hang":
+            self.backend.hang_workload(self.workload)
+        else:
+            self.backend.kill_main_process(self.workload)
 
     def _undo(self) -> None:
-        # A killed process cannot be un-killed; recovery is the healers' job.
+        # A killed process cannot be un-killed, a hung guest is reset by its
+        # watchdog; recovery is the healers' job.
         return None
