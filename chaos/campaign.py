@@ -4,7 +4,8 @@ Called by ``rto campaign`` and the nightly job; reads a campaign file through
 ``chaos.spec.load_campaign`` (every experiment validated before the first run),
 sets the lab's timing profile per entry, runs each repetition with
 ``chaos.runner.run_experiment`` and returns the rows it appended to the store.
-With ``lab_lifecycle`` it brings the lab up before and always down after.
+With ``lab_lifecycle`` it brings the lab up before (with VMs when the campaign
+says ``vms: true``) and always down after.
 """
 
 from __future__ import annotations
@@ -46,16 +47,35 @@ def plan_campaign(path: Path) -> CampaignPlan:
     return CampaignPlan(spec, entries)
 
 
-def _lab_up(profile: str, nodes: int) -> None:
+def _lab_up(profile: str, nodes: int, vms: bool) -> None:
     from cluster.lab.lifecycle import lab_up
 
-    lab_up(profile=profile, nodes=nodes)
+    lab_up(profile=profile, nodes=nodes, vms=vms)
 
 
 def _lab_down() -> None:
     from cluster.lab.lifecycle import lab_down
 
     lab_down()
+
+
+def _delete_unless_next(
+    backend: Backend,
+    entries: list[tuple[ExperimentSpec, int]],
+    i: int,
+    show: Callable[[str], None],
+) -> None:
+    """Delete entry ``i``'s workload unless the next entry targets it too.
+
+    Keeps one workload alive at a time: idle VMIs left behind would share the
+    2 cores with the measured one, and a node power-off would reboot them all.
+    """
+    name = entries[i][0].rto.target.workload
+    if i + 1 < len(entries) and entries[i + 1][0].rto.target.workload == name:
+        return
+    if any(w.name == name for w in backend.workloads()):
+        show(f"deleting {name}")
+        backend.delete_workload(name)
 
 
 def run_campaign(
@@ -66,7 +86,7 @@ def run_campaign(
     options: RunOptions | None = None,
     lab_lifecycle: bool = False,
     console: Console | None = None,
-    lab_up: Callable[[str, int], None] = _lab_up,
+    lab_up: Callable[[str, int, bool], None] = _lab_up,
     lab_down: Callable[[], None] = _lab_down,
 ) -> list[RunResult]:
     """Run every entry of ``plan``; stops at the first aborted run (it re-raises)."""
@@ -76,7 +96,7 @@ def run_campaign(
     )
     results: list[RunResult] = []
     if lab_lifecycle and spec.backend == "lab":
-        lab_up(first_profile, spec.nodes)
+        lab_up(first_profile, spec.nodes, spec.vms)
     try:
         backend = backend_factory(spec.backend)
         opts = options or RunOptions()
@@ -98,7 +118,7 @@ def run_campaign(
 
             opts.status = show
             current: str | None = None
-            for experiment, reps in plan.entries:
+            for i, (experiment, reps) in enumerate(plan.entries):
                 # Switching profile restarts the lab's timers; only do it on change.
                 if experiment.rto.profile and experiment.rto.profile != current:
                     apply_profile(backend, experiment.rto.profile)
@@ -115,6 +135,8 @@ def run_campaign(
                     )
                     results.append(result)
                     progress.advance(task)
+                if spec.delete_workloads:
+                    _delete_unless_next(backend, plan.entries, i, show)
             opts.status = status
     finally:
         if lab_lifecycle and spec.backend == "lab":

@@ -268,6 +268,12 @@ class CampaignSpec(_Frozen):
     repetitions: int = Field(default=1, ge=1, le=1000)
     healers: list[str] | None = None
     nodes: int = Field(default=3, ge=2, le=8)
+    # The lab also runs VMIs (a libvirtd per node, the guest image): needed by
+    # every experiment whose target is a vmi; `--with-lab` brings it up so.
+    vms: bool = False
+    # Delete each entry's workload after its runs (unless the next entry uses it):
+    # one workload alive at a time, so idle VMIs do not skew the measured one.
+    delete_workloads: bool = False
     experiments: list[CampaignEntry] = Field(min_length=1)
 
     _profile = field_validator("profile")(_check_profile)
@@ -423,8 +429,14 @@ def load_campaign(path: Path | str) -> tuple[CampaignSpec, list[ExperimentSpec]]
                 f"{p}: experiments[{i}].path: {entry.path} does not exist ({exp_path})."
             )
         # Apply the overrides now so a bad one fails before the first run.
+        exp = load_experiment(exp_path)
+        if exp.rto.target.kind == "vmi" and campaign.backend == "lab" and not campaign.vms:
+            raise SpecError(
+                f"{p}: experiments[{i}]: {entry.path} targets a vmi but the campaign's lab "
+                "runs without VMs; add `vms: true` to the campaign."
+            )
         experiments.append(
-            load_experiment(exp_path).with_overrides(
+            exp.with_overrides(
                 profile=entry.profile or campaign.profile,
                 healers=entry.healers if entry.healers is not None else campaign.healers,
                 duration_s=entry.duration_s,
