@@ -78,7 +78,9 @@ CREATE TABLE IF NOT EXISTS workloads (
     conditions TEXT NOT NULL DEFAULT '[]',     -- JSON list of {type,status,reason}
     generation INTEGER NOT NULL DEFAULT 0,     -- bumped on every (re)schedule
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    eviction_strategy TEXT NOT NULL DEFAULT 'LiveMigrate',  -- VMIs: LiveMigrate | None
+    migrating_to TEXT                   -- VMIs: live migration in flight to this node
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -105,4 +107,25 @@ def connect(db: Path | None = None) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA busy_timeout=10000")
     conn.executescript(SCHEMA)
+    _add_missing_columns(conn)
     return conn
+
+
+# Columns added after the first schema: a database made by an older lab_up
+# (still up while the harness is upgraded) gets them on its next connect.
+_LATER_COLUMNS = {
+    "eviction_strategy": "TEXT NOT NULL DEFAULT 'LiveMigrate'",
+    "migrating_to": "TEXT",
+}
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    have = {r[1] for r in conn.execute("PRAGMA table_info(workloads)").fetchall()}
+    for column, decl in _LATER_COLUMNS.items():
+        if column not in have:
+            try:
+                conn.execute(f"ALTER TABLE workloads ADD COLUMN {column} {decl}")
+            except sqlite3.OperationalError as exc:
+                # Another process added it between our check and ours.
+                if "duplicate column" not in str(exc):
+                    raise

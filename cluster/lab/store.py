@@ -80,6 +80,9 @@ class WorkloadRow:
     generation: int
     created: float
     updated: float
+    # VMIs: what a drain does (LiveMigrate | None) and a live migration in flight.
+    eviction_strategy: str = "LiveMigrate"
+    migrating_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,8 @@ def _workload(row: sqlite3.Row) -> WorkloadRow:
         generation=int(row["generation"]),
         created=float(row["created"]),
         updated=float(row["updated"]),
+        eviction_strategy=str(row["eviction_strategy"]),
+        migrating_to=row["migrating_to"],
     )
 
 
@@ -357,7 +362,12 @@ class Store:
         return row
 
     def insert_workload(
-        self, name: str, kind: WorkloadKind, node: str | None = None, min_available: int = 0
+        self,
+        name: str,
+        kind: WorkloadKind,
+        node: str | None = None,
+        min_available: int = 0,
+        eviction_strategy: str = "LiveMigrate",
     ) -> WorkloadRow:
         """A new Pending workload; with ``node`` it is bound there at once
         (like ``spec.nodeName``: the scheduler is bypassed)."""
@@ -366,9 +376,9 @@ class Store:
             if conn.execute("SELECT 1 FROM workloads WHERE name = ?", (name,)).fetchone():
                 raise BackendError(f"workload {name!r} already exists; delete it first")
             conn.execute(
-                "INSERT INTO workloads (name, kind, phase, min_available, created, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (name, kind.value, Phase.PENDING.value, min_available, now, now),
+                "INSERT INTO workloads (name, kind, phase, min_available, created, updated, "
+                "eviction_strategy) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, kind.value, Phase.PENDING.value, min_available, now, now, eviction_strategy),
             )
             self._add_event(conn, kind.value, name, "Created")
             if node is not None:
@@ -409,12 +419,62 @@ class Store:
                 return False
             conn.execute(
                 "UPDATE workloads SET node = NULL, phase = ?, instance = NULL, ip = NULL, "
-                "slot = NULL, conditions = '[]', generation = generation + 1, updated = ? "
+                "slot = NULL, conditions = '[]', generation = generation + 1, updated = ?, "
+                "migrating_to = NULL "
                 "WHERE name = ?",
                 (Phase.PENDING.value, now, name),
             )
             self._add_event(conn, w.kind.value, name, reason, message, {"node": w.node})
         return True
+
+    def begin_migration(self, name: str, src: str, dst: str) -> WorkloadRow:
+        """Mark VMI ``name`` (on ``src``) as live-migrating to ``dst``.
+
+        While the mark is set the source agent neither restarts nor destroys
+        the domain (it leaves under libvirt's control). Raises if the VMI moved,
+        is not on ``src`` or is already migrating.
+        """
+        with self._tx() as conn:
+            row = conn.execute("SELECT * FROM workloads WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise BackendError(f"no lab workload {name!r} to migrate")
+            w = _workload(row)
+            if w.kind is not WorkloadKind.VMI:
+                raise BackendError(f"workload {name} is a {w.kind.value}: only VMIs migrate")
+            if w.node != src:
+                raise BackendError(f"VMI {name} is on {w.node}, not {src}: not migrated")
+            if w.migrating_to is not None:
+                raise BackendError(
+                    f"VMI {name} is already migrating to {w.migrating_to}; wait for it to end"
+                )
+            conn.execute("UPDATE workloads SET migrating_to = ? WHERE name = ?", (dst, name))
+            self._add_event(
+                conn,
+                "migration",
+                name,
+                "MigrationScheduled",
+                f"{src} -> {dst}",
+                {"source": src, "target": dst},
+            )
+            return w
+
+    def finish_migration(
+        self, name: str, dst: str, ok: bool, message: str, data: dict[str, str]
+    ) -> None:
+        """End a migration: on success the VMI is bound to ``dst`` (generation+1,
+        same address, instance and conditions, so ``dst``'s agent adopts the
+        running domain); either way the in-flight mark goes."""
+        with self._tx() as conn:
+            if ok:
+                conn.execute(
+                    "UPDATE workloads SET node = ?, generation = generation + 1, "
+                    "migrating_to = NULL, updated = ? WHERE name = ?",
+                    (dst, self.clock.now(), name),
+                )
+            else:
+                conn.execute("UPDATE workloads SET migrating_to = NULL WHERE name = ?", (name,))
+            reason = "MigrationSucceeded" if ok else "MigrationFailed"
+            self._add_event(conn, "migration", name, reason, message, data)
 
     def _bind(self, conn: sqlite3.Connection, name: str, node: NodeRow) -> str:
         """Bind ``name`` to ``node`` with the lowest free slot; returns its IP."""
