@@ -52,6 +52,7 @@ def bench(session: nox.Session) -> None:
         "benchmarks/recorder_precision.py",
         "benchmarks/lab_rto.py",
         "benchmarks/guest_boot.py",
+        "benchmarks/vmi_rto.py",
     ]
     for bench_file in benches:
         session.run("python", bench_file)
