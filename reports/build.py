@@ -17,7 +17,9 @@ from chaos.errors import HarnessError
 from reports.analysis import (
     ReportSummary,
     judge_metrics,
+    load_metric_figures,
     load_runs,
+    metrics_rows,
     runs_frame,
     summarise,
 )
@@ -42,6 +44,7 @@ def build_report(
     expectations: Path | None = None,
     *,
     max_run_plots: int = DEFAULT_MAX_RUN_PLOTS,
+    metric_figures: Path | None = None,
 ) -> ReportSummary:
     """Write ``out_dir``/index.html, summary.md, junit.xml and plots/*.png.
 
@@ -55,6 +58,8 @@ def build_report(
     runs = load_runs(results)
     frame = runs_frame(runs)
     cells = summarise(frame, exp)
+    # Pod-vs-VMI figures: the given file, else benchmarks/results/net_compare.json if any.
+    figures = load_metric_figures(metric_figures)
     message = "" if runs else f"no runs recorded in {results}: nothing to compare yet"
 
     plots_dir = out_dir / "plots"
@@ -74,7 +79,9 @@ def build_report(
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
         runs=len(runs),
         cells=cells,
-        metrics=judge_metrics(exp),
+        metrics=judge_metrics(exp, figures),
+        run_metrics=metrics_rows(runs),
+        metric_figures=figures,
         expectations=exp,
         message=message,
         files=(),

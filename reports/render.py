@@ -233,6 +233,63 @@ def _metrics_html(summary: ReportSummary) -> str:
     return f"<table>{head}{rows}</table>"
 
 
+# Per-run resource metrics (RunResult.metrics, averaged per fault and kind).
+_RUN_METRIC_COLS: tuple[tuple[str, str], ...] = (
+    ("fault", "fault"),
+    ("kind", "kind"),
+    ("runs", "runs"),
+    ("cpu_cores", "CPU (cores: container / vCPU)"),
+    ("host_cpu_cores", "host CPU (cores, incl. QEMU)"),
+    ("mem_mib", "memory MiB (cgroup / guest)"),
+    ("overhead_mib", "QEMU overhead MiB"),
+    ("disk_wr_kib_s", "disk write KiB/s"),
+    ("disk_wr_ops_s", "disk write ops/s"),
+    ("net_rx_kib_s", "net rx KiB/s"),
+    ("net_tx_kib_s", "net tx KiB/s"),
+    ("errors", "read errors"),
+)
+
+
+def _metric_cell(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _figures_note(summary: ReportSummary) -> str:
+    f = summary.metric_figures
+    if f is None:
+        return "No pod-vs-VMI figures: run benchmarks/net_compare.py."
+    return f"Pod-vs-VMI figures from {f.source} ({f.generated_at}): {f.label}. {f.caveat}"
+
+
+def _run_metrics_html(summary: ReportSummary) -> list[str]:
+    parts = [f'<p class="note">{_e(_figures_note(summary))}</p>', "<h2>Resource metrics</h2>"]
+    if not summary.run_metrics:
+        return [*parts, '<p class="empty">No run carries resource metrics yet.</p>']
+    head = "".join(f"<th>{_e(label)}</th>" for _, label in _RUN_METRIC_COLS)
+    rows = "".join(
+        "<tr>"
+        + "".join(f"<td>{_e(_metric_cell(getattr(r, k)))}</td>" for k, _ in _RUN_METRIC_COLS)
+        + "</tr>"
+        for r in summary.run_metrics
+    )
+    return [*parts, f"<table><tr>{head}</tr>{rows}</table>"]
+
+
+def _run_metrics_md(summary: ReportSummary) -> list[str]:
+    out = ["", _md(_figures_note(summary)), "", "## Resource metrics", ""]
+    if not summary.run_metrics:
+        return [*out, "No run carries resource metrics yet."]
+    out.append("| " + " | ".join(label for _, label in _RUN_METRIC_COLS) + " |")
+    out.append("|" + "---|" * len(_RUN_METRIC_COLS))
+    out += [
+        "| " + " | ".join(_md(_metric_cell(getattr(r, k))) for k, _ in _RUN_METRIC_COLS) + " |"
+        for r in summary.run_metrics
+    ]
+    return out
+
+
 def _run_html(run: RunResult, png: bytes | None) -> str:
     healers = ",".join(run.healers) or "none"
     title = (
@@ -314,6 +371,7 @@ def render_html(
         _documented_html(summary),
         "<h2>Metric claims</h2>",
         _metrics_html(summary),
+        *_run_metrics_html(summary),
     ]
     if rto_plots:
         parts.append("<h2>RTO per fault</h2>")
@@ -374,11 +432,13 @@ def render_markdown(summary: ReportSummary) -> str:
     if summary.cells:
         out += ["", "## Verdicts", "", "| cell | verdict | why |", "|---|---|---|"]
         out += [f"| {_md(c.name)} | {c.verdict.label} | {_md(c.detail)} |" for c in summary.cells]
-    out += ["", "## Metric claims", "", "| claim | verdict | note |", "|---|---|---|"]
+    out += ["", "## Metric claims", "", "| claim | verdict | why | note |", "|---|---|---|---|"]
     out += [
-        f"| {_md(m.expectation.claim_text)} | {m.verdict.label} | {_md(m.expectation.note)} |"
+        f"| {_md(m.expectation.claim_text)} | {m.verdict.label} | {_md(m.detail)} "
+        f"| {_md(m.expectation.note)} |"
         for m in summary.metrics
     ]
+    out += _run_metrics_md(summary)
     out += ["", "## Where public sources disagree with the handbook", ""]
     out += [
         f"- **{e.fault}/{e.kind}** ({e.claim_text}): {e.note}"
