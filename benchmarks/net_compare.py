@@ -36,6 +36,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -103,6 +104,8 @@ def _dist_ms(values_s: list[float]) -> dict[str, float]:
         "p95_ms": round(_pct(ms, 0.95), 3),
         "mean_ms": round(statistics.fmean(ms), 3),
         "max_ms": round(max(ms), 3),
+        # > 0.5 s: a lost SYN or segment retransmitted after the kernel's 1 s timer.
+        "over_500ms": sum(1 for v in ms if v > 500),
     }
 
 
@@ -146,16 +149,22 @@ def _bulk(host: str) -> tuple[int, float]:
 
 
 def _runc(*args: str, timeout: float = 600) -> str:
-    proc = subprocess.run(
-        ["runc", "--root", str(runtime.RUNC_ROOT(NODE)), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise HarnessError(f"runc {' '.join(args[:3])} failed: {proc.stderr.strip()}")
-    return proc.stdout
+    # A detached exec's process inherits runc's stdout: capturing it would wait
+    # for that server to exit, so detached output goes to /dev/null.
+    detached = "-d" in args[:2]
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.run(
+            ["runc", "--root", str(runtime.RUNC_ROOT(NODE)), *args],
+            stdout=subprocess.DEVNULL if detached else subprocess.PIPE,
+            stderr=err,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if proc.returncode != 0:
+            err.seek(0)
+            raise HarnessError(f"runc {' '.join(args[:3])} failed: {err.read().strip()}")
+    return proc.stdout or ""
 
 
 # The pod's side: the same servers and the same disk loop as the guest's

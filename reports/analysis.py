@@ -500,9 +500,11 @@ def judge_metrics(
         detail = f"VMI/pod {key} = {ratio:.2f} (claim {claimed}, +-{METRIC_RTOL:.0%})"
         if m.metric in _INFORMS_ONLY:
             verdict = Verdict.INFORMATIONAL
+            direct = figures.ratios.get("disk_direct_latency_vm_over_pod")
             detail += (
-                "; this is the baseline fsync-write latency ratio, not the latency "
-                "each tolerates: the claim itself is not measured"
+                "; this is the baseline fsync-write latency ratio"
+                + (f" (O_DIRECT writes: {direct:.2f})" if direct is not None else "")
+                + ", not the latency each tolerates: the claim itself is not measured"
             )
         elif figures.accelerator != "kvm":
             verdict = Verdict.INFORMATIONAL
