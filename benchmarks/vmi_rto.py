@@ -114,6 +114,7 @@ def main() -> int:
     lab_up(profile="fast", nodes=3, node_prefix=NODE_PREFIX, vms=True)
     figures["lab_up_vms_s"] = round(time.monotonic() - t0, 3)
     backend = LabBackend()
+    failed: BaseException | None = None
     try:
         apply_profile(backend, "fast")
 
@@ -153,6 +154,9 @@ def main() -> int:
             for i in range(args.power_runs)
         ]
         figures["vmi_power_off_eviction_fast"] = _summary(rows, TARGETS["power_off_eviction_rto_s"])
+    except Exception as exc:  # the figures so far are still written, with the error
+        failed = exc
+        figures["error"] = f"{type(exc).__name__}: {exc}"
     finally:
         backend.close()
         t1 = time.monotonic()
@@ -162,6 +166,8 @@ def main() -> int:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
+    if failed is not None:
+        raise failed
     return 0
 
 
