@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import re
 import shutil
 import subprocess
 import threading
@@ -55,6 +56,7 @@ __all__ = [
     "domain_xml",
     "ensure_event_loop",
     "kvm_usable",
+    "live_control_socket",
     "migrate_vmi",
     "vmi_mac",
     "wait_console",
@@ -159,6 +161,16 @@ def console_log(name: str) -> Path:
 def control_socket(name: str) -> Path:
     """serial1 of VMI ``name``: QEMU listens, the harness connects (control channel)."""
     return Path(state.RUN_DIR) / "vmi" / name / "control.sock"
+
+
+def live_control_socket(name: str) -> Path:
+    """The control socket of VMI ``name``'s running QEMU: ``control.sock`` after a
+    start, ``control-<node ip>.sock`` after a live migration (see ``migrate_vmi``)."""
+    path = control_socket(name)
+    if path.exists():
+        return path
+    found = sorted(path.parent.glob("control*.sock"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else path
 
 
 def vmi_mac(name: str) -> str:
@@ -508,7 +520,18 @@ def migrate_vmi(
     )
     t0 = clk.now()
     try:
-        dom.migrateToURI3(dst_uri, {libvirt.VIR_MIGRATE_PARAM_URI: uri}, flags)
+        # The destination QEMU binds its control socket under another name:
+        # the source QEMU unlinks its own path when it exits after the
+        # switch-over, which would take the destination's socket with it.
+        src_sock = str(control_socket(name))
+        xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+        for old in re.findall(r"path='([^']*control[^']*\.sock)'", xml):
+            src_sock = old
+        dst_sock = str(control_socket(name).with_name(f"control-{dst_node_ip}.sock"))
+        params = {libvirt.VIR_MIGRATE_PARAM_URI: uri}
+        if src_sock != dst_sock and src_sock in xml:
+            params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = xml.replace(src_sock, dst_sock)
+        dom.migrateToURI3(dst_uri, params, flags)
     except libvirt.libvirtError as exc:
         raise LabError(
             f"live migration of VMI {name} to {dst_uri} via {uri} failed: {exc}"

@@ -131,7 +131,7 @@ def guest_command(name: str, cmd: str, timeout: float = 10.0) -> str:
         raise LabError(
             f"unknown guest command {cmd!r}; use ping, hang, crash, bench-serve or bench-disk N"
         )
-    path = virt.control_socket(name)
+    path = virt.live_control_socket(name)
     buf = b""
 
     def read_line(s: socket.socket, wait: float) -> str | None:
