@@ -70,14 +70,16 @@ def lab() -> None:
 @lab.command("up", help="Create the lab: nodes, control plane, agents.")
 @click.option("--profile", default="fast", show_default=True, help="timing profile")
 @click.option("--nodes", default=3, show_default=True, type=click.IntRange(2, 8))
-def lab_up_cmd(profile: str, nodes: int) -> None:
+@click.option("--vms", is_flag=True, help="also a libvirtd per node, so VMIs can run")
+def lab_up_cmd(profile: str, nodes: int, vms: bool) -> None:
     from cluster.lab.lifecycle import lab_up
     from cluster.lab.profile import get_profile
 
     get_profile(profile)  # bad input fails before anything is created
-    with console.status(f"bringing the lab up ({nodes} nodes, profile {profile})"):
-        lab_up(profile=profile, nodes=nodes)
-    out.print(f"[green]lab up[/]: {nodes} nodes, profile {profile}")
+    what = "with VMs" if vms else "pods only"
+    with console.status(f"bringing the lab up ({nodes} nodes, {what}, profile {profile})"):
+        lab_up(profile=profile, nodes=nodes, vms=vms)
+    out.print(f"[green]lab up[/]: {nodes} nodes, {what}, profile {profile}")
 
 
 @lab.command("down", help="Revert pending faults, then remove every lab object.")
