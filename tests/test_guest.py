@@ -4,15 +4,23 @@ cache) and, as a lab test, a real boot under QEMU TCG with a watchdog reset.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import lzma
 import shutil
+import socket
+import statistics
+import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from chaos.errors import LabError
+from chaos.prober import http_probe
+from cluster.api import ProbeTarget
 from cluster.lab.guest import build as guest_build
 from cluster.lab.guest.build import (
     GuestImage,
@@ -22,7 +30,7 @@ from cluster.lab.guest.build import (
     module_load_order,
     write_newc,
 )
-from cluster.lab.guest.qemu import GuestOptions, QemuGuest
+from cluster.lab.guest.qemu import GuestOptions, QemuGuest, free_loopback_port
 
 FAKE_ELF = b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 64
 JUNK = b"MZ\x00\x00 setup code " * 100
@@ -182,6 +190,13 @@ def test_build_guest_image_contents(built: GuestImage, tmp_path: Path) -> None:
     files = set(listing.split())
     for name in ("init", "bin/busybox", "bin/sh", "bin/rto-healthz", "bin/rto-control"):
         assert name in files
+    # The health server is the static binary compiled from healthz.c, not a script.
+    subprocess.run(
+        ["cpio", "-i", "-d", "--quiet", "bin/rto-healthz"], input=initrd, cwd=tmp_path, check=True
+    )
+    server = (tmp_path / "bin/rto-healthz").read_bytes()
+    assert server[:4] == b"\x7fELF"
+    assert 3 not in elf_segment_types(server)  # no PT_INTERP: static, the guest has no ld.so
     for mod in ("i6300esb.ko", "watchdog.ko", "virtio_net.ko", "virtio_blk.ko", "virtio_pci.ko"):
         assert f"lib/modules/{mod}" in files
     subprocess.run(
@@ -192,12 +207,20 @@ def test_build_guest_image_contents(built: GuestImage, tmp_path: Path) -> None:
     assert order.index("virtio") < order.index("virtio_net")
 
 
+def elf_segment_types(elf: bytes) -> list[int]:
+    """p_type of every program header of a 64-bit little-endian ELF file."""
+    (phoff,) = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    return [struct.unpack_from("<I", elf, phoff + i * phentsize)[0] for i in range(phnum)]
+
+
 @needs_kernel
 @pytest.mark.slow
 def test_build_guest_reuses_cache_and_rebuilds_on_change(
     built: GuestImage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = built.kernel.parent.parent
+    repo_assets = guest_build.ASSETS
     mtime = built.initrd.stat().st_mtime_ns
     again = build_guest(root)
     assert again == built
@@ -213,6 +236,103 @@ def test_build_guest_reuses_cache_and_rebuilds_on_change(
     assert changed.inputs_hash != built.inputs_hash
     assert changed.initrd != built.initrd and changed.initrd.is_file()
     assert built.initrd.is_file()
+
+    # So is the compiler: a gcc or libc.a upgrade gives a new image too.
+    monkeypatch.setattr(guest_build, "ASSETS", repo_assets)
+    monkeypatch.setattr(guest_build, "_compiler_identity", lambda: "gcc (Other) 99.1")
+    assert build_guest(root).inputs_hash not in (built.inputs_hash, changed.inputs_hash)
+
+
+def test_compile_healthz_reports_the_compiler_error(tmp_path: Path) -> None:
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc")
+    with pytest.raises(LabError, match="gcc could not build"):
+        guest_build._compile_healthz(b"int main(void) { return oops; }\n", tmp_path)
+
+
+# --- the health server, on the host ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def healthz_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc")
+    out = tmp_path_factory.mktemp("healthz") / "rto-healthz"
+    source = (guest_build.ASSETS / "healthz.c").read_bytes()
+    out.write_bytes(guest_build._compile_healthz(source, out.parent))
+    out.chmod(0o755)
+    return out
+
+
+def test_healthz_server_answers_and_checks_itself(healthz_binary: Path) -> None:
+    # Without /run/rto (the host), it serves the defaults and no disk: 200, no write.
+    port = free_loopback_port()
+    server = subprocess.Popen([str(healthz_binary), "serve", str(port)])
+    try:
+        check = [str(healthz_binary), "check", str(port), "2000"]
+        # The listener is up within ms; retry a refused connect meanwhile.
+        retrying = Retrying(
+            stop=stop_after_delay(5),
+            wait=wait_fixed(0.02),
+            retry=retry_if_result(bool),
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else -1,
+        )
+        rc = retrying(lambda: subprocess.run(check, check=False).returncode)
+        assert rc == 0, "rto-healthz check never saw a 200"
+        target = ProbeTarget("127.0.0.1", port)
+        good, _, reason = asyncio.run(http_probe(target, 1.0))
+        assert good, reason
+        lost = ProbeTarget("127.0.0.1", port, path="/nothing")
+        good, _, reason = asyncio.run(http_probe(lost, 1.0))
+        assert not good and "404" in reason
+        # A client that never sends its request does not block the next one.
+        with socket.create_connection(("127.0.0.1", port)):
+            stats = asyncio.run(hammer(target, rate=50, seconds=1.0, timeout=0.25))
+        assert stats.good == stats.sent
+    finally:
+        server.kill()
+        server.wait()
+    assert subprocess.run(check, check=False).returncode == 1  # nobody listening
+
+
+class HammerStats:
+    """Outcomes of a fixed-rate probe run: good answers and their latencies."""
+
+    def __init__(self, outcomes: list[tuple[bool, float, str]]) -> None:
+        self.sent = len(outcomes)
+        self.good = sum(1 for ok, _, _ in outcomes if ok)
+        lat = sorted(ms for ok, ms, _ in outcomes if ok)
+        self.p50 = statistics.median(lat) if lat else float("nan")
+        self.p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else float("nan")
+        self.reasons = sorted({r for ok, _, r in outcomes if not ok})
+
+    def __str__(self) -> str:
+        return (
+            f"{self.good}/{self.sent} good, latency p50 {self.p50:.1f} ms "
+            f"p95 {self.p95:.1f} ms, failures: {', '.join(self.reasons) or 'none'}"
+        )
+
+
+async def hammer(
+    target: ProbeTarget, *, rate: float, seconds: float, timeout: float
+) -> HammerStats:
+    """Probes ``target`` ``rate`` times a second on a fixed schedule, as the recorder does.
+
+    Every probe is its own task with its own timeout, so slow answers do not
+    slow the sending down (the load the guest sees is the recorder's).
+    """
+
+    async def one() -> tuple[bool, float, str]:
+        t0 = time.monotonic()
+        good, _, reason = await http_probe(target, timeout)
+        return good, (time.monotonic() - t0) * 1000, reason
+
+    tasks = []
+    start = time.monotonic()
+    for i in range(round(rate * seconds)):
+        await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+        tasks.append(asyncio.create_task(one()))
+    return HammerStats(list(await asyncio.gather(*tasks)))
 
 
 # --- boot under QEMU -------------------------------------------------------------
@@ -232,6 +352,15 @@ def test_guest_boots_serves_healthz_and_watchdog_resets_a_hang_and_a_panic(
         assert first.boot == 1
         assert guest.probe(timeout=5) == f"vm-test {first.instance} boot=1"
         assert guest.command("ping") == "pong"
+
+        # The recorder's load: 50 probes a second, 250 ms timeout each, every
+        # one a synced write to the data disk. The guest must keep up.
+        target = ProbeTarget("127.0.0.1", guest.http_port)
+        stats = asyncio.run(hammer(target, rate=50, seconds=3.0, timeout=0.25))
+        print(f"guest /healthz at 50 req/s: {stats}")
+        assert stats.good >= 0.95 * stats.sent, str(stats)
+        record = guest.disk.read_bytes()[512:1024] if guest.disk is not None else b""
+        assert record.startswith(f"healthz {first.instance} ".encode()), record[:80]
 
         assert guest.command("hang") == "hung"
         # Stopped userland: the probe must fail, then the i6300esb resets.

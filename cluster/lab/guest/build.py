@@ -1,7 +1,9 @@
 """Build the lab's tiny VM guest (kernel + busybox initramfs) from Debian packages.
 
 Filled from the host's installed packages: ``linux-image-amd64`` (the bzImage in
-/boot and its modules in /lib/modules) and ``busybox-static``. Read by whoever
+/boot and its modules in /lib/modules) and ``busybox-static``, plus the guest's
+HTTP server (healthz.c) compiled here with the machine's gcc (``gcc`` and
+``libc6-dev``: a static binary, so the initramfs needs no shared libraries). Read by whoever
 boots a lab VM (the plain-QEMU runner in :mod:`cluster.lab.guest.qemu`, the
 libvirt domains of a later issue): they take a :class:`GuestImage` and pass
 ``kernel``, ``initrd`` and ``cmdline(...)`` to the hypervisor.
@@ -11,7 +13,8 @@ boots through the PVH entry in about half the time of the bzImage, so it is
 extracted from the bzImage in Python. The initramfs is a newc cpio written in
 Python (deterministic, no root needed for device nodes), uncompressed because
 decompressing under TCG costs more than reading a few MB. Results are cached
-per hash of every input (kernel, modules, busybox, guest scripts, this file)
+per hash of every input (kernel, modules, busybox, guest scripts and C source,
+the compiler's version and libc.a, this file)
 so a package upgrade or a script edit rebuilds, and nothing else does.
 """
 
@@ -367,8 +370,68 @@ def _kernel_versions() -> list[str]:
 def _assets() -> dict[str, bytes]:
     return {
         name: (ASSETS / name).read_bytes()
-        for name in ("init.sh", "healthz.sh", "control.sh", "build.py")
+        for name in ("init.sh", "healthz.c", "control.sh", "build.py")
     }
+
+
+# How healthz.c is built. Static: the initramfs has no ld.so or libc.so. -Os
+# and -s: the binary is read from an uncompressed initramfs under TCG.
+GCC = "gcc"
+GCC_FLAGS = ("-static", "-Os", "-s", "-Wall", "-Wextra", "-Werror")
+
+
+def _gcc() -> str:
+    gcc = shutil.which(GCC)
+    if gcc is None:
+        raise LabError(
+            f"{GCC!r} not found: the guest's HTTP server is compiled from healthz.c; "
+            "apt-get install gcc libc6-dev"
+        )
+    return gcc
+
+
+def _compiler_identity() -> str:
+    """What decides the compiled server besides its source: gcc and libc.a.
+
+    A gcc or glibc upgrade changes the binary, so it is part of the image hash.
+    """
+    gcc = _gcc()
+    try:
+        version = subprocess.run(
+            [gcc, "--version"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()[0]
+        machine = subprocess.run(
+            [gcc, "-dumpmachine"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        libc = subprocess.run(
+            [gcc, "-print-file-name=libc.a"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError, IndexError) as exc:
+        raise LabError(f"cannot ask {gcc} for its version: {exc}") from exc
+    if not Path(libc).is_absolute() or not Path(libc).is_file():
+        # gcc echoes the bare name back when it has no such file.
+        raise LabError("no static libc (libc.a) for gcc -static: apt-get install libc6-dev")
+    digest = hashlib.sha256(Path(libc).read_bytes()).hexdigest()
+    return f"{version}\0{machine}\0{' '.join(GCC_FLAGS)}\0libc.a {digest}"
+
+
+def _compile_healthz(source: bytes, workdir: Path) -> bytes:
+    """healthz.c compiled to a static binary (bytes), in ``workdir``."""
+    src = workdir / "healthz.c"
+    out = workdir / "rto-healthz"
+    src.write_bytes(source)
+    proc = subprocess.run(
+        [_gcc(), *GCC_FLAGS, "-o", str(out), str(src)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise LabError(f"gcc could not build the guest's healthz server:\n{proc.stderr.strip()}")
+    data = out.read_bytes()
+    src.unlink()
+    out.unlink()
+    return data
 
 
 @dataclass(frozen=True)
@@ -378,9 +441,11 @@ class _Inputs:
     busybox: bytes
     modules: list[tuple[str, bytes]]  # (file name in the guest, contents)
     assets: dict[str, bytes]
+    compiler: str  # see _compiler_identity
 
     def digest(self) -> str:
         h = hashlib.sha256(f"rto-guest format {FORMAT_VERSION}\0{self.version}\0".encode())
+        h.update(f"compiler\0{self.compiler}\0".encode())
         parts = [
             ("bzimage", self.bzimage),
             ("busybox", self.busybox),
@@ -414,10 +479,11 @@ def _gather(kernel_version: str | None) -> _Inputs:
         busybox=BUSYBOX.read_bytes(),
         modules=modules,
         assets=_assets(),
+        compiler=_compiler_identity(),
     )
 
 
-def _initramfs(inputs: _Inputs) -> bytes:
+def _initramfs(inputs: _Inputs, healthz: bytes) -> bytes:
     entries = [
         _Entry(d, _S_IFDIR | 0o755)
         for d in ("bin", "dev", "etc", "etc/rto", "lib", "lib/modules", "proc", "run", "sys")
@@ -432,7 +498,7 @@ def _initramfs(inputs: _Inputs) -> bytes:
         if applet != "busybox"
     ]
     entries.append(_Entry("init", _S_IFREG | 0o755, inputs.assets["init.sh"]))
-    entries.append(_Entry("bin/rto-healthz", _S_IFREG | 0o755, inputs.assets["healthz.sh"]))
+    entries.append(_Entry("bin/rto-healthz", _S_IFREG | 0o755, healthz))
     entries.append(_Entry("bin/rto-control", _S_IFREG | 0o755, inputs.assets["control.sh"]))
     listing = "".join(f"{name.removesuffix('.ko')} {name}\n" for name, _ in inputs.modules)
     entries.append(_Entry("etc/rto/modules", _S_IFREG | 0o644, listing.encode()))
@@ -474,13 +540,15 @@ def build_guest(out_dir: Path | None = None, *, kernel_version: str | None = Non
         raise LabError(f"cannot create the guest image directory under {root}: {exc}") from exc
     try:
         (tmp / "vmlinux").write_bytes(extract_vmlinux(inputs.bzimage))
-        (tmp / "initrd.cpio").write_bytes(_initramfs(inputs))
+        healthz = _compile_healthz(inputs.assets["healthz.c"], tmp)
+        (tmp / "initrd.cpio").write_bytes(_initramfs(inputs, healthz))
         manifest = {
             "inputs_hash": digest,
             "kernel_version": inputs.version,
             "modules": [name for name, _ in inputs.modules],
             "cmdline_template": CMDLINE_TEMPLATE,
             "format": FORMAT_VERSION,
+            "compiler": inputs.compiler.split("\0")[0],
         }
         # Written last: its presence marks a complete image.
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
