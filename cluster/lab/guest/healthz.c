@@ -13,7 +13,8 @@
  *
  * Contract (unchanged from the shell handler):
  *   GET /healthz[?...] -> with a data disk, write one 512-byte record
- *     "healthz <instance> <uptime>\n" (NUL padded) to sector 1 and fsync it;
+ *     "healthz <instance> <uptime>\n" (NUL padded) to sector 1, synced
+ *     (O_DIRECT|O_DSYNC, see sync_write);
  *     200 "<name> <instance> boot=<n>\n" on success,
  *     500 "<name> <instance> boot=<n> disk-missing" when the disk node is gone,
  *     500 "... disk-write-failed" on a write or fsync error (EIO).
@@ -85,6 +86,30 @@ static void read_setting(const char *path, char *out, size_t size)
         out[--len] = '\0';
 }
 
+/* One synced write of block to sector 1; 0 or an errno.
+ *
+ * O_DIRECT|O_DSYNC first: a buffered 512-byte write into a 4 KiB page needs
+ * the page read from the device first, and the kernel drops a block device's
+ * page cache at its last close, so every buffered probe paid a read as well
+ * (p95 ~190 ms against ~30 ms without the disk under TCG). EINVAL means the
+ * device refuses 512-byte direct I/O (4 KiB logical blocks): then buffered
+ * write + fsync, as dd conv=fsync did. */
+static int sync_write(const char *block, int direct)
+{
+    int fd = open(g_disk, O_WRONLY | O_CLOEXEC | (direct ? O_DIRECT | O_DSYNC : 0));
+    if (fd < 0)
+        return errno;
+    int err = 0;
+    ssize_t n = pwrite(fd, block, SECTOR, SECTOR);
+    if (n != SECTOR)
+        err = n < 0 ? errno : EIO;
+    else if (!direct && fsync(fd) != 0)
+        err = errno;
+    if (close(fd) != 0 && !err)
+        err = errno;
+    return err;
+}
+
 /* The health record on sector 1. Returns NULL on success, else the reason. */
 static const char *write_record(void)
 {
@@ -92,22 +117,19 @@ static const char *write_record(void)
     /* A detached disk leaves no node behind (or, worse, a plain file). */
     if (stat(g_disk, &st) != 0 || !S_ISBLK(st.st_mode))
         return "disk-missing";
-    int fd = open(g_disk, O_WRONLY | O_CLOEXEC);
-    if (fd < 0)
-        return "disk-write-failed";
-    char block[SECTOR];
+    /* Aligned for O_DIRECT. */
+    static char block[4096] __attribute__((aligned(4096)));
     struct timespec up;
     clock_gettime(CLOCK_BOOTTIME, &up); /* what /proc/uptime shows */
-    memset(block, 0, sizeof block);
-    snprintf(block, sizeof block, "healthz %s %lld.%02ld\n", g_instance, (long long)up.tv_sec,
+    memset(block, 0, SECTOR);
+    snprintf(block, SECTOR, "healthz %s %lld.%02ld\n", g_instance, (long long)up.tv_sec,
              up.tv_nsec / 10000000);
-    int ok = pwrite(fd, block, SECTOR, SECTOR) == SECTOR && fsync(fd) == 0;
-    int saved = errno;
-    if (close(fd) != 0)
-        ok = 0;
-    if (!ok) {
+    int err = sync_write(block, 1);
+    if (err == EINVAL)
+        err = sync_write(block, 0);
+    if (err) {
         if (!g_disk_failing)
-            fprintf(stderr, "rto-healthz: write to %s failed: %s\n", g_disk, strerror(saved));
+            fprintf(stderr, "rto-healthz: write to %s failed: %s\n", g_disk, strerror(err));
         g_disk_failing = 1;
         return "disk-write-failed";
     }
