@@ -90,6 +90,7 @@ def default_recorder(
         timeline,
         clock=clock,
         interval=recovery.probe_interval_ms / 1000.0,
+        timeout=recovery.probe_timeout_ms / 1000.0,
         good_needed=recovery.good_probes,
     )
     return rec

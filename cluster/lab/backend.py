@@ -55,7 +55,7 @@ EVICTION_STRATEGIES = ("LiveMigrate", "None")
 ROUTE_SWITCH = ("event", "return")
 
 HEALTH_PATH = "/cgi-bin/healthz"
-VMI_HEALTH_PATH = "/healthz"  # served by the guest itself (cluster/lab/guest/healthz.sh)
+VMI_HEALTH_PATH = "/healthz"  # served by the guest itself (cluster/lab/guest/healthz.c)
 # Pod names become netns, cgroup and file names: keep them DNS-label-like and short.
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 
