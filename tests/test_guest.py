@@ -5,8 +5,10 @@ cache) and, as a lab test, a real boot under QEMU TCG with a watchdog reset.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gzip
 import lzma
+import os
 import shutil
 import socket
 import statistics
@@ -16,7 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_delay,
+    wait_fixed,
+)
 
 from chaos.errors import LabError
 from chaos.prober import http_probe
@@ -31,6 +39,7 @@ from cluster.lab.guest.build import (
     write_newc,
 )
 from cluster.lab.guest.qemu import GuestOptions, QemuGuest, free_loopback_port
+from cluster.lab.volumes import EXT4_GOING_FLAGS_NOLOGFLUSH, EXT4_IOC_SHUTDOWN
 
 FAKE_ELF = b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 64
 JUNK = b"MZ\x00\x00 setup code " * 100
@@ -293,6 +302,108 @@ def test_healthz_server_answers_and_checks_itself(healthz_binary: Path) -> None:
         server.kill()
         server.wait()
     assert subprocess.run(check, check=False).returncode == 1  # nobody listening
+
+
+def _serve(binary: Path, rundir: Path, disk: str) -> tuple[subprocess.Popen[bytes], ProbeTarget]:
+    """The server on a free loopback port with ``disk`` as its data disk, answering."""
+    for key, value in (("name", "vm-h"), ("instance", "abc123"), ("boot", "7"), ("disk", disk)):
+        (rundir / key).write_text(value + "\n")
+    port = free_loopback_port()
+    server = subprocess.Popen([str(binary), "serve", str(port), str(rundir)])
+    check = [str(binary), "check", str(port), "2000"]
+    # The listener is up within ms; retry a refused connect meanwhile.
+    Retrying(
+        stop=stop_after_delay(5),
+        wait=wait_fixed(0.02),
+        retry=retry_if_exception_type(subprocess.CalledProcessError),
+        reraise=True,
+    )(lambda: subprocess.run([*check[:3], "500"], check=True, capture_output=True))
+    return server, ProbeTarget("127.0.0.1", port)
+
+
+async def _get(target: ProbeTarget) -> bytes:
+    reader, writer = await asyncio.open_connection(target.host, target.port)
+    writer.write(b"GET /healthz HTTP/1.0\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return answer
+
+
+@pytest.mark.lab
+def test_healthz_server_writes_sector_1_and_answers_500_on_eio_or_missing_disk(
+    healthz_binary: Path, tmp_path: Path
+) -> None:
+    # Real block devices: a loop device takes the record; a second loop device
+    # on a file in an ext4 that is then shut down (EXT4_IOC_SHUTDOWN, as the
+    # lab's pod volumes do) fails every write with EIO, as a dead disk does.
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"RTOGUEST boot=7\n".ljust(512, b"\0") + bytes(8 * 1024 * 1024 - 512))
+    outer = tmp_path / "outer.ext4"
+    outer.write_bytes(bytes(16 * 1024 * 1024))
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(outer)], check=True, capture_output=True)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    loops: list[str] = []
+    mounted = False
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def attach(path: Path) -> str:
+        dev = subprocess.run(
+            ["losetup", "--find", "--show", str(path)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        loops.append(dev)
+        return dev
+
+    try:
+        loop = attach(image)
+        subprocess.run(["mount", attach(outer), str(mnt)], check=True, capture_output=True)
+        mounted = True
+        (mnt / "dead.img").write_bytes(bytes(1024 * 1024))
+        dead = attach(mnt / "dead.img")
+        fd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.ioctl(fd, EXT4_IOC_SHUTDOWN, struct.pack("I", EXT4_GOING_FLAGS_NOLOGFLUSH))
+        finally:
+            os.close(fd)
+        cases = ((loop, "200 OK", ""), (dead, "500 ", " disk-write-failed"),
+                 (str(tmp_path / "vdz"), "500 ", " disk-missing"))  # fmt: skip
+        for disk, status, suffix in cases:
+            rundir = tmp_path / f"run-{len(procs)}"
+            rundir.mkdir()
+            if status.startswith("500"):
+                # check fails on a 500: start by hand and wait for the port.
+                for key, value in (("name", "vm-h"), ("instance", "abc123"), ("boot", "7")):
+                    (rundir / key).write_text(value + "\n")
+                (rundir / "disk").write_text(disk + "\n")
+                port = free_loopback_port()
+                procs.append(
+                    subprocess.Popen([str(healthz_binary), "serve", str(port), str(rundir)])
+                )
+                target = ProbeTarget("127.0.0.1", port)
+                answer = Retrying(stop=stop_after_delay(5), wait=wait_fixed(0.02), reraise=True)(
+                    lambda t=target: asyncio.run(_get(t))
+                )
+            else:
+                server, target = _serve(healthz_binary, rundir, disk)
+                procs.append(server)
+                answer = asyncio.run(_get(target))
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(f"HTTP/1.0 {status}".encode()), answer
+            assert body == f"vm-h abc123 boot=7{suffix}\n".encode(), answer
+        data = image.read_bytes()
+        assert data[:512] == b"RTOGUEST boot=7\n".ljust(512, b"\0")  # sector 0 is /init's
+        assert data[512:1024].startswith(b"healthz abc123 "), data[512:560]
+        assert data[512:1024].rstrip(b"\0").endswith(b"\n")
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        for dev in reversed(loops[1:]):  # the dead disk before the fs it lives on
+            subprocess.run(["losetup", "-d", dev], check=False, capture_output=True)
+        if mounted:
+            subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+        if loops:
+            subprocess.run(["losetup", "-d", loops[0]], check=False, capture_output=True)
 
 
 class HammerStats:

@@ -24,7 +24,8 @@
  * Sector 0 (the boot count) is /init's, never touched here.
  *
  * Usage:
- *   rto-healthz serve [port]            (default port 80)
+ *   rto-healthz serve [port] [rundir]   (default port 80, settings from /run/rto;
+ *                                       another rundir lets host tests use it)
  *   rto-healthz check [port] [ms]       one GET /healthz on 127.0.0.1; exit 0
  *                                       on a 200 within ms (default 2000)
  */
@@ -223,12 +224,16 @@ static void on_readable(struct conn *c)
     }
 }
 
-static int serve(int port)
+static int serve(int port, const char *rundir)
 {
-    read_setting("/run/rto/name", g_name, sizeof g_name);
-    read_setting("/run/rto/instance", g_instance, sizeof g_instance);
-    read_setting("/run/rto/boot", g_boot, sizeof g_boot);
-    read_setting("/run/rto/disk", g_disk, sizeof g_disk);
+    static const char *const keys[] = {"name", "instance", "boot", "disk"};
+    char *const vals[] = {g_name, g_instance, g_boot, g_disk};
+    const size_t sizes[] = {sizeof g_name, sizeof g_instance, sizeof g_boot, sizeof g_disk};
+    for (int i = 0; i < 4; i++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", rundir, keys[i]);
+        read_setting(path, vals[i], sizes[i]);
+    }
     signal(SIGPIPE, SIG_IGN);
 
     int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -353,9 +358,9 @@ static int check(int port, int timeout_ms)
 int main(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "serve") == 0)
-        return serve(argc >= 3 ? atoi(argv[2]) : 80);
+        return serve(argc >= 3 ? atoi(argv[2]) : 80, argc >= 4 ? argv[3] : "/run/rto");
     if (argc >= 2 && strcmp(argv[1], "check") == 0)
         return check(argc >= 3 ? atoi(argv[2]) : 80, argc >= 4 ? atoi(argv[3]) : 2000);
-    fprintf(stderr, "usage: %s serve [port] | check [port] [timeout_ms]\n", argv[0]);
+    fprintf(stderr, "usage: %s serve [port] [rundir] | check [port] [timeout_ms]\n", argv[0]);
     return 2;
 }
