@@ -99,9 +99,10 @@ def _probed(lab: LabBackend, name: str, action: str, act: object) -> Probed:
     """Run ``act()`` under a Recorder; what its probes saw from the action on."""
     clock = RealClock()
     timeline = Timeline(origin=clock.now())
-    # The guest's /healthz is a shell handler (0.1-0.3 s under TCG, more under
-    # load): 50 ms probes with a 1 s timeout measure the guest, not an overload.
-    rec = Recorder(lab, name, timeline, clock, interval=0.05, timeout=1.0, good_needed=3)
+    # The guest's /healthz is a shell handler (~50 ms a request here, more under
+    # load, one request at a time): 100 ms probes keep it half busy; at 20-50 ms
+    # the probes themselves queue up and a migration turns into seconds of timeouts.
+    rec = Recorder(lab, name, timeline, clock, interval=0.1, timeout=1.0, good_needed=3)
     with rec:
         assert rec.wait_until_up(30), f"{name} never answered the recorder"
         clock.sleep(0.5)
@@ -159,8 +160,8 @@ def test_migrate_keeps_the_instance_with_a_short_outage(lab: LabBackend) -> None
         )
         assert out["source"] == NODES[0] and out["target"] == NODES[1]
         assert float(out["downtime_ms"]) < 2000
-        # Generous: the shell /healthz flaps for up to ~1-2 s on a loaded 2-core host.
-        assert p.longest_outage_s < 3.0
+        # Generous (QEMU says ~50-150 ms): a loaded 2-core host slows the shell /healthz.
+        assert p.longest_outage_s < 2.0
         assert p.instances <= {before.instance}  # the same guest answered throughout
         _agent_reports(lab, name, NODES[1], before.instance)
         # The domain moved (no QEMU left on the source, a new one on the target)
