@@ -12,7 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 APT_PACKAGES=(
-    python3 python3-venv python3-dev gcc pkg-config
+    python3 python3-venv python3-dev gcc libc6-dev pkg-config
     runc busybox-static iproute2 iptables nftables e2fsprogs util-linux procps psmisc
     cpio zstd xz-utils
     qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
