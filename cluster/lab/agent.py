@@ -212,6 +212,8 @@ class Agent:
         if wanted or self.vmis.vmis:
             self.vmis.profile = self.profile
             self.vmis.sync(wanted, self.restart_healing, leaving)
+        # Also on a node without VMIs: a migrated-in domain whose row is gone.
+        self.vmis.sweep_orphans(wanted)
 
     def _sync(self) -> None:
         self._sync_vmis()

@@ -225,6 +225,8 @@ class VmiHandler:
         self.vmis: dict[str, VmiRun] = {}
         self._conn: Any = None  # libvirt.virConnect, imported lazily (extra 'vm')
         self._guest: GuestImage | None = None
+        self._orphans: set[str] = set()  # running domains nobody assigned (last sweep)
+        self._next_sweep = 0.0
         self._db: sqlite3.Connection | None = None  # settings (watchdog timeouts)
 
     # --- libvirt ---------------------------------------------------------------
@@ -489,6 +491,50 @@ class VmiHandler:
                     vmi.phase = "Failed"
                     continue
                 self._start(vmi)
+
+    def sweep_orphans(self, wanted: Collection[str]) -> None:
+        """Destroy running domains of this libvirtd that no assignment names,
+        at most once a second.
+
+        They appear when a VMI migrated in and its row was deleted before this
+        agent saw it (nobody adopted the domain, and its address may be given
+        to the next VMI). A domain must be found orphaned by two sweeps in a
+        row, each after a fresh read of the assignments, and be RUNNING: an
+        incoming migration is paused until its row names this node.
+        """
+        now = self.clock.now()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 1.0
+        if not self._libvirtd_up():
+            return
+        import libvirt
+
+        from cluster.lab import virt
+
+        try:
+            conn = self._connection()
+            doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            found = set()
+            for dom in doms:
+                name = dom.name()
+                if name in wanted or name in self.vmis:
+                    continue
+                if dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
+                    found.add(name)
+            for name in sorted(found & self._orphans):
+                log.warning("vmi %s: running here but assigned nowhere: destroyed", name)
+                virt.destroy_vmi(conn, name)
+            self._orphans = found - self._orphans
+        except (HarnessError, libvirt.libvirtError) as exc:
+            log.warning("node %s: orphan sweep failed: %s", self.node, exc)
+
+    def _libvirtd_up(self) -> bool:
+        try:
+            from cluster.lab import virtd
+        except ImportError:
+            return False  # no libvirt-python: this lab runs no VMIs
+        return virtd.libvirtd_pid(self.node) is not None
 
     def statuses(self) -> dict[str, dict[str, object]]:
         return {name: vmi.status() for name, vmi in self.vmis.items()}
