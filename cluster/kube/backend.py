@@ -1,0 +1,1046 @@
+"""``KubeBackend``: the backend interface on a real Kubernetes (+ KubeVirt) cluster.
+
+Filled from a ``KubeConfig`` (cluster/kube/config.py) and a kubeconfig context;
+read by the runner, faults, healers and recorder through ``cluster.api.Backend``.
+The only module besides watch.py that talks to the ``kubernetes`` client. Every
+call goes through ``_call`` so a refusal names what to fix: RBAC (verb and
+resource), a missing KubeVirt, an unreachable API server. Every change goes
+through ``_act`` so ``dry_run`` prints the plan and touches nothing. Every target
+is checked against the config: workloads only in its namespaces with its label,
+nodes only with its label or by name. Reverts read their state back from the
+cluster (the VM spec keeps the unplugged volume, the node keeps its taints), so
+``rto revert`` after a killed harness can undo a fault from the journal alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
+from chaos.errors import BackendError
+from cluster.api import (
+    Condition,
+    Event,
+    NodeStatus,
+    Phase,
+    ProbeTarget,
+    VolumeFailure,
+    WorkloadKind,
+    WorkloadStatus,
+)
+from cluster.kube.config import KubeConfig
+from cluster.kube.power import PowerDriver, get_power_driver
+from cluster.kube.timeline import KubeTimeline
+from cluster.kube.watch import ResourceRef, WatchFollower, raw_request, resource_path
+
+__all__ = ["OUT_OF_SERVICE", "Executor", "KubeBackend", "kube_exec"]
+
+OUT_OF_SERVICE = {
+    "key": "node.kubernetes.io/out-of-service",
+    "value": "nodeshutdown",
+    "effect": "NoExecute",
+}
+KV = ("kubevirt.io", "v1")
+Obj = dict[str, Any]
+# (api client, namespace, pod, container, argv) -> combined output
+Executor = Callable[[k8s.ApiClient, str, str, str, list[str]], str]
+
+
+def kube_exec(api: k8s.ApiClient, ns: str, pod: str, container: str, argv: list[str]) -> str:
+    """Run argv in a container through the exec subresource (a websocket)."""
+    from kubernetes.stream import stream
+
+    out: str = stream(
+        k8s.CoreV1Api(api).connect_get_namespaced_pod_exec,
+        pod,
+        ns,
+        container=container,
+        command=argv,
+        stderr=True,
+        stdin=False,
+        stdout=True,
+        tty=False,
+    )
+    return out
+
+
+def _phase(value: str | None) -> Phase:
+    try:
+        return Phase(value or "Pending")
+    except ValueError:
+        return Phase.UNKNOWN
+
+
+class KubeBackend:
+    name = "kube"
+
+    def __init__(
+        self,
+        config: KubeConfig,
+        context: str | None = None,
+        dry_run: bool = False,
+        api_client: k8s.ApiClient | None = None,
+        executor: Executor = kube_exec,
+        power: PowerDriver | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        echo: Callable[[str], None] = print,
+    ) -> None:
+        self.config = config
+        self.context = context or config.contexts[0]
+        if self.context not in config.contexts:
+            raise BackendError(
+                f"kube context {self.context!r} is not in the allowlist "
+                f"({', '.join(config.contexts)}); add it to 'contexts' in the kube config "
+                "if the harness may inject faults there"
+            )
+        self.dry_run, self.echo, self.sleep = dry_run, echo, sleep
+        self.plan: list[str] = []
+        self.executor = executor
+        self._power = power
+        if api_client is None:
+            try:
+                api_client = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
+                    config_file=config.kubeconfig, context=self.context
+                )
+            except (ConfigException, OSError) as exc:
+                raise BackendError(f"kubeconfig context {self.context!r}: {exc}") from exc
+        self.api = api_client
+        self.core = k8s.CoreV1Api(api_client)
+        self.apps = k8s.AppsV1Api(api_client)
+        self.net = k8s.NetworkingV1Api(api_client)
+        self.custom = k8s.CustomObjectsApi(api_client)
+        self.timeline = KubeTimeline()
+        self.followers: list[WatchFollower] = []
+        self._kubevirt: bool | None = None
+
+    # --- plumbing ----------------------------------------------------------------
+    def _call(self, verb: str, resource: str, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
+        try:
+            return fn(*a, **kw)
+        except ApiException as exc:
+            raise self._explain(exc, verb, resource) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise BackendError(
+                f"kube API server of context {self.context!r} unreachable "
+                f"({self.api.configuration.host}): {exc}; is the cluster up?"
+            ) from exc
+
+    def _explain(self, exc: ApiException, verb: str, resource: str) -> BackendError:
+        try:
+            message = json.loads(exc.body or "{}").get("message", exc.reason)
+        except ValueError:
+            message = exc.reason
+        if exc.status == 403:
+            return BackendError(
+                f"RBAC: the harness may not '{verb}' '{resource}' (context {self.context!r}): "
+                f"{message}; grant verbs [{verb}] on resources [{resource}] to its account"
+            )
+        if exc.status == 404 and resource.startswith(("virtualmachine", "kubevirt")):
+            return BackendError(f"KubeVirt is not installed or lacks {resource}: {message}")
+        if exc.status == 429:
+            return BackendError(f"{verb} {resource} refused (429): {message}")
+        return BackendError(f"{verb} {resource} failed ({exc.status}): {message}")
+
+    def _act(self, description: str, fn: Callable[[], Any]) -> Any:
+        """Every change to the cluster: in dry-run, recorded and printed instead."""
+        if self.dry_run:
+            self.plan.append(description)
+            self.echo(f"[dry-run] {description}")
+            return None
+        return fn()
+
+    def require_kubevirt(self) -> None:
+        if self._kubevirt is None:
+            try:
+                raw_request(self.api, "GET", "/apis/kubevirt.io/v1").release_conn()
+                self._kubevirt = True
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise self._explain(exc, "get", "kubevirt.io/v1") from exc
+                self._kubevirt = False
+            except urllib3.exceptions.HTTPError as exc:
+                raise BackendError(f"kube API server unreachable: {exc}") from exc
+        if not self._kubevirt:
+            raise BackendError(
+                f"KubeVirt is not installed on context {self.context!r} (no kubevirt.io/v1 "
+                "API): VMI experiments need it (see README, Real clusters)"
+            )
+
+    def _sub(self, ns: str, vmi: str, sub: str, body: Obj | None = None) -> None:
+        path = (
+            f"/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{vmi}/{sub}"
+        )
+        self._call(
+            "update",
+            f"virtualmachineinstances/{sub}",
+            raw_request,
+            self.api,
+            "PUT",
+            path,
+            body=body or {},
+        )
+
+    # --- safety --------------------------------------------------------------------
+    def _is_target_node(self, node: Obj) -> bool:
+        key, value = self.config.target_pair
+        labels = node["metadata"].get("labels") or {}
+        return node["metadata"]["name"] in self.config.nodes or labels.get(key) == value
+
+    def _target_node(self, name: str) -> Obj:
+        resp = self._call("get", "nodes", self.core.read_node, name, _preload_content=False)
+        raw: Obj = json.loads(resp.data)
+        if not self._is_target_node(raw):
+            raise BackendError(
+                f"node {name!r} is not a target: label it {self.config.target_label} or name it "
+                "in 'nodes' of the kube config"
+            )
+        return raw
+
+    def _selector(self) -> str:
+        return f"{self.config.target_label},{self.config.workload_label}"
+
+    # --- reading -------------------------------------------------------------------
+    def _raw_nodes(self) -> list[Obj]:
+        resp = self._call("list", "nodes", self.core.list_node, _preload_content=False)
+        return list(json.loads(resp.data)["items"])
+
+    def _status_of_node(self, n: Obj) -> NodeStatus:
+        conds = (n.get("status") or {}).get("conditions") or []
+        ready: Obj = next((c for c in conds if c.get("type") == "Ready"), {})
+        age = None
+        if ready.get("lastHeartbeatTime"):
+            beat = datetime.fromisoformat(ready["lastHeartbeatTime"].replace("Z", "+00:00"))
+            age = max(0.0, (datetime.now(UTC) - beat).total_seconds())
+        taints = (n.get("spec") or {}).get("taints") or []
+        return NodeStatus(
+            name=n["metadata"]["name"],
+            ready=ready.get("status") == "True",
+            schedulable=not (n.get("spec") or {}).get("unschedulable", False),
+            fenced=any(t.get("key") == OUT_OF_SERVICE["key"] for t in taints),
+            heartbeat_age=age,
+        )
+
+    def nodes(self) -> list[NodeStatus]:
+        return [self._status_of_node(n) for n in self._raw_nodes() if self._is_target_node(n)]
+
+    def node(self, name: str) -> NodeStatus:
+        return self._status_of_node(self._target_node(name))
+
+    def _raw_pods(self, extra: str = "", field: str = "") -> list[Obj]:
+        pods: list[Obj] = []
+        for ns in self.config.namespaces:
+            resp = self._call(
+                "list",
+                "pods",
+                self.core.list_namespaced_pod,
+                ns,
+                label_selector=extra or self._selector(),
+                field_selector=field,
+                _preload_content=False,
+            )
+            pods += json.loads(resp.data)["items"]
+        return pods
+
+    def _raw_vmis(self) -> list[Obj]:
+        if self._kubevirt is False:
+            return []
+        vmis: list[Obj] = []
+        for ns in self.config.namespaces:
+            try:
+                res: Any = self.custom.list_namespaced_custom_object(
+                    *KV, ns, "virtualmachineinstances", label_selector=self._selector()
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    self._kubevirt = False
+                    return []
+                raise self._explain(exc, "list", "virtualmachineinstances") from exc
+            vmis += res["items"]
+        return vmis
+
+    def _pod_status(self, p: Obj) -> WorkloadStatus:
+        st = p.get("status") or {}
+        cs = st.get("containerStatuses") or []
+        phase = _phase(st.get("phase"))
+        if p["metadata"].get("deletionTimestamp"):
+            phase = Phase.TERMINATING
+        ready = all(c.get("ready") for c in cs) and bool(cs)
+        return WorkloadStatus(
+            name=p["metadata"]["labels"][self.config.workload_label],
+            kind=WorkloadKind.POD,
+            phase=phase,
+            node=(p.get("spec") or {}).get("nodeName"),
+            instance=(cs[0].get("containerID") if cs else None) or p["metadata"].get("uid"),
+            restarts=sum(c.get("restartCount", 0) for c in cs),
+            conditions=(Condition("Ready", ready),),
+        )
+
+    def _vmi_status(self, v: Obj) -> WorkloadStatus:
+        st = v.get("status") or {}
+        conds = tuple(
+            Condition(c.get("type", ""), c.get("status") == "True", c.get("reason", ""))
+            for c in st.get("conditions") or ()
+        )
+        mig = st.get("migrationState") or {}
+        if mig:
+            conds += (Condition("Migrated", bool(mig.get("completed")), mig.get("targetNode", "")),)
+        return WorkloadStatus(
+            name=v["metadata"]["labels"].get(self.config.workload_label, v["metadata"]["name"]),
+            kind=WorkloadKind.VMI,
+            phase=_phase(st.get("phase")),
+            node=st.get("nodeName"),
+            instance=v["metadata"].get("uid"),
+            conditions=conds,
+        )
+
+    def _current_pods(self) -> dict[str, Obj]:
+        """Workload name -> its current pod (Running and not terminating first)."""
+        best: dict[str, Obj] = {}
+        for p in self._raw_pods():
+            if (p["metadata"].get("labels") or {}).get("kubevirt.io") == "virt-launcher":
+                continue
+            name = p["metadata"]["labels"][self.config.workload_label]
+            rank = (
+                not p["metadata"].get("deletionTimestamp"),
+                (p.get("status") or {}).get("phase") == "Running",
+            )
+            old = best.get(name)
+            if old is None or rank > (
+                not old["metadata"].get("deletionTimestamp"),
+                (old.get("status") or {}).get("phase") == "Running",
+            ):
+                best[name] = p
+        return best
+
+    def workloads(self) -> list[WorkloadStatus]:
+        pods = [self._pod_status(p) for p in self._current_pods().values()]
+        return pods + [self._vmi_status(v) for v in self._raw_vmis()]
+
+    def workload(self, name: str) -> WorkloadStatus:
+        for w in self.workloads():
+            if w.name == name:
+                return w
+        raise BackendError(
+            f"no target workload {name!r} in namespaces {', '.join(self.config.namespaces)} "
+            f"with labels {self._selector()}={name}"
+        )
+
+    def _pod_of(self, name: str) -> Obj:
+        pod = self._current_pods().get(name)
+        if pod is None:
+            raise BackendError(f"no pod of workload {name!r} (labels {self._selector()}={name})")
+        return pod
+
+    def _vmi_of(self, name: str) -> Obj:
+        for v in self._raw_vmis():
+            if self._vmi_status(v).name == name:
+                return v
+        raise BackendError(f"no VMI of workload {name!r} (labels {self._selector()}={name})")
+
+    def _launcher_of(self, vmi: Obj) -> Obj:
+        ns, name = vmi["metadata"]["namespace"], vmi["metadata"]["name"]
+        resp = self._call(
+            "list",
+            "pods",
+            self.core.list_namespaced_pod,
+            ns,
+            label_selector=f"kubevirt.io=virt-launcher,vm.kubevirt.io/name={name}",
+            _preload_content=False,
+        )
+        items = [
+            p
+            for p in json.loads(resp.data)["items"]
+            if (p.get("spec") or {}).get("nodeName") == (vmi.get("status") or {}).get("nodeName")
+        ]
+        if not items:
+            raise BackendError(f"VMI {name}: no virt-launcher pod on its node")
+        return dict(items[0])
+
+    def probe_target(self, workload: str) -> ProbeTarget | None:
+        w = self.workload(workload)
+        if w.kind is WorkloadKind.POD:
+            ip = (self._pod_of(workload).get("status") or {}).get("podIP")
+            return ProbeTarget(ip, 8080) if ip else None
+        # Guest reachability, not phase: the guest's own address.
+        ifaces = (self._vmi_of(workload).get("status") or {}).get("interfaces") or []
+        ip = ifaces[0].get("ipAddress") if ifaces else None
+        return ProbeTarget(ip, 8080) if ip else None
+
+    # --- watches -----------------------------------------------------------------
+    def start_watches(self) -> None:
+        if self.followers:
+            return
+        refs: list[tuple[str, ResourceRef, str | None]] = [
+            ("node", ResourceRef("", "v1", "nodes"), None)
+        ]
+        for ns in self.config.namespaces:
+            refs.append(("pod", ResourceRef("", "v1", "pods", ns), self.config.target_label))
+            if self._kubevirt is not False:
+                refs.append(("vmi", ResourceRef(*KV, "virtualmachineinstances", ns), None))
+                refs.append(
+                    ("migration", ResourceRef(*KV, "virtualmachineinstancemigrations", ns), None)
+                )
+        for source, ref, sel in refs:
+            f = WatchFollower(
+                self.api, ref, self.timeline.feeder(source), label_selector=sel, sleep=self.sleep
+            )
+            f.start()
+            self.followers.append(f)
+
+    def stop_watches(self) -> None:
+        for f in self.followers:
+            f.stop()
+        self.followers.clear()
+
+    def close(self) -> None:
+        self.stop_watches()
+
+    def events(self, since: float) -> Iterator[Event]:
+        self.start_watches()
+        for f in self.followers:
+            if f.error is not None:
+                err = f.error
+                if isinstance(err, ApiException):
+                    if err.status == 404 and "virtualmachine" in f.ref.plural:
+                        continue  # no KubeVirt: pods only
+                    raise self._explain(err, "watch", f.ref.plural) from err
+                raise BackendError(f"watch of {f.ref.plural} failed: {err}") from err
+        return self.timeline.since(since)
+
+    # --- workloads ---------------------------------------------------------------
+    def _labels(self, name: str) -> dict[str, str]:
+        key, value = self.config.target_pair
+        return {key: value, self.config.workload_label: name}
+
+    def create_workload(self, name: str, kind: WorkloadKind, node: str | None = None) -> None:
+        ns, labels = self.config.namespaces[0], self._labels(name)
+        sel = {"kubernetes.io/hostname": node} if node else None
+        if kind is WorkloadKind.POD:
+            body: Obj = {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": name, "labels": labels},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "nodeSelector": sel,
+                            "containers": [
+                                {
+                                    "name": "main",
+                                    "image": self.config.pod_image,
+                                    "args": ["netexec", "--http-port=8080"],
+                                    "readinessProbe": {
+                                        "httpGet": {"path": "/healthz", "port": 8080},
+                                        "periodSeconds": 1,
+                                    },
+                                }
+                            ],
+                        },
+                    },
+                },
+            }
+            self._act(
+                f"create Deployment {ns}/{name}",
+                lambda: self._call(
+                    "create", "deployments", self.apps.create_namespaced_deployment, ns, body
+                ),
+            )
+            return
+        self.require_kubevirt()
+        vm: Obj = {
+            "apiVersion": "kubevirt.io/v1",
+            "kind": "VirtualMachine",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "runStrategy": "Always",
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "nodeSelector": sel,
+                        "evictionStrategy": "LiveMigrate",
+                        "domain": {
+                            "resources": {"requests": {"memory": "128Mi"}},
+                            "devices": {
+                                "disks": [{"name": "root", "disk": {"bus": "virtio"}}],
+                                "watchdog": {"name": "wd", "i6300esb": {"action": "reset"}},
+                            },
+                        },
+                        "volumes": [
+                            {"name": "root", "containerDisk": {"image": self.config.vmi_image}}
+                        ],
+                    },
+                },
+            },
+        }
+        self._act(
+            f"create VirtualMachine {ns}/{name}",
+            lambda: self._call(
+                "create",
+                "virtualmachines",
+                self.custom.create_namespaced_custom_object,
+                *KV,
+                ns,
+                "virtualmachines",
+                vm,
+            ),
+        )
+
+    def delete_workload(self, name: str) -> None:
+        ns = self.config.namespaces[0]
+        for resource, fn in (
+            ("deployments", lambda: self.apps.delete_namespaced_deployment(name, ns)),
+            (
+                "virtualmachines",
+                lambda: self.custom.delete_namespaced_custom_object(
+                    *KV, ns, "virtualmachines", name
+                ),
+            ),
+        ):
+            try:
+                self._act(
+                    f"delete {resource} {ns}/{name}",
+                    partial(self._call, "delete", resource, fn),
+                )
+            except BackendError as exc:
+                if "(404)" not in str(exc) and "not installed" not in str(exc):
+                    raise
+
+    # --- faults ------------------------------------------------------------------
+    def kill_main_process(self, workload: str) -> None:
+        w = self.workload(workload)
+        if w.kind is WorkloadKind.POD:
+            pod = self._pod_of(workload)
+            ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+            container = pod["spec"]["containers"][0]["name"]
+            self._act(
+                f"exec kill -9 1 in {ns}/{name}:{container}",
+                lambda: self._kill_pod_main(ns, name, container),
+            )
+            return
+        launcher = self._launcher_of(self._vmi_of(workload))
+        ns, name = launcher["metadata"]["namespace"], launcher["metadata"]["name"]
+        self._act(
+            f"exec kill -9 QEMU in {ns}/{name}:compute",
+            lambda: self._call(
+                "create",
+                "pods/exec",
+                self.executor,
+                self.api,
+                ns,
+                name,
+                "compute",
+                ["sh", "-c", "kill -9 $(pgrep -f qemu-kvm || pgrep -f qemu-system)"],
+            ),
+        )
+
+    def _kill_pod_main(self, ns: str, pod: str, container: str) -> None:
+        try:
+            self._call(
+                "create",
+                "pods/exec",
+                self.executor,
+                self.api,
+                ns,
+                pod,
+                container,
+                ["kill", "-9", "1"],
+            )
+        except BackendError as exc:
+            if "RBAC" in str(exc):
+                raise
+            # No kill binary in the image: an ephemeral container sharing the
+            # target's process namespace does it.
+            body = {
+                "spec": {
+                    "ephemeralContainers": [
+                        {
+                            "name": f"rto-kill-{int(time.time())}",
+                            "image": self.config.node_pod_image,
+                            "command": ["kill", "-9", "1"],
+                            "targetContainerName": container,
+                        }
+                    ]
+                }
+            }
+            self._call(
+                "patch",
+                "pods/ephemeralcontainers",
+                self.core.patch_namespaced_pod_ephemeralcontainers,
+                pod,
+                ns,
+                body,
+            )
+
+    def hang_guest(self, workload: str, resume: bool = False) -> None:
+        """Stop the guest (its watchdog then fires) via the configured guest channel."""
+        vmi = self._vmi_of(workload)
+        launcher = self._launcher_of(vmi)
+        ns = vmi["metadata"]["namespace"]
+        domain = f"{ns}_{vmi['metadata']['name']}"
+        cmd = self.config.guest_resume_command if resume else self.config.guest_hang_command
+        argv = [a.format(domain=domain) for a in cmd]
+        self._act(
+            f"exec {' '.join(argv)} in {launcher['metadata']['name']}:compute",
+            lambda: self._call(
+                "create",
+                "pods/exec",
+                self.executor,
+                self.api,
+                ns,
+                launcher["metadata"]["name"],
+                "compute",
+                argv,
+            ),
+        )
+
+    def cordon(self, node: str) -> None:
+        self._target_node(node)
+        self._act(
+            f"cordon node {node}",
+            lambda: self._call(
+                "patch", "nodes", self.core.patch_node, node, {"spec": {"unschedulable": True}}
+            ),
+        )
+
+    def uncordon(self, node: str) -> None:
+        self._target_node(node)
+        self._act(
+            f"uncordon node {node}",
+            lambda: self._call(
+                "patch", "nodes", self.core.patch_node, node, {"spec": {"unschedulable": None}}
+            ),
+        )
+
+    def _evict_pod(self, ns: str, pod: str, patience: float = 60.0) -> None:
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": pod, "namespace": ns},
+        }
+
+        def blocked(exc: BaseException) -> bool:
+            return isinstance(exc, BackendError) and "(429)" in str(exc)
+
+        # 429 = a PodDisruptionBudget says not now: wait and ask again, as kubectl drain does.
+        retrying = Retrying(
+            retry=retry_if_exception(blocked),
+            stop=stop_after_delay(patience),
+            wait=wait_exponential(multiplier=0.5, max=5),
+            sleep=self.sleep,
+            reraise=True,
+        )
+        try:
+            retrying(
+                self._call,
+                "create",
+                "pods/eviction",
+                self.core.create_namespaced_pod_eviction,
+                pod,
+                ns,
+                body,
+            )
+        except BackendError as exc:
+            if blocked(exc):
+                raise BackendError(
+                    f"eviction of {ns}/{pod} blocked by a PodDisruptionBudget "
+                    f"for {patience:.0f} s: {exc}"
+                ) from exc
+            raise
+
+    def evict(self, workload: str, patience: float = 60.0) -> None:
+        w = self.workload(workload)
+        obj = (
+            self._pod_of(workload)
+            if w.kind is WorkloadKind.POD
+            else self._launcher_of(self._vmi_of(workload))
+        )
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        self._act(f"evict pod {ns}/{name}", lambda: self._evict_pod(ns, name, patience))
+
+    def drain(self, node: str, patience: float = 60.0) -> None:
+        """Cordon, then evict every target pod on the node through the Eviction API."""
+        self.cordon(node)
+        for ns in self.config.namespaces:
+            resp = self._call(
+                "list",
+                "pods",
+                self.core.list_namespaced_pod,
+                ns,
+                field_selector=f"spec.nodeName={node}",
+                _preload_content=False,
+            )
+            for p in json.loads(resp.data)["items"]:
+                name = p["metadata"]["name"]
+                self._act(f"evict pod {ns}/{name}", partial(self._evict_pod, ns, name, patience))
+
+    def _driver(self) -> PowerDriver:
+        if self._power is None:
+            self._power = get_power_driver(self.config.power_driver, self.config.power_options)
+        return self._power
+
+    def power_off(self, node: str) -> None:
+        self._target_node(node)
+        self._act(
+            f"power off {node} ({self.config.power_driver})", lambda: self._driver().power_off(node)
+        )
+
+    def power_on(self, node: str) -> None:
+        self._target_node(node)
+        self._act(
+            f"power on {node} ({self.config.power_driver})", lambda: self._driver().power_on(node)
+        )
+
+    def _policy_name(self, workload: str) -> str:
+        return f"rto-partition-{workload}"
+
+    def partition_workload(self, workload: str) -> None:
+        self.workload(workload)
+        ns = self.config.namespaces[0]
+        body: Obj = {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": self._policy_name(workload), "labels": self._labels(workload)},
+            "spec": {
+                "podSelector": {"matchLabels": {self.config.workload_label: workload}},
+                "policyTypes": ["Ingress", "Egress"],
+            },
+        }
+        self._act(
+            f"create NetworkPolicy {ns}/{body['metadata']['name']} (deny all)",
+            lambda: self._call(
+                "create", "networkpolicies", self.net.create_namespaced_network_policy, ns, body
+            ),
+        )
+
+    def heal_workload_partition(self, workload: str) -> None:
+        ns, name = self.config.namespaces[0], self._policy_name(workload)
+        self._act(
+            f"delete NetworkPolicy {ns}/{name}",
+            lambda: self._ignore_404(
+                "delete", "networkpolicies", self.net.delete_namespaced_network_policy, name, ns
+            ),
+        )
+
+    def _ignore_404(
+        self, verb: str, resource: str, fn: Callable[..., Any], *a: Any, **kw: Any
+    ) -> None:
+        try:
+            self._call(verb, resource, fn, *a, **kw)
+        except BackendError as exc:
+            if "(404)" not in str(exc):
+                raise
+
+    def _node_pod(self, node: str, purpose: str, script: str) -> None:
+        """A privileged pod on the node (host network and PID) running ``script``."""
+        ns, name = self.config.namespaces[0], f"rto-node-{purpose}-{node}"
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": {"rto.harness/node-pod": purpose}},
+            "spec": {
+                "nodeName": node,
+                "hostNetwork": True,
+                "hostPID": True,
+                "restartPolicy": "Never",
+                "tolerations": [{"operator": "Exists"}],
+                "containers": [
+                    {
+                        "name": "node",
+                        "image": self.config.node_pod_image,
+                        "command": ["nsenter", "-t", "1", "-m", "-n", "--", "sh", "-c", script],
+                        "securityContext": {"privileged": True},
+                    }
+                ],
+            },
+        }
+        self._ignore_404("delete", "pods", self.core.delete_namespaced_pod, name, ns)
+        self._call("create", "pods", self.core.create_namespaced_pod, ns, body)
+
+    def partition_node(self, node: str, max_seconds: int = 600) -> None:
+        self._target_node(node)
+        # The node cannot hear a revert while cut off: the pod lifts the cut by
+        # itself after max_seconds, and on SIGTERM once the kubelet is back.
+        script = (
+            "iptables -N RTO-CUT; iptables -A RTO-CUT -i lo -j RETURN; "
+            "iptables -A RTO-CUT -j DROP; iptables -I INPUT -j RTO-CUT; "
+            "iptables -I OUTPUT -j RTO-CUT; "
+            "trap 'iptables -D INPUT -j RTO-CUT; iptables -D OUTPUT -j RTO-CUT; "
+            "iptables -F RTO-CUT; iptables -X RTO-CUT; exit 0' TERM EXIT; "
+            f"sleep {max_seconds} & wait"
+        )
+        self._act(
+            f"cut node {node} off the network (node pod, {max_seconds} s max)",
+            lambda: self._node_pod(node, "partition", script),
+        )
+
+    def heal_node_partition(self, node: str) -> None:
+        self._target_node(node)
+        ns, name = self.config.namespaces[0], f"rto-node-partition-{node}"
+        self._act(
+            f"delete node pod {ns}/{name} (lifts the cut)",
+            lambda: self._ignore_404("delete", "pods", self.core.delete_namespaced_pod, name, ns),
+        )
+
+    def _hotplug_volume(self, vmi: Obj) -> Obj:
+        vols = [
+            v
+            for v in (vmi.get("spec") or {}).get("volumes") or ()
+            if "persistentVolumeClaim" in v or "dataVolume" in v
+        ]
+        if not vols:
+            raise BackendError(
+                f"VMI {vmi['metadata']['name']} has no PVC/DataVolume volume to unplug"
+            )
+        return dict(vols[-1])
+
+    def fail_volume(self, workload: str, mode: VolumeFailure) -> None:
+        w = self.workload(workload)
+        if w.kind is WorkloadKind.VMI:
+            self.require_kubevirt()
+            vmi = self._vmi_of(workload)
+            vol = self._hotplug_volume(vmi)
+            ns, name = vmi["metadata"]["namespace"], vmi["metadata"]["name"]
+            self._act(
+                f"removevolume {vol['name']} from VMI {ns}/{name}",
+                lambda: self._sub(ns, name, "removevolume", {"name": vol["name"]}),
+            )
+            return
+        pod = self._pod_of(workload)
+        uid, node = pod["metadata"]["uid"], pod["spec"]["nodeName"]
+        script = f"for m in /var/lib/kubelet/pods/{uid}/volumes/*/*; do fsfreeze -f $m; done"
+        self._act(
+            f"freeze volumes of pod {pod['metadata']['name']} on {node} ({mode})",
+            lambda: self._node_pod(node, "freeze", script),
+        )
+
+    def repair_volume(self, workload: str, mode: VolumeFailure) -> None:
+        w = self.workload(workload)
+        if w.kind is WorkloadKind.VMI:
+            vmi = self._vmi_of(workload)
+            ns, name = vmi["metadata"]["namespace"], vmi["metadata"]["name"]
+            # The unplug was not persisted: the VM's template still names the volume.
+            vm = self._call(
+                "get",
+                "virtualmachines",
+                self.custom.get_namespaced_custom_object,
+                *KV,
+                ns,
+                "virtualmachines",
+                name,
+            )
+            present = {v["name"] for v in (vmi.get("spec") or {}).get("volumes") or ()}
+            for vol in vm["spec"]["template"]["spec"].get("volumes") or ():
+                if vol["name"] in present or not (
+                    "persistentVolumeClaim" in vol or "dataVolume" in vol
+                ):
+                    continue
+                source = {k: v for k, v in vol.items() if k != "name"}
+                body = {
+                    "name": vol["name"],
+                    "disk": {"disk": {"bus": "scsi"}},
+                    "volumeSource": source,
+                }
+                self._act(
+                    f"addvolume {vol['name']} to VMI {ns}/{name}",
+                    partial(self._sub, ns, name, "addvolume", body),
+                )
+            return
+        pod = self._pod_of(workload)
+        uid, node = pod["metadata"]["uid"], pod["spec"]["nodeName"]
+        script = f"for m in /var/lib/kubelet/pods/{uid}/volumes/*/*; do fsfreeze -u $m; done"
+        self._act(
+            f"thaw volumes of pod {pod['metadata']['name']} on {node}",
+            lambda: self._node_pod(node, "thaw", script),
+        )
+
+    # --- healer actions ------------------------------------------------------------
+    def set_restart_healing(self, enabled: bool) -> None:
+        # The kubelet always restarts containers; this flag only tells the
+        # harness's own watchdog healer whether to act.
+        self.restart_healing = enabled
+
+    def _set_taints(self, node: str, add: bool) -> None:
+        raw = self._target_node(node)
+        taints = [
+            t
+            for t in (raw.get("spec") or {}).get("taints") or ()
+            if t.get("key") != OUT_OF_SERVICE["key"]
+        ]
+        if add:
+            taints.append(dict(OUT_OF_SERVICE))
+        self._call(
+            "patch", "nodes", self.core.patch_node, node, {"spec": {"taints": taints or None}}
+        )
+
+    def fence(self, node: str) -> None:
+        self._target_node(node)
+        self._act(
+            f"taint {node} {OUT_OF_SERVICE['key']}=nodeshutdown:NoExecute",
+            lambda: self._set_taints(node, True),
+        )
+
+    def unfence(self, node: str) -> None:
+        self._target_node(node)
+        self._act(
+            f"remove taint {OUT_OF_SERVICE['key']} from {node}",
+            lambda: self._set_taints(node, False),
+        )
+
+    def reschedule(self, workload: str) -> None:
+        w = self.workload(workload)
+        if w.node is not None:
+            self._target_node(w.node)
+        if w.kind is WorkloadKind.POD:
+            pod = self._pod_of(workload)
+            ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+            self._act(
+                f"force-delete pod {ns}/{name}",
+                lambda: self._ignore_404(
+                    "delete", "pods", self.core.delete_namespaced_pod, name, ns, grace_period_seconds=0
+                ),
+            )
+            return
+        vmi = self._vmi_of(workload)
+        ns, name = vmi["metadata"]["namespace"], vmi["metadata"]["name"]
+        try:
+            launcher = self._launcher_of(vmi)
+            lname = launcher["metadata"]["name"]
+            self._act(
+                f"force-delete pod {ns}/{lname}",
+                lambda: self._ignore_404(
+                    "delete", "pods", self.core.delete_namespaced_pod, lname, ns, grace_period_seconds=0
+                ),
+            )
+        except BackendError:
+            pass  # no launcher left: deleting the VMI is enough
+        self._act(
+            f"force-delete VMI {ns}/{name}",
+            lambda: self._ignore_404(
+                "delete",
+                "virtualmachineinstances",
+                self.custom.delete_namespaced_custom_object,
+                *KV,
+                ns,
+                "virtualmachineinstances",
+                name,
+                grace_period_seconds=0,
+            ),
+        )
+
+    def migrate(self, workload: str) -> str | None:
+        """Start a live migration of the workload's VMI; the migration's name."""
+        self.require_kubevirt()
+        vmi = self._vmi_of(workload)
+        ns = vmi["metadata"]["namespace"]
+        body = {
+            "apiVersion": "kubevirt.io/v1",
+            "kind": "VirtualMachineInstanceMigration",
+            "metadata": {
+                "generateName": f"rto-{vmi['metadata']['name']}-",
+                "labels": self._labels(workload),
+            },
+            "spec": {"vmiName": vmi["metadata"]["name"]},
+        }
+        made = self._act(
+            f"create VirtualMachineInstanceMigration for {ns}/{vmi['metadata']['name']}",
+            lambda: self._call(
+                "create",
+                "virtualmachineinstancemigrations",
+                self.custom.create_namespaced_custom_object,
+                *KV,
+                ns,
+                "virtualmachineinstancemigrations",
+                body,
+            ),
+        )
+        return None if made is None else str(made["metadata"]["name"])
+
+    def migrate_node(self, node: str) -> list[str]:
+        """Migrate every target VMI off a (cordoned) node."""
+        self._target_node(node)
+        names = [
+            self._vmi_status(v).name
+            for v in self._raw_vmis()
+            if (v.get("status") or {}).get("nodeName") == node
+        ]
+        return [m for m in (self.migrate(n) for n in names) if m]
+
+    def wait_migration(self, name: str, timeout: int = 300) -> str:
+        """Follow one migration through a watch until Succeeded/Failed; its last phase."""
+        ns = self.config.namespaces[0]
+        resp = self._call(
+            "watch",
+            "virtualmachineinstancemigrations",
+            raw_request,
+            self.api,
+            "GET",
+            resource_path(ResourceRef(*KV, "virtualmachineinstancemigrations", ns)),
+            [
+                ("watch", "true"),
+                ("timeoutSeconds", timeout),
+                ("fieldSelector", f"metadata.name={name}"),
+            ],
+            timeout=(5, timeout + 10),
+        )
+        from kubernetes.watch.watch import iter_resp_lines
+
+        phase = ""
+        try:
+            for line in iter_resp_lines(resp):  # type: ignore[no-untyped-call]
+                if not line:
+                    continue
+                obj = json.loads(line).get("object") or {}
+                if obj.get("metadata", {}).get("name") != name:
+                    continue
+                phase = (obj.get("status") or {}).get("phase", "")
+                if phase in ("Succeeded", "Failed"):
+                    break
+        finally:
+            resp.close()
+        return phase
+
+    def vms_without_watchdog(self) -> list[str]:
+        """Target VMs whose spec carries no watchdog device (the watchdog healer's check)."""
+        self.require_kubevirt()
+        out = []
+        for ns in self.config.namespaces:
+            vms = self._call(
+                "list",
+                "virtualmachines",
+                self.custom.list_namespaced_custom_object,
+                *KV,
+                ns,
+                "virtualmachines",
+                label_selector=self._selector(),
+            )
+            for vm in vms["items"]:
+                devices = vm["spec"]["template"]["spec"].get("domain", {}).get("devices", {})
+                if "watchdog" not in devices:
+                    out.append(vm["metadata"]["name"])
+        return out
+
+    def unpause_io_paused(self) -> list[str]:
+        """Unpause VMIs paused on an I/O error (call once storage is back); their names."""
+        done = []
+        for v in self._raw_vmis():
+            st = self._vmi_status(v)
+            paused = st.condition("Paused")
+            if paused is not None and paused.status and paused.reason == "PausedIOError":
+                ns, name = v["metadata"]["namespace"], v["metadata"]["name"]
+                self._act(f"unpause VMI {ns}/{name}", partial(self._sub, ns, name, "unpause"))
+                done.append(st.name)
+        return done

@@ -1,0 +1,71 @@
+"""The kube backend's configuration: which cluster, which targets, which drivers.
+
+Filled by the user (a YAML file: ``$RTO_KUBE_CONFIG`` or ``./rto-kube.yaml``);
+read by ``KubeBackend`` and ``chaos.backends.get_backend("kube")``. It is the
+safety boundary: the harness refuses any kubeconfig context not listed in
+``contexts`` and acts only on workloads in ``namespaces`` carrying
+``target_label``, and on nodes carrying ``target_label`` or named in ``nodes``.
+
+Example::
+
+    contexts: [kind-rto]              # the allowlist; the first is the default
+    namespaces: [rto]
+    target_label: rto.harness/target=true
+    power_driver: kind                # or libvirt, or an entry point in rto.power_drivers
+    power_options: {cluster: rto}
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from chaos.errors import SpecError
+
+__all__ = ["DEFAULT_PATH", "KubeConfig", "load_kube_config"]
+
+DEFAULT_PATH = Path("rto-kube.yaml")
+
+
+class KubeConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    contexts: tuple[str, ...] = Field(min_length=1)
+    kubeconfig: str | None = None
+    namespaces: tuple[str, ...] = ("rto",)
+    target_label: str = "rto.harness/target=true"
+    # Label whose value names the workload (pods of a Deployment, a VM's VMI).
+    workload_label: str = "rto.harness/workload"
+    nodes: tuple[str, ...] = ()
+    power_driver: str = "kind"
+    power_options: dict[str, str] = Field(default_factory=dict)
+    pod_image: str = "registry.k8s.io/e2e-test-images/agnhost:2.52"
+    vmi_image: str = "quay.io/kubevirt/cirros-container-disk-demo:v1.4.0"
+    # Command run in the virt-launcher compute container to hang the guest; the
+    # default stops the guest's CPUs through libvirt, so its watchdog fires.
+    guest_hang_command: tuple[str, ...] = ("virsh", "suspend", "{domain}")
+    guest_resume_command: tuple[str, ...] = ("virsh", "resume", "{domain}")
+    node_pod_image: str = "registry.k8s.io/e2e-test-images/agnhost:2.52"
+    fence_after: float = 40.0
+
+    @property
+    def target_pair(self) -> tuple[str, str]:
+        key, _, value = self.target_label.partition("=")
+        return key, value
+
+
+def load_kube_config(path: str | Path | None = None) -> KubeConfig:
+    """Read the config; ``SpecError`` naming the file and field when it is wrong."""
+    p = Path(path or os.environ.get("RTO_KUBE_CONFIG") or DEFAULT_PATH)
+    if not p.exists():
+        raise SpecError(
+            f"kube backend: no config at {p}; write one (contexts: [your-context], "
+            "namespaces: [...]) or point RTO_KUBE_CONFIG at it (see README, Real clusters)"
+        )
+    try:
+        return KubeConfig.model_validate(yaml.safe_load(p.read_text()) or {})
+    except ValidationError as exc:
+        raise SpecError(f"{p}: {exc}") from exc

@@ -1,0 +1,803 @@
+"""A small stateful Kubernetes + KubeVirt API server for testing the kube backend.
+
+Filled by the kube tests (they seed nodes, pods, VMIs, PDBs and deny rules);
+read by the real ``kubernetes`` client through real HTTP on 127.0.0.1. Written by
+hand because the package-index emulator (kmock 0.8) falls short where the backend
+needs the wire protocol most: its lists carry the literal resourceVersion "...",
+watches ignore resourceVersion and never answer 410 Gone, label and field
+selectors are not applied, and it has no subresources (eviction, KubeVirt's
+removevolume/addvolume) and no RBAC. See the README, "Real clusters".
+
+What it models: list/get/create/merge-patch/json-patch/delete of namespaced and
+cluster objects with a global resourceVersion; label and field selectors; watch
+streams (chunked JSON lines) from a resourceVersion, 410 Gone once that version is
+compacted away, server-side close (``drop_watches``) to test reconnects; the
+Eviction subresource honouring PodDisruptionBudgets (429); KubeVirt's
+removevolume/addvolume; RBAC denials by (verb, resource) rule answering 403 like
+kube-apiserver. Small controllers stand in for the kube-controller-manager and
+virt-controller where a test needs them: a deleted pod of a Deployment comes
+back on another schedulable node, a deleted VMI of a VM with runStrategy Always
+comes back, and a VirtualMachineInstanceMigration walks its phases and moves the
+VMI. There is no kubelet: exec is not served (the backend's exec goes through
+an injectable executor the tests replace).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+__all__ = ["KubeEmulator", "emulator", "write_kubeconfig"]
+
+Obj = dict[str, Any]
+# (group, plural) -> namespaced?
+RESOURCES: dict[tuple[str, str], bool] = {
+    ("", "nodes"): False,
+    ("", "namespaces"): False,
+    ("", "pods"): True,
+    ("", "services"): True,
+    ("apps", "deployments"): True,
+    ("policy", "poddisruptionbudgets"): True,
+    ("networking.k8s.io", "networkpolicies"): True,
+    ("kubevirt.io", "virtualmachines"): True,
+    ("kubevirt.io", "virtualmachineinstances"): True,
+    ("kubevirt.io", "virtualmachineinstancemigrations"): True,
+}
+MIGRATION_PHASES = (
+    "Pending",
+    "Scheduling",
+    "Scheduled",
+    "PreparingTarget",
+    "TargetReady",
+    "Running",
+    "Succeeded",
+)
+
+_PATH = re.compile(
+    r"^/(?:api/(?P<cv>v1)|apis/(?P<g>[^/]+)/(?P<v>[^/]+))"
+    r"(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>[^/]+))?$"
+)
+
+
+@dataclass
+class _Watch:
+    group: str
+    plural: str
+    namespace: str | None
+    selector: Callable[[Obj], bool]
+    closed: bool = False
+
+
+@dataclass
+class KubeEmulator:
+    """The server state; every method is thread-safe (one lock, one condition)."""
+
+    kubevirt: bool = True
+    objects: dict[tuple[str, str, str | None, str], Obj] = field(default_factory=dict)
+    log: list[tuple[int, tuple[str, str], str, Obj]] = field(default_factory=list)
+    rv: int = 100
+    compacted: int = 0
+    deny: set[tuple[str, str]] = field(default_factory=set)  # (verb, "pods/eviction")
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
+    migration_steps: bool = True
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _watches: list[_Watch] = field(default_factory=list)
+    url: str = ""
+
+    # --- state ---------------------------------------------------------------
+    def _bump(self, kind: tuple[str, str], etype: str, obj: Obj) -> None:
+        self.rv += 1
+        obj.setdefault("metadata", {})["resourceVersion"] = str(self.rv)
+        self.log.append((self.rv, kind, etype, copy.deepcopy(obj)))
+        self._cond.notify_all()
+
+    def put(self, group: str, plural: str, obj: Obj) -> Obj:
+        """Create or replace an object (test seeding and controllers)."""
+        with self._cond:
+            meta = obj.setdefault("metadata", {})
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("labels", {})
+            ns = meta.get("namespace") if RESOURCES[(group, plural)] else None
+            key = (group, plural, ns, meta["name"])
+            etype = "MODIFIED" if key in self.objects else "ADDED"
+            self.objects[key] = obj
+            self._bump((group, plural), etype, obj)
+            return copy.deepcopy(obj)
+
+    def get(self, group: str, plural: str, ns: str | None, name: str) -> Obj | None:
+        with self._cond:
+            obj = self.objects.get((group, plural, ns, name))
+            return copy.deepcopy(obj) if obj is not None else None
+
+    def remove(self, group: str, plural: str, ns: str | None, name: str) -> Obj | None:
+        with self._cond:
+            obj = self.objects.pop((group, plural, ns, name), None)
+            if obj is not None:
+                self._bump((group, plural), "DELETED", obj)
+                self._after_delete(group, plural, obj)
+            return obj
+
+    def items(self, group: str, plural: str) -> list[Obj]:
+        with self._cond:
+            return [
+                copy.deepcopy(o)
+                for (g, p, _, _), o in self.objects.items()
+                if (g, p) == (group, plural)
+            ]
+
+    def compact(self) -> None:
+        """Forget the event history: watches from an older version get 410 Gone."""
+        with self._cond:
+            self.compacted = self.rv
+            self.log.clear()
+
+    def drop_watches(self) -> None:
+        """Close every open watch stream server-side (as an apiserver restart does)."""
+        with self._cond:
+            for w in self._watches:
+                w.closed = True
+            self._cond.notify_all()
+
+    def open_watches(self) -> int:
+        with self._cond:
+            return sum(1 for w in self._watches if not w.closed)
+
+    # --- seeding helpers -----------------------------------------------------
+    def add_node(self, name: str, labels: dict[str, str] | None = None) -> Obj:
+        return self.put(
+            "",
+            "nodes",
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": name, "labels": labels or {}},
+                "spec": {},
+                "status": {
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True",
+                            "reason": "KubeletReady",
+                            "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+                        }
+                    ]
+                },
+            },
+        )
+
+    def set_node_ready(self, name: str, ready: bool) -> None:
+        with self._cond:
+            node = self.objects[("", "nodes", None, name)]
+            cond = node["status"]["conditions"][0]
+            cond["status"] = "True" if ready else "Unknown"
+            cond["reason"] = "KubeletReady" if ready else "NodeStatusUnknown"
+            self._bump(("", "nodes"), "MODIFIED", node)
+
+    def add_pod(
+        self,
+        ns: str,
+        name: str,
+        node: str,
+        labels: dict[str, str] | None = None,
+        owner: str | None = None,
+    ) -> Obj:
+        meta: Obj = {"name": name, "namespace": ns, "labels": labels or {}}
+        if owner:
+            meta["ownerReferences"] = [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "name": owner,
+                    "uid": owner,
+                    "controller": True,
+                }
+            ]
+        return self.put(
+            "",
+            "pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": meta,
+                "spec": {"nodeName": node, "containers": [{"name": "main", "image": "busybox"}]},
+                "status": {
+                    "phase": "Running",
+                    "podIP": "198.18.50.1",
+                    "containerStatuses": [
+                        {
+                            "name": "main",
+                            "ready": True,
+                            "restartCount": 0,
+                            "image": "busybox",
+                            "imageID": "busybox@sha256:0",
+                            "containerID": f"containerd://{uuid.uuid4().hex}",
+                        }
+                    ],
+                },
+            },
+        )
+
+    def add_vmi(
+        self,
+        ns: str,
+        name: str,
+        node: str,
+        labels: dict[str, str] | None = None,
+        vm: bool = True,
+        watchdog: bool = True,
+    ) -> Obj:
+        labels = labels or {}
+        domain: Obj = {"devices": {"disks": [{"name": "data", "disk": {"bus": "virtio"}}]}}
+        if watchdog:
+            domain["devices"]["watchdog"] = {"name": "wd", "i6300esb": {"action": "reset"}}
+        if vm:
+            self.put(
+                "kubevirt.io",
+                "virtualmachines",
+                {
+                    "apiVersion": "kubevirt.io/v1",
+                    "kind": "VirtualMachine",
+                    "metadata": {"name": name, "namespace": ns, "labels": labels},
+                    "spec": {
+                        "runStrategy": "Always",
+                        "template": {
+                            "metadata": {"labels": labels},
+                            "spec": {
+                                "domain": domain,
+                                "volumes": [
+                                    {
+                                        "name": "data",
+                                        "persistentVolumeClaim": {"claimName": f"{name}-data"},
+                                    }
+                                ],
+                            },
+                        },
+                    },
+                },
+            )
+        self.add_pod(
+            ns,
+            f"virt-launcher-{name}-{uuid.uuid4().hex[:5]}",
+            node,
+            {"kubevirt.io": "virt-launcher", "vm.kubevirt.io/name": name},
+        )
+        return self.put(
+            "kubevirt.io",
+            "virtualmachineinstances",
+            {
+                "apiVersion": "kubevirt.io/v1",
+                "kind": "VirtualMachineInstance",
+                "metadata": {"name": name, "namespace": ns, "labels": labels},
+                "spec": {
+                    "domain": domain,
+                    "volumes": [
+                        {"name": "data", "persistentVolumeClaim": {"claimName": f"{name}-data"}}
+                    ],
+                },
+                "status": {
+                    "phase": "Running",
+                    "nodeName": node,
+                    "interfaces": [{"ipAddress": "198.18.60.1"}],
+                    "conditions": [{"type": "Ready", "status": "True"}],
+                },
+            },
+        )
+
+    # --- controllers standing in for the real ones ---------------------------
+    def _schedulable(self, avoid: str | None) -> str | None:
+        for (g, p, _, name), node in sorted(self.objects.items()):
+            if (g, p) != ("", "nodes") or name == avoid or node["spec"].get("unschedulable"):
+                continue
+            if node["spec"].get("taints"):
+                continue
+            if node["status"]["conditions"][0]["status"] != "True":
+                continue
+            return name
+        return None
+
+    def _after_delete(self, group: str, plural: str, obj: Obj) -> None:
+        meta = obj["metadata"]
+        if (group, plural) == ("", "pods") and meta.get("ownerReferences"):
+            node = self._schedulable(obj["spec"].get("nodeName"))
+            new = copy.deepcopy(obj)
+            new["metadata"] = {
+                "name": f"{meta['ownerReferences'][0]['name']}-{uuid.uuid4().hex[:5]}",
+                "namespace": meta["namespace"],
+                "labels": meta.get("labels", {}),
+                "ownerReferences": meta["ownerReferences"],
+            }
+            new["spec"]["nodeName"] = node
+            new["status"]["phase"] = "Running" if node else "Pending"
+            threading.Thread(target=self.put, args=("", "pods", new), daemon=True).start()
+        if (group, plural) == ("kubevirt.io", "virtualmachineinstances"):
+            vm = self.objects.get(
+                ("kubevirt.io", "virtualmachines", meta["namespace"], meta["name"])
+            )
+            if vm is not None and vm["spec"].get("runStrategy") == "Always":
+                node = self._schedulable(obj["status"].get("nodeName"))
+                new = copy.deepcopy(obj)
+                new["metadata"] = {
+                    "name": meta["name"],
+                    "namespace": meta["namespace"],
+                    "labels": meta.get("labels", {}),
+                }
+                new["status"]["nodeName"] = node
+                threading.Thread(
+                    target=self.put, args=("kubevirt.io", plural, new), daemon=True
+                ).start()
+
+    def _run_migration(self, ns: str, name: str) -> None:
+        """virt-controller: walk the migration's phases and move the VMI."""
+        with self._cond:
+            mig = self.objects[("kubevirt.io", "virtualmachineinstancemigrations", ns, name)]
+            vmi = self.objects.get(
+                ("kubevirt.io", "virtualmachineinstances", ns, mig["spec"]["vmiName"])
+            )
+            if vmi is None:
+                mig["status"] = {"phase": "Failed"}
+                self._bump(("kubevirt.io", "virtualmachineinstancemigrations"), "MODIFIED", mig)
+                return
+            source = vmi["status"].get("nodeName")
+            target = self._schedulable(source)
+            for phase in MIGRATION_PHASES:
+                mig["status"] = {"phase": phase}
+                if phase == "Succeeded":
+                    if target is None:
+                        mig["status"] = {"phase": "Failed"}
+                    else:
+                        vmi["status"]["nodeName"] = target
+                        vmi["status"]["migrationState"] = {
+                            "sourceNode": source,
+                            "targetNode": target,
+                            "completed": True,
+                        }
+                        self._bump(("kubevirt.io", "virtualmachineinstances"), "MODIFIED", vmi)
+                self._bump(("kubevirt.io", "virtualmachineinstancemigrations"), "MODIFIED", mig)
+
+
+# --- selectors -------------------------------------------------------------------
+def _label_selector(text: str) -> Callable[[Obj], bool]:
+    terms = [t.strip() for t in text.split(",") if t.strip()]
+
+    def match(obj: Obj) -> bool:
+        labels = obj.get("metadata", {}).get("labels") or {}
+        for term in terms:
+            if "!=" in term:
+                k, v = term.split("!=", 1)
+                if labels.get(k) == v:
+                    return False
+            elif "=" in term:
+                k, v = term.replace("==", "=").split("=", 1)
+                if labels.get(k) != v:
+                    return False
+            elif term.startswith("!"):
+                if term[1:] in labels:
+                    return False
+            elif term not in labels:
+                return False
+        return True
+
+    return match
+
+
+def _field_selector(text: str) -> Callable[[Obj], bool]:
+    terms = [t.split("=", 1) for t in text.split(",") if t.strip()]
+
+    def match(obj: Obj) -> bool:
+        for path, want in terms:
+            cur: Any = obj
+            for part in path.split("."):
+                cur = cur.get(part) if isinstance(cur, dict) else None
+            if (cur or "") != want:
+                return False
+        return True
+
+    return match
+
+
+def _merge(base: Obj, patch: Obj) -> Obj:
+    for k, v in patch.items():
+        if v is None:
+            base.pop(k, None)
+        elif isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = copy.deepcopy(v)
+    return base
+
+
+def _json_patch(base: Obj, ops: list[Obj]) -> Obj:
+    for op in ops:
+        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        parent: Any = base
+        for p in parts[:-1]:
+            parent = parent[int(p)] if isinstance(parent, list) else parent.setdefault(p, {})
+        last = parts[-1]
+        if op["op"] in ("add", "replace"):
+            if isinstance(parent, list):
+                if last == "-":
+                    parent.append(op["value"])
+                else:
+                    parent.insert(int(last), op["value"])
+            else:
+                parent[last] = op["value"]
+        elif op["op"] == "remove":
+            del parent[int(last) if isinstance(parent, list) else last]
+    return base
+
+
+def _status(code: int, reason: str, message: str, details: Obj | None = None) -> Obj:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": details or {},
+        "code": code,
+    }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, code: int, body: Obj) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> Any:
+        n = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(n)) if n else {}
+
+    def do_GET(self) -> None:
+        self._route("GET")
+
+    def do_POST(self) -> None:
+        self._route("POST")
+
+    def do_PATCH(self) -> None:
+        self._route("PATCH")
+
+    def do_PUT(self) -> None:
+        self._route("PUT")
+
+    def do_DELETE(self) -> None:
+        self._route("DELETE")
+
+    def _route(self, method: str) -> None:
+        emu = self.server.emu
+        url = urlparse(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        emu.requests.append((method, url.path))
+        body = self._body() if method in ("POST", "PATCH", "PUT") else None
+        if url.path in ("/api", "/apis", "/version"):
+            return self._send(200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0-emu"})
+        if (
+            url.path.startswith("/apis/kubevirt.io")
+            and not emu.kubevirt
+            and "/" not in url.path[18:]
+        ):
+            return self._send(
+                404, _status(404, "NotFound", "the server could not find the requested resource")
+            )
+        if url.path == "/apis/kubevirt.io/v1" and emu.kubevirt:
+            return self._send(
+                200,
+                {
+                    "kind": "APIResourceList",
+                    "groupVersion": "kubevirt.io/v1",
+                    "resources": [{"name": p} for g, p in RESOURCES if g == "kubevirt.io"],
+                },
+            )
+        m = _PATH.match(url.path)
+        if m is None:
+            return self._send(404, _status(404, "NotFound", f"no route {url.path}"))
+        group = m["g"] or ""
+        if group == "subresources.kubevirt.io":
+            group = "kubevirt.io"
+        plural, ns, name, sub = m["plural"], m["ns"], m["name"], m["sub"]
+        if group.startswith("kubevirt.io") and not emu.kubevirt:
+            return self._send(
+                404, _status(404, "NotFound", "the server could not find the requested resource")
+            )
+        if (group, plural) not in RESOURCES:
+            return self._send(404, _status(404, "NotFound", f"unknown resource {plural}"))
+        watching = query.get("watch") in ("true", "1")
+        verb = {
+            "GET": "watch" if watching else ("get" if name else "list"),
+            "POST": "create",
+            "PATCH": "patch",
+            "PUT": "update",
+            "DELETE": "delete",
+        }[method]
+        if sub == "eviction" or (method == "POST" and name and sub is None and plural == "pods"):
+            verb = "create"
+        resource = f"{plural}/{sub}" if sub else plural
+        if (verb, resource) in emu.deny:
+            where = f' in the namespace "{ns}"' if ns else " at the cluster scope"
+            return self._send(
+                403,
+                _status(
+                    403,
+                    "Forbidden",
+                    f'{resource} "{name or ""}" is forbidden: '
+                    'User "system:serviceaccount:rto:harness"'
+                    f' cannot {verb} resource "{resource}" in API group "{group}"{where}',
+                    {"name": name or "", "group": group, "kind": plural},
+                ),
+            )
+        if watching:
+            return self._watch(group, plural, ns, query)
+        with emu._cond:
+            self._serve(emu, method, group, plural, ns, name, sub, query, body)
+
+    def _serve(
+        self,
+        emu: KubeEmulator,
+        method: str,
+        group: str,
+        plural: str,
+        ns: str | None,
+        name: str | None,
+        sub: str | None,
+        query: dict[str, str],
+        body: Any,
+    ) -> None:
+        key = (group, plural, ns, name or "")
+        if name is None and method == "GET":
+            sel_l = _label_selector(query.get("labelSelector", ""))
+            sel_f = _field_selector(query.get("fieldSelector", ""))
+            items = [
+                o
+                for (g, p, n, _), o in sorted(emu.objects.items(), key=lambda kv: str(kv[0]))
+                if (g, p) == (group, plural) and (ns is None or n == ns) and sel_l(o) and sel_f(o)
+            ]
+            return self._send(
+                200,
+                {
+                    "kind": "List",
+                    "apiVersion": "v1",
+                    "metadata": {"resourceVersion": str(emu.rv)},
+                    "items": items,
+                },
+            )
+        if method == "POST" and name is None:
+            meta = body.setdefault("metadata", {})
+            if "generateName" in meta and "name" not in meta:
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            meta["namespace"] = ns if ns else meta.get("namespace")
+            if ns is None:
+                meta.pop("namespace", None)
+            if (group, plural, ns, meta["name"]) in emu.objects:
+                return self._send(
+                    409, _status(409, "AlreadyExists", f'{plural} "{meta["name"]}" already exists')
+                )
+            obj = emu.put(group, plural, body)
+            self._send(201, obj)
+            if plural == "virtualmachineinstancemigrations" and emu.migration_steps:
+                threading.Thread(
+                    target=emu._run_migration, args=(ns, meta["name"]), daemon=True
+                ).start()
+            return None
+        obj = emu.objects.get(key)
+        if obj is None:
+            return self._send(
+                404,
+                _status(
+                    404, "NotFound", f'{plural} "{name}" not found', {"name": name, "kind": plural}
+                ),
+            )
+        if sub == "eviction" and method == "POST":
+            return self._evict(emu, obj)
+        if sub in ("pause", "unpause") and method == "PUT":
+            conds = obj["status"].setdefault("conditions", [])
+            obj["status"]["conditions"] = [c for c in conds if c["type"] != "Paused"]
+            if sub == "pause":
+                obj["status"]["conditions"].append({"type": "Paused", "status": "True"})
+            emu._bump((group, plural), "MODIFIED", obj)
+            return self._send(202, {})
+        if sub in ("removevolume", "addvolume") and method == "PUT":
+            vols = obj["spec"].setdefault("volumes", [])
+            if sub == "removevolume":
+                if not any(v["name"] == body["name"] for v in vols):
+                    return self._send(
+                        400, _status(400, "BadRequest", f"volume {body['name']} not found")
+                    )
+                obj["spec"]["volumes"] = [v for v in vols if v["name"] != body["name"]]
+            else:
+                vols.append({"name": body["name"], **body.get("volumeSource", {})})
+            emu._bump((group, plural), "MODIFIED", obj)
+            return self._send(202, {})
+        if method == "GET":
+            return self._send(200, obj)
+        if method == "PATCH":
+            ctype = self.headers.get("Content-Type", "")
+            if "json-patch" in ctype:
+                _json_patch(obj, body)
+            else:
+                _merge(obj, body)
+            emu._bump((group, plural), "MODIFIED", obj)
+            return self._send(200, obj)
+        if method == "PUT":
+            body["metadata"]["uid"] = obj["metadata"]["uid"]
+            emu.objects[key] = body
+            emu._bump((group, plural), "MODIFIED", body)
+            return self._send(200, body)
+        if method == "DELETE":
+            gone = emu.remove(group, plural, ns, name or "")
+            return self._send(200, gone or {})
+        return self._send(405, _status(405, "MethodNotAllowed", method))
+
+    def _evict(self, emu: KubeEmulator, pod: Obj) -> None:
+        ns = pod["metadata"]["namespace"]
+        for (g, p, n, _), pdb in emu.objects.items():
+            if (g, p, n) != ("policy", "poddisruptionbudgets", ns):
+                continue
+            want = pdb["spec"].get("selector", {}).get("matchLabels", {})
+            sel = _label_selector(",".join(f"{k}={v}" for k, v in want.items()))
+            if not sel(pod):
+                continue
+            healthy = sum(
+                1
+                for (g2, p2, n2, _), o in emu.objects.items()
+                if (g2, p2, n2) == ("", "pods", ns)
+                and sel(o)
+                and o["status"].get("phase") == "Running"
+            )
+            if healthy - 1 < int(pdb["spec"].get("minAvailable", 0)):
+                return self._send(
+                    429,
+                    _status(
+                        429,
+                        "TooManyRequests",
+                        "Cannot evict pod as it would violate the pod's disruption budget.",
+                        {
+                            "causes": [
+                                {
+                                    "reason": "DisruptionBudget",
+                                    "message": f"The disruption budget {pdb['metadata']['name']} "
+                                    f"needs {pdb['spec']['minAvailable']} healthy pods",
+                                }
+                            ]
+                        },
+                    ),
+                )
+        emu.remove("", "pods", ns, pod["metadata"]["name"])
+        return self._send(201, {"kind": "Status", "status": "Success", "code": 201})
+
+    def _watch(self, group: str, plural: str, ns: str | None, query: dict[str, str]) -> None:
+        emu = self.server.emu
+        sel_l = _label_selector(query.get("labelSelector", ""))
+        sel_f = _field_selector(query.get("fieldSelector", ""))
+        since = int(query.get("resourceVersion") or 0)
+        timeout = float(query.get("timeoutSeconds") or 30)
+        w = _Watch(group, plural, ns, lambda o: sel_l(o) and sel_f(o))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def chunk(obj: Obj) -> None:
+            data = json.dumps(obj).encode() + b"\n"
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+        try:
+            with emu._cond:
+                emu._watches.append(w)
+            if since and since < emu.compacted:
+                chunk(
+                    {
+                        "type": "ERROR",
+                        "object": _status(
+                            410, "Expired", f"too old resource version: {since} ({emu.compacted})"
+                        ),
+                    }
+                )
+            else:
+                for batch in self._follow(emu, w, since, timeout):
+                    for ev in batch:
+                        chunk(ev)
+                    self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            with emu._cond:
+                emu._watches.remove(w)
+            self.close_connection = True
+
+    def _follow(
+        self, emu: KubeEmulator, w: _Watch, since: int, timeout: float
+    ) -> Iterator[list[Obj]]:
+        import time
+
+        deadline = time.monotonic() + timeout
+        pos = since
+        while True:
+            with emu._cond:
+                if since == 0 and pos == 0:
+                    # No version: the current state as ADDED events, then changes.
+                    batch = [
+                        {"type": "ADDED", "object": copy.deepcopy(o)}
+                        for (g, p, n, _), o in emu.objects.items()
+                        if (g, p) == (w.group, w.plural)
+                        and (w.namespace in (None, n))
+                        and w.selector(o)
+                    ]
+                    pos = emu.rv
+                else:
+                    batch = [
+                        {"type": t, "object": o}
+                        for rv, k, t, o in emu.log
+                        if rv > pos
+                        and k == (w.group, w.plural)
+                        and (w.namespace in (None, o["metadata"].get("namespace")))
+                        and w.selector(o)
+                    ]
+                    pos = emu.rv
+                if not batch:
+                    left = deadline - time.monotonic()
+                    if w.closed or left <= 0:
+                        return
+                    emu._cond.wait(min(left, 0.5))
+                    continue
+            yield batch
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    emu: KubeEmulator
+
+
+@contextmanager
+def emulator(kubevirt: bool = True) -> Iterator[KubeEmulator]:
+    """Serve a fresh emulator on 127.0.0.1 (a free port) for the block's duration."""
+    emu = KubeEmulator(kubevirt=kubevirt)
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.emu = emu
+    emu.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield emu
+    finally:
+        emu.drop_watches()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def write_kubeconfig(path: str, contexts: dict[str, str], current: str) -> str:
+    """A kubeconfig naming each context -> server URL (no auth: the emulator has none)."""
+    import yaml
+
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": current,
+        "clusters": [{"name": c, "cluster": {"server": url}} for c, url in contexts.items()],
+        "users": [{"name": "harness", "user": {"token": "emulator"}}],
+        "contexts": [{"name": c, "context": {"cluster": c, "user": "harness"}} for c in contexts],
+    }
+    with open(path, "w") as f:
+        yaml.safe_dump(doc, f)
+    return path
