@@ -910,7 +910,12 @@ class KubeBackend:
             self._act(
                 f"force-delete pod {ns}/{name}",
                 lambda: self._ignore_404(
-                    "delete", "pods", self.core.delete_namespaced_pod, name, ns, grace_period_seconds=0
+                    "delete",
+                    "pods",
+                    self.core.delete_namespaced_pod,
+                    name,
+                    ns,
+                    grace_period_seconds=0,
                 ),
             )
             return
@@ -922,7 +927,12 @@ class KubeBackend:
             self._act(
                 f"force-delete pod {ns}/{lname}",
                 lambda: self._ignore_404(
-                    "delete", "pods", self.core.delete_namespaced_pod, lname, ns, grace_period_seconds=0
+                    "delete",
+                    "pods",
+                    self.core.delete_namespaced_pod,
+                    lname,
+                    ns,
+                    grace_period_seconds=0,
                 ),
             )
         except BackendError:

@@ -14,7 +14,9 @@ event into client models would cost more than the whole budget of the recorder.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -146,7 +148,13 @@ class WatchFollower:
         self._stop.set()
         resp = self._resp
         if resp is not None:
-            resp.close()  # unblocks the reader of a quiet stream
+            # Closing the response from this thread would wait for the reader's
+            # lock; shutting the socket down wakes the reader of a quiet stream.
+            fp = getattr(getattr(resp, "_fp", None), "fp", None)
+            sock = getattr(getattr(fp, "raw", None), "_sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(timeout=5)
 
