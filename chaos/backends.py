@@ -2,7 +2,9 @@
 
 Read by the CLI, the campaign, the journal replay (``rto revert`` rebuilds the
 backend each record names) and the Chaos Toolkit functions. ``lab`` is the
-embedded lab; ``kube`` (real clusters) arrives with issue 4.
+embedded lab; ``kube`` is a real cluster (cluster/kube, configured by
+``$RTO_KUBE_CONFIG`` or ./rto-kube.yaml; ``$RTO_KUBE_CONTEXT`` and
+``$RTO_KUBE_DRY_RUN=1`` are set by the CLI's --context and --dry-run).
 """
 
 from __future__ import annotations
@@ -23,9 +25,19 @@ def get_backend(name: str) -> Backend:
         backend: Backend = LabBackend()
         return backend
     if name == "kube":
-        raise BackendError(
-            "the kube backend (real clusters) arrives with issue 4; use --backend lab for now"
+        import os
+
+        from cluster.kube.backend import KubeBackend
+        from cluster.kube.config import load_kube_config
+
+        # The CLI's --context/--dry-run land in the environment so that `rto
+        # revert` (which rebuilds backends by name) sees the same cluster.
+        kube: Backend = KubeBackend(
+            load_kube_config(),
+            context=os.environ.get("RTO_KUBE_CONTEXT") or None,
+            dry_run=os.environ.get("RTO_KUBE_DRY_RUN") == "1",
         )
+        return kube
     raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

@@ -144,11 +144,29 @@ def _print_result(r: RunResult) -> None:
 @click.option("--runs-dir", default=Path("runs"), type=click.Path(path_type=Path))
 @click.option("--repeat", default=1, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--backend", "backend_name", default="lab", type=click.Choice(BACKENDS))
-def run_cmd(file: Path, runs_dir: Path, repeat: int, backend_name: str) -> None:
+@click.option("--context", default=None, help="kube: kubeconfig context (must be allowlisted)")
+@click.option("--dry-run", is_flag=True, help="kube: print the plan, touch nothing")
+def run_cmd(
+    file: Path,
+    runs_dir: Path,
+    repeat: int,
+    backend_name: str,
+    context: str | None = None,
+    dry_run: bool = False,
+) -> None:
     from chaos.runner import run_experiment
     from chaos.spec import load_experiment
 
     spec = load_experiment(file)  # SpecError -> exit 2, nothing injected
+    if context or dry_run:
+        import os
+
+        if backend_name != "kube":
+            raise SpecError("--context and --dry-run apply to --backend kube only")
+        if context:
+            os.environ["RTO_KUBE_CONTEXT"] = context
+        if dry_run:
+            os.environ["RTO_KUBE_DRY_RUN"] = "1"
     backend = _backend(backend_name)
     profile = spec.rto.profile
     apply_profile(backend, profile)

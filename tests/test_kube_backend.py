@@ -249,6 +249,8 @@ def test_live_migration_follows_phases(emu: KubeEmulator, tmp_path: Path) -> Non
     assert len(names) == 1
     assert b.wait_migration(names[0], timeout=10) == "Succeeded"
     assert b.workload("vm1").node in ("w2", "w3")
+    figures = b.migrate("vm1")  # the Backend contract: start and wait
+    assert figures["source"] in ("w2", "w3") and figures["target"] != figures["source"]
 
 
 def test_kill_through_exec(emu: KubeEmulator, tmp_path: Path) -> None:
