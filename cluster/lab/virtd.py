@@ -330,6 +330,8 @@ def _wait_answering(
 ) -> None:
     import libvirt
 
+    from cluster.lab import virt  # noqa: F401  (silences libvirt's stderr printing)
+
     def check() -> None:
         if proc is not None and proc.poll() is not None:
             raise _Died(proc.returncode)
