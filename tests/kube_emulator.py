@@ -24,6 +24,7 @@ an injectable executor the tests replace).
 
 from __future__ import annotations
 
+import bisect
 import copy
 import json
 import re
@@ -365,6 +366,10 @@ class KubeEmulator:
 
 
 # --- selectors -------------------------------------------------------------------
+def _rv_of(entry: tuple[int, tuple[str, str], str, Obj]) -> int:
+    return entry[0]
+
+
 def _label_selector(text: str) -> Callable[[Obj], bool]:
     terms = [t.strip() for t in text.split(",") if t.strip()]
 
@@ -747,9 +752,9 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     batch = [
                         {"type": t, "object": o}
-                        for rv, k, t, o in emu.log
-                        if rv > pos
-                        and k == (w.group, w.plural)
+                        # The log is in version order: start where this watch left off.
+                        for _, k, t, o in emu.log[bisect.bisect_right(emu.log, pos, key=_rv_of) :]
+                        if k == (w.group, w.plural)
                         and (w.namespace in (None, o["metadata"].get("namespace")))
                         and w.selector(o)
                     ]
