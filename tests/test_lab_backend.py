@@ -44,7 +44,7 @@ def _isolate(mp: pytest.MonkeyPatch) -> None:
 def _our_objects() -> dict[str, set[str]]:
     snap = machine.snapshot(lab_dirs=(STATE, RUN), netns_prefix=f"{PREFIX}-", probe_frozen=False)
     # Processes/cgroups of other labs on the machine are not ours: filter by name.
-    snap[machine.CGROUPS] = {c for c in snap[machine.CGROUPS] if f"/{NODE_PREFIX}" in c}
+    snap[machine.CGROUPS] = {c for c in snap[machine.CGROUPS] if f"/{PREFIX}-{NODE_PREFIX}" in c}
     snap[machine.PROCESSES] = {
         p for p in snap[machine.PROCESSES] if str(RUN) in p or str(STATE) in p
     }

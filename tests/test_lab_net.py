@@ -113,4 +113,4 @@ def test_kill_node_kills_every_process(isolated_lab: IsolatedLab) -> None:
     assert shell.wait(5) == -signal.SIGKILL
     assert took < 2.0
     cgroups.delete_node_cgroup(node)
-    assert f"{cgroups.LAB_CGROUP}/{node}" not in cgroups.lab_cgroups()
+    assert f"{cgroups.LAB_CGROUP}/{cgroups.node_dir(node)}" not in cgroups.lab_cgroups()

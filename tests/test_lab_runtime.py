@@ -44,7 +44,7 @@ def test_bundle_config(isolated_lab: IsolatedLab) -> None:
     assert "POD_NAME=web" in cfg["process"]["env"]
     assert "INSTANCE=abc" in cfg["process"]["env"]
     assert cfg["root"]["readonly"] is True
-    assert cfg["linux"]["cgroupsPath"] == f"/rto-lab/{lab.node}/web"
+    assert cfg["linux"]["cgroupsPath"] == cgroups.pod_cgroups_path(lab.node, "web")
     netns = [n for n in cfg["linux"]["namespaces"] if n["type"] == "network"]
     assert netns == [{"type": "network", "path": f"/run/netns/{net.pod_ns('web')}"}]
     mounts = {m["destination"]: m for m in cfg["mounts"]}

@@ -18,7 +18,7 @@ import pytest
 
 from chaos.errors import BackendError
 from cluster.api import Phase, WorkloadKind, WorkloadStatus
-from cluster.lab import lifecycle, net, state
+from cluster.lab import cgroups, lifecycle, net, state
 
 pytest.importorskip("libvirt", reason="libvirt-python (extra 'vm') is not installed")
 
@@ -44,7 +44,7 @@ def _isolate(mp: pytest.MonkeyPatch) -> None:
 
 def _our_objects() -> dict[str, set[str]]:
     snap = machine.snapshot(lab_dirs=(STATE, RUN), netns_prefix=f"{PREFIX}-", probe_frozen=False)
-    snap[machine.CGROUPS] = {c for c in snap[machine.CGROUPS] if f"/{NODE_PREFIX}" in c}
+    snap[machine.CGROUPS] = {c for c in snap[machine.CGROUPS] if f"/{PREFIX}-{NODE_PREFIX}" in c}
     snap[machine.PROCESSES] = {
         p for p in snap[machine.PROCESSES] if str(RUN) in p or str(STATE) in p
     }
@@ -143,7 +143,7 @@ def test_vmi_runs_restarts_after_qemu_kill_and_watchdog_reset(lab: LabBackend) -
     qpid = vmis.qemu_pid(NODES[0], VMI)
     assert qpid is not None
     # QEMU runs in the node's cgroup (a power-off must take it down too).
-    assert f"/rto-lab/{NODES[0]}" in Path(f"/proc/{qpid}/cgroup").read_text()
+    assert f"/rto-lab/{cgroups.node_dir(NODES[0])}" in Path(f"/proc/{qpid}/cgroup").read_text()
 
     # QEMU killed: run strategy Always -> the agent starts the domain again.
     t1 = time.monotonic()

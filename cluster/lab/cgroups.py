@@ -35,6 +35,7 @@ __all__ = [
     "is_v2",
     "kill_node",
     "lab_cgroups",
+    "node_dir",
     "pod_cgroups_path",
     "thaw_pod",
 ]
@@ -83,21 +84,35 @@ def _freezer_root() -> Path:
     return CGROUP_ROOT if is_v2() else CGROUP_ROOT / "freezer"
 
 
+def node_dir(node: str) -> str:
+    """The node's directory under ``rto-lab`` in every hierarchy.
+
+    The default lab keeps plain node names; a lab with another namespace prefix
+    (tests, benchmarks) gets ``<prefix>-<node>``, so two labs whose nodes share
+    names never share cgroups (and one's power-off or teardown cannot kill the
+    other's processes).
+    """
+    from cluster.lab import net  # read at call time: tests switch the prefix
+
+    return node if net.NS_PREFIX == "rto" else f"{net.NS_PREFIX}-{node}"
+
+
 def pod_cgroups_path(node: str, pod: str) -> str:
     """runc ``cgroupsPath`` of a pod's container."""
-    return f"/{LAB_CGROUP}/{node}/{pod}"
+    return f"/{LAB_CGROUP}/{node_dir(node)}/{pod}"
 
 
 def create_node_cgroup(node: str) -> None:
     """``rto-lab/<node>`` in every hierarchy (idempotent)."""
     for root in _hierarchies(_V1_ATTACH):
         try:
-            (root / LAB_CGROUP / node).mkdir(parents=True, exist_ok=True)
+            (root / LAB_CGROUP / node_dir(node)).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise LabError(f"cannot create cgroup {root / LAB_CGROUP / node}: {exc}") from exc
+            where = root / LAB_CGROUP / node_dir(node)
+            raise LabError(f"cannot create cgroup {where}: {exc}") from exc
     if is_v2():
         # Children need the controllers enabled on the way down.
-        for path in (CGROUP_ROOT / LAB_CGROUP, CGROUP_ROOT / LAB_CGROUP / node):
+        for path in (CGROUP_ROOT / LAB_CGROUP, CGROUP_ROOT / LAB_CGROUP / node_dir(node)):
             want = (path.parent / "cgroup.controllers").read_text().split()
             for ctrl in ("cpu", "memory", "pids", "io"):
                 if ctrl in want:
@@ -111,9 +126,10 @@ def attach(pid: int, node: str) -> None:
     create_node_cgroup(node)
     for root in _hierarchies(_V1_ATTACH):
         try:
-            (root / LAB_CGROUP / node / "cgroup.procs").write_text(str(pid))
+            (root / LAB_CGROUP / node_dir(node) / "cgroup.procs").write_text(str(pid))
         except OSError as exc:
-            raise LabError(f"cannot attach pid {pid} to {root / LAB_CGROUP / node}: {exc}") from exc
+            where = root / LAB_CGROUP / node_dir(node)
+            raise LabError(f"cannot attach pid {pid} to {where}: {exc}") from exc
 
 
 def _walk(top: Path) -> list[Path]:
@@ -128,7 +144,7 @@ def _walk(top: Path) -> list[Path]:
 
 def cgroup_pids(node: str, pod: str | None = None) -> list[int]:
     """Every pid in the node's (or the pod's) freezer cgroup, recursively."""
-    top = _freezer_root() / LAB_CGROUP / node
+    top = _freezer_root() / LAB_CGROUP / node_dir(node)
     if pod is not None:
         top = top / pod
     pids: list[int] = []
@@ -181,7 +197,7 @@ def kill_node(node: str) -> int:
     The node cgroups are left empty (child cgroups removed) so that the node can
     be powered on again with ``attach``.
     """
-    top = _freezer_root() / LAB_CGROUP / node
+    top = _freezer_root() / LAB_CGROUP / node_dir(node)
     if not top.is_dir():
         return 0
     if is_v2() and (top / "cgroup.kill").exists():
@@ -223,7 +239,7 @@ def _wait_empty(node: str, timeout: float) -> None:
 
 def _remove_children(node: str, *, include_top: bool = False) -> None:
     for root in _hierarchies(_V1_ALL):
-        cgs = _walk(root / LAB_CGROUP / node)
+        cgs = _walk(root / LAB_CGROUP / node_dir(node))
         if not include_top:
             cgs = cgs[1:]
         for cg in reversed(cgs):
@@ -248,7 +264,7 @@ def delete_node_cgroup(node: str) -> None:
 
 
 def _pod_freezer(node: str, pod: str) -> Path:
-    cg = _freezer_root() / LAB_CGROUP / node / pod
+    cg = _freezer_root() / LAB_CGROUP / node_dir(node) / pod
     if not cg.is_dir():
         raise LabError(f"pod {pod} has no cgroup on node {node} (is its container running?)")
     return cg

@@ -150,8 +150,8 @@ def lab_processes(nodes: set[str] | None = None) -> list[int]:
     """Pids of this lab's daemons, runc of its roots and anything in its node cgroups."""
     me = os.getpid()
     names = _node_names() if nodes is None else nodes
-    node_cgs = tuple(f"/{cgroups.LAB_CGROUP}/{n}/" for n in names)
-    node_tops = tuple(f"/{cgroups.LAB_CGROUP}/{n}\n" for n in names)
+    node_cgs = tuple(f"/{cgroups.LAB_CGROUP}/{cgroups.node_dir(n)}/" for n in names)
+    node_tops = tuple(f"/{cgroups.LAB_CGROUP}/{cgroups.node_dir(n)}\n" for n in names)
     run_dir = str(state.RUN_DIR)
     found: list[int] = []
     for entry in Path("/proc").iterdir():
@@ -446,7 +446,7 @@ def _node_cgroup_dirs(nodes: set[str]) -> list[Path]:
     found: list[Path] = []
     for root in _cgroup_roots():
         for node in nodes:
-            top = root / cgroups.LAB_CGROUP / node
+            top = root / cgroups.LAB_CGROUP / cgroups.node_dir(node)
             if top.is_dir():
                 found.extend(Path(d) for d, _, _ in os.walk(top))
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
