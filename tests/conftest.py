@@ -14,6 +14,15 @@ import pytest
 from leftovers import UNCHECKED, diff, format_leftovers, snapshot
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--with-e2e",
+        action="store_true",
+        default=False,
+        help="run real-cluster e2e tests (tests/test_kube_e2e.py; nox -s kind)",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() == 0:
         return
