@@ -13,14 +13,16 @@ faults (``cluster.lab.net``/``cgroups``/``runtime``/``volumes``).
 from __future__ import annotations
 
 import contextlib
+import heapq
 import http.client
 import os
 import re
 import signal
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from tenacity import (
     RetryError,
@@ -46,6 +48,11 @@ from cluster.api import (
 from cluster.lab import cgroups, net, runtime, state, vmi_faults, vmis, volumes
 from cluster.lab.store import NodeRow, Store, WorkloadRow
 
+if TYPE_CHECKING:  # libvirt-python is the optional 'vm' extra: imported where used
+    import libvirt
+
+    from cluster.lab import virt
+
 __all__ = ["EVICTION_STRATEGIES", "HEALTH_PATH", "ROUTE_SWITCH", "VMI_HEALTH_PATH", "LabBackend"]
 
 # KubeVirt's evictionStrategy values the lab implements.
@@ -60,6 +67,12 @@ VMI_HEALTH_PATH = "/healthz"  # served by the guest itself (cluster/lab/guest/he
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 
 T = TypeVar("T")
+
+# libvirt domain events kept for events() (oldest dropped first): a backend that
+# nobody reads for hours must not grow without bound.
+_VIRT_BUFFER = 4096
+# How often a node whose libvirtd does not answer (powered off, starting) is retried.
+_VIRT_RETRY_S = 2.0
 
 
 class _NotYet(Exception):
@@ -86,8 +99,19 @@ class LabBackend:
         self._sleep = sleep or self.clock.sleep
         # When a migrated VMI's hub route moves (one of ROUTE_SWITCH).
         self.route_switch = "event"
+        # libvirt domain events (Watchdog, Reboot, IOError, lifecycle) of each
+        # node's libvirtd, listened to from the first events() call of a lab with
+        # VMs on. _virt_lock guards the connections, _virt_buf_lock the buffer
+        # (taken on libvirt's event thread, so never held while connecting).
+        self._virt_lock = threading.Lock()
+        self._virt_buf_lock = threading.Lock()
+        self._virt: dict[str, tuple[libvirt.virConnect, virt.VirtEvents]] = {}
+        self._virt_retry: dict[str, float] = {}
+        self._virt_buf: deque[virt.VirtEvent] = deque(maxlen=_VIRT_BUFFER)
+        self._virt_closed = False
 
     def close(self) -> None:
+        self._close_virt()
         self.store.close()
 
     # --- helpers ---------------------------------------------------------------
@@ -169,15 +193,87 @@ class LabBackend:
         return ProbeTarget(host=w.ip, port=w.port, path=path, netns=net.HUB_NS)
 
     def events(self, since: float) -> Iterator[Event]:
-        for e in self.store.events_since(since):
-            yield Event(
-                at=e.at,
-                source=e.source,
-                name=e.name,
-                reason=e.reason,
-                message=e.message,
-                data=e.data,
+        """The events table merged in time order with the libvirt domain events
+        (source ``vmi``, name ``vmi/<domain>``) heard since the first call."""
+        self._watch_virt()
+        table = [
+            Event(at=e.at, source=e.source, name=e.name, reason=e.reason, message=e.message,
+                  data=e.data)
+            for e in self.store.events_since(since)
+        ]  # fmt: skip
+        with self._virt_buf_lock:
+            heard = sorted((v for v in self._virt_buf if v.at > since), key=lambda v: v.at)
+        domain = [
+            Event(
+                at=v.at,
+                source="vmi",
+                name=f"vmi/{v.domain}",
+                reason=v.reason,
+                message=f"{v.detail} on {v.node}" if v.detail else f"on {v.node}",
+                # "vmi" lets followers (chaos.recorder) match the workload by name.
+                data={"node": v.node, "detail": v.detail, "vmi": v.domain},
             )
+            for v in heard
+        ]
+        yield from heapq.merge(table, domain, key=lambda e: e.at)
+
+    def _on_virt_event(self, ev: virt.VirtEvent) -> None:
+        # On libvirt's event thread: only append (the deque drops the oldest).
+        with self._virt_buf_lock:
+            self._virt_buf.append(ev)
+
+    def _watch_virt(self) -> None:
+        """Listen to each powered node's libvirtd that has no live listener yet.
+
+        A libvirtd that does not answer (node powered off, still starting) is
+        retried every ``_VIRT_RETRY_S`` on later calls; virt.py keeps libvirt's
+        own error printing off stderr.
+        """
+        if self._virt_closed or self.store.get_setting("vms") is not True:
+            return
+        try:
+            import libvirt
+
+            from cluster.lab import virt, virtd
+        except ImportError:
+            return  # lab_up(vms=True) already required libvirt-python: nothing to hear
+        nodes = self.store.nodes()
+        now = self.clock.now()
+        with self._virt_lock:
+            for n in nodes:
+                held = self._virt.get(n.name)
+                if held is not None:
+                    conn, watch = held
+                    with contextlib.suppress(libvirt.libvirtError):
+                        if conn.isAlive():
+                            watch.drain()  # the listener buffered them already
+                            continue
+                    # libvirtd died with its node: drop it, reconnect once it is back.
+                    del self._virt[n.name]
+                    _close_virt_conn(conn, watch)
+                if self._virt_closed or not n.powered or now < self._virt_retry.get(n.name, now):
+                    continue
+                self._virt_retry[n.name] = now + _VIRT_RETRY_S
+                try:
+                    conn = virt.connect(virtd.node_uri(n.name))
+                except LabError:
+                    continue  # not answering yet: retried after _VIRT_RETRY_S
+                try:
+                    watch = virt.VirtEvents(
+                        conn, n.name, clock=self.clock, listener=self._on_virt_event
+                    )
+                except libvirt.libvirtError:
+                    with contextlib.suppress(libvirt.libvirtError):
+                        conn.close()
+                    continue  # it died between connect and register: retried later
+                self._virt[n.name] = (conn, watch)
+
+    def _close_virt(self) -> None:
+        with self._virt_lock:
+            self._virt_closed = True
+            held, self._virt = self._virt, {}
+        for conn, watch in held.values():
+            _close_virt_conn(conn, watch)
 
     def log_path(self, workload: str) -> Path | None:
         w = self.store.workload(workload)
@@ -500,6 +596,15 @@ class LabBackend:
         mode = self.route_switch
         if mode not in ROUTE_SWITCH:
             raise BackendError(f"route_switch {mode!r} is not one of {', '.join(ROUTE_SWITCH)}")
+        # The source's libvirtd opens the migration connection: from a node cut
+        # off the network it would hang for minutes (TCP connect retries), so
+        # refuse at once when the source cannot reach the destination's daemon.
+        if not net.can_connect(net.node_ns(src), dst_ip, virtd.LIBVIRT_TCP_PORT, 2.0):
+            raise BackendError(
+                f"cannot migrate VMI {workload}: node {src} cannot reach {dst.name}'s "
+                f"libvirtd at {dst_ip}:{virtd.LIBVIRT_TCP_PORT} (node partitioned or "
+                "destination down); a guest on a cut-off node cannot be live-migrated"
+            )
         self.store.begin_migration(workload, src, dst.name)
         switched: list[float] = []
         lock = threading.Lock()
@@ -604,6 +709,15 @@ class LabBackend:
             return w
 
         return self.wait_until(check, timeout, f"workload {name} to be Ready and answer")
+
+
+def _close_virt_conn(conn: libvirt.virConnect, watch: virt.VirtEvents) -> None:
+    import libvirt
+
+    watch.close()
+    # A connection whose libvirtd died is closed already on the server side.
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.close()
 
 
 def _fmt(value: float | None) -> str:
