@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from chaos.backends import apply_profile, get_backend
+from chaos.errors import HarnessError
 from chaos.results import ResultsStore, RunResult
 from chaos.runner import RunOptions, run_experiment
 from chaos.spec import CampaignSpec, ExperimentSpec, load_campaign
@@ -89,12 +90,18 @@ def run_campaign(
     lab_up: Callable[[str, int, bool], None] = _lab_up,
     lab_down: Callable[[], None] = _lab_down,
 ) -> list[RunResult]:
-    """Run every entry of ``plan``; stops at the first aborted run (it re-raises)."""
+    """Run every entry of ``plan``.
+
+    A run that aborts (an error; the runner has reverted its fault and stored
+    it as aborted) does not stop the campaign; once every run was tried a
+    ``HarnessError`` lists the aborted ones. Ctrl-C stops at once.
+    """
     spec = plan.spec
     first_profile = next(
         (e.rto.profile for e, _ in plan.entries if e.rto.profile), spec.profile or "fast"
     )
     results: list[RunResult] = []
+    aborted: list[str] = []
     if lab_lifecycle and spec.backend == "lab":
         lab_up(first_profile, spec.nodes, spec.vms)
     try:
@@ -124,16 +131,23 @@ def run_campaign(
                     apply_profile(backend, experiment.rto.profile)
                     current = experiment.rto.profile
                 for rep in range(reps):
-                    result = run_experiment(
-                        experiment,
-                        backend,
-                        store,
-                        campaign=spec.name,
-                        repetition=rep,
-                        profile=experiment.rto.profile,
-                        options=opts,
-                    )
-                    results.append(result)
+                    try:
+                        result = run_experiment(
+                            experiment,
+                            backend,
+                            store,
+                            campaign=spec.name,
+                            repetition=rep,
+                            profile=experiment.rto.profile,
+                            options=opts,
+                        )
+                    except HarnessError as exc:
+                        # The runner reverted the fault and stored the row as
+                        # aborted; a nightly campaign goes on with the next run
+                        # (Ctrl-C is no HarnessError: it still stops everything).
+                        aborted.append(f"{experiment.path.name} #{rep}: {exc}")
+                    else:
+                        results.append(result)
                     progress.advance(task)
                 if spec.delete_workloads:
                     _delete_unless_next(backend, plan.entries, i, show)
@@ -141,4 +155,10 @@ def run_campaign(
     finally:
         if lab_lifecycle and spec.backend == "lab":
             lab_down()
+    if aborted:
+        raise HarnessError(
+            f"campaign {spec.name}: {len(aborted)} of {plan.total_runs} runs aborted "
+            "(recorded as aborted in the results store, faults reverted):\n  "
+            + "\n  ".join(aborted)
+        )
     return results

@@ -139,3 +139,34 @@ def test_report_fail_on_no_recovery(fake: FakeBackend, tmp_path: Path) -> None:
     )
     assert res.exit_code == 1, res.output
     assert "FAIL" in res.output and (out / "index.html").exists()
+
+
+def test_campaign_goes_on_after_an_aborted_run_then_fails_naming_it(
+    fake: FakeBackend, tmp_path: Path
+) -> None:
+    """One run failing (power-off refused) is recorded as aborted; the others still
+    run, the report is still written, and the command exits non-zero naming it."""
+    fake.fail_on["power_off"] = "BMC unreachable"
+    runs, out_dir = tmp_path / "runs", tmp_path / "report"
+    res = CliRunner().invoke(
+        cli.cli,
+        [
+            "campaign",
+            str(ROOT / "experiments/campaigns/smoke.yaml"),
+            "--runs-dir",
+            str(runs),
+            "--report",
+            str(out_dir),
+        ],
+    )
+    assert res.exit_code == 2, res.output
+    assert "1 of 3 runs aborted" in res.output and "BMC unreachable" in res.output
+    rows = ResultsStore(runs).load()
+    assert [r.fault for r in rows] == ["process-crash", "node-power-off", "network-partition"]
+    assert [r.status for r in rows] == [
+        RunStatus.RECOVERED,
+        RunStatus.ABORTED,
+        RunStatus.RECOVERED,
+    ]
+    assert (out_dir / "index.html").exists()
+    assert Journal().pending() == []

@@ -35,6 +35,7 @@ __all__ = [
     "VMI_GW_MAC",
     "VMI_SUBNET",
     "add_vmi_gateway",
+    "can_connect",
     "create_hub",
     "create_node_net",
     "create_pod_net",
@@ -192,6 +193,30 @@ def _in_netns(name: str, fn: object) -> None:
     t.join()
     if errors:
         raise LabError(f"in network namespace {name}: {errors[0]}") from errors[0]
+
+
+def can_connect(ns: str, host: str, port: int, timeout: float) -> bool:
+    """Can a TCP client in netns ``ns`` reach ``host:port`` within ``timeout``?
+
+    Runs in a short-lived thread so the caller's own namespace is untouched.
+    """
+    import socket
+    import threading
+
+    ok: list[bool] = []
+
+    def attempt() -> None:
+        enter_netns(ns)
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                ok.append(True)
+        except OSError:
+            ok.append(False)
+
+    t = threading.Thread(target=attempt, name=f"connect-check-{ns}", daemon=True)
+    t.start()
+    t.join(timeout + 1.0)
+    return bool(ok and ok[0])
 
 
 def enter_netns(name: str) -> None:
