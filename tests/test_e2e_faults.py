@@ -14,12 +14,12 @@ neither frozen nor shut down. The workload is deleted after each test so the
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from private_lab import PrivateLab
 
 from chaos.errors import FaultError
 from chaos.journal import Journal
@@ -28,7 +28,7 @@ from chaos.runner import RunOptions, run_experiment
 from chaos.spec import ExperimentSpec, load_experiment
 from chaos.timeline import EventKind, TimelineEvent
 from cluster.api import WorkloadKind
-from cluster.lab import lifecycle, net, state, volumes
+from cluster.lab import net, volumes
 from cluster.lab.backend import LabBackend
 from cluster.lab.profile import get_profile
 
@@ -38,11 +38,8 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[1]
 PODS = ROOT / "experiments" / "pods"
-STATE = Path("/var/lib/rto-lab-hfaults")
-RUN = Path("/run/rto-lab-hfaults")
-PREFIX = "rtohf"
-NODE_PREFIX = "hfn"
-HOME = f"{NODE_PREFIX}1"  # where every test workload starts
+LAB = PrivateLab("hfaults", "rtohf", "hfn")
+HOME = LAB.node(1)  # where every test workload starts
 FAST = get_profile("fast")
 
 
@@ -56,31 +53,9 @@ class Lab:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     tmp = tmp_path_factory.mktemp("e2e-faults")
-    mp = pytest.MonkeyPatch()
-    # Private names, so a lab a user (or another suite) has up is never touched.
-    mp.setattr(state, "STATE_DIR", STATE)
-    mp.setattr(state, "RUN_DIR", RUN)
-    mp.setattr(net, "NS_PREFIX", PREFIX)
-    mp.setattr(net, "HUB_NS", f"{PREFIX}-hub")
-    mp.setenv("RTO_LAB_STATE_DIR", str(STATE))
-    mp.setenv("RTO_LAB_RUN_DIR", str(RUN))
-    mp.setenv("RTO_LAB_NS_PREFIX", PREFIX)
-    mp.setenv("RTO_JOURNAL", str(tmp / "journal.jsonl"))
-    try:
-        lifecycle.lab_down()  # an earlier aborted run of this module
-        t0 = time.monotonic()
-        lifecycle.lab_up("fast", 3, node_prefix=NODE_PREFIX)
-        print(f"\nFIGURE lab_up(3 nodes, fast): {time.monotonic() - t0:.2f} s")
-        backend = LabBackend()
-        try:
-            yield Lab(backend, Journal(tmp / "journal.jsonl"), ResultsStore(tmp / "runs"))
-        finally:
-            backend.close()
-    finally:
-        try:
-            lifecycle.lab_down()
-        finally:
-            mp.undo()
+    journal = tmp / "journal.jsonl"
+    with LAB.up(3, journal=journal) as backend:
+        yield Lab(backend, Journal(journal), ResultsStore(tmp / "runs"))
 
 
 def _spec(

@@ -24,10 +24,11 @@ from typing import Any
 
 import pytest
 import yaml
+from private_lab import PrivateLab
 
 from chaos.errors import BackendError
 from chaos.journal import FaultRecord, Journal
-from cluster.lab import lifecycle, net, state, volumes
+from cluster.lab import lifecycle, net, volumes
 from cluster.lab.backend import LabBackend
 from cluster.lab.profile import get_profile
 
@@ -38,41 +39,20 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(240)]
 ROOT = Path(__file__).resolve().parents[1]
 PODS = ROOT / "experiments" / "pods"
 RTO = Path(sys.executable).parent / "rto"  # the console script of this venv
-STATE = Path("/var/lib/rto-lab-hkill9")
-RUN = Path("/run/rto-lab-hkill9")
-PREFIX = "rtohk"
-NODE_PREFIX = "hkn"
-HOME = f"{NODE_PREFIX}1"
+LAB = PrivateLab("hkill9", "rtohk", "hkn")
+HOME = LAB.node(1)
 FAST = get_profile("fast")
 LAB_ENV = {
-    "RTO_LAB_STATE_DIR": str(STATE),
-    "RTO_LAB_RUN_DIR": str(RUN),
-    "RTO_LAB_NS_PREFIX": PREFIX,
+    "RTO_LAB_STATE_DIR": str(LAB.state_dir),
+    "RTO_LAB_RUN_DIR": str(LAB.run_dir),
+    "RTO_LAB_NS_PREFIX": LAB.prefix,
 }
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[LabBackend]:
-    mp = pytest.MonkeyPatch()
-    mp.setattr(state, "STATE_DIR", STATE)
-    mp.setattr(state, "RUN_DIR", RUN)
-    mp.setattr(net, "NS_PREFIX", PREFIX)
-    mp.setattr(net, "HUB_NS", f"{PREFIX}-hub")
-    for key, value in LAB_ENV.items():
-        mp.setenv(key, value)
-    try:
-        lifecycle.lab_down()  # an earlier aborted run of this module
-        lifecycle.lab_up("fast", 2, node_prefix=NODE_PREFIX)
-        backend = LabBackend()
-        try:
-            yield backend
-        finally:
-            backend.close()
-    finally:
-        try:
-            lifecycle.lab_down()
-        finally:
-            mp.undo()
+    with LAB.up(2) as backend:
+        yield backend
 
 
 def _experiment(tmp_path: Path, name: str) -> tuple[Path, str]:

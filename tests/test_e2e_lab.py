@@ -1,7 +1,11 @@
 """End to end on the real lab: the smoke campaign through rto's runner, LabBackend.
 
-Needs root, namespaces, runc and the lab images; brings the lab up and always
-down again. One run per fault type of the smoke campaign; every run must record
+Needs root, namespaces, runc and the lab images; the campaign brings the lab up
+and always down again. The lab is a private one (own state/run dirs, netns
+prefix ``rtoel``, see tests/private_lab.py) so the suite never touches the
+default lab a user may have up; its nodes keep the default names ``node1..3``
+because the smoke campaign places workloads there (their cgroups and netns
+carry the private prefix). One run per fault type of the smoke campaign; every run must record
 a row, and nothing may be left in the journal.
 """
 
@@ -10,21 +14,31 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from private_lab import PrivateLab
 
 from chaos.campaign import plan_campaign, run_campaign
 from chaos.journal import Journal
 from chaos.results import ResultsStore, RunStatus
+from cluster.lab import lifecycle
+
+__all__: list[str] = []
 
 ROOT = Path(__file__).resolve().parents[1]
+LAB = PrivateLab("e2elab", "rtoel", "node")  # node names as the smoke campaign places them
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def test_smoke_campaign_on_the_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RTO_JOURNAL", str(tmp_path / "journal.jsonl"))
+    LAB.isolate(monkeypatch, journal=tmp_path / "journal.jsonl")
     plan = plan_campaign(ROOT / "experiments/campaigns/smoke.yaml")
     store = ResultsStore(tmp_path / "runs")
-    results = run_campaign(plan, store, lab_lifecycle=True)
+    try:
+        lifecycle.lab_down()  # an earlier aborted run of this test
+        results = run_campaign(plan, store, lab_lifecycle=True)
+    finally:
+        lifecycle.lab_down()  # the campaign takes it down; this covers a crash before that
+    assert LAB.our_objects() == {}
     assert len(results) == plan.total_runs == len(store.load())
     by_fault = {r.fault: r for r in results}
     crash = by_fault["process-crash"]

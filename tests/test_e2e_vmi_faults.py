@@ -13,12 +13,12 @@ volume neither frozen nor shut down, the data disk plugged in.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from private_lab import PrivateLab
 
 from chaos.clock import Clock
 from chaos.journal import Journal
@@ -28,7 +28,7 @@ from chaos.runner import RecorderLike, RunOptions, run_experiment
 from chaos.spec import ExperimentSpec, RecoverySpec, load_experiment
 from chaos.timeline import EventKind, Timeline, TimelineEvent
 from cluster.api import Backend
-from cluster.lab import lifecycle, net, state, volumes
+from cluster.lab import net, volumes
 
 pytest.importorskip("libvirt", reason="libvirt-python (extra 'vm') is not installed")
 
@@ -41,11 +41,8 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[1]
 VMIS = ROOT / "experiments" / "vmis"
-STATE = Path("/var/lib/rto-lab-vfaults")
-RUN = Path("/run/rto-lab-vfaults")
-PREFIX = "rtovf"
-NODE_PREFIX = "vfn"
-NODES = (f"{NODE_PREFIX}1", f"{NODE_PREFIX}2")
+LAB = PrivateLab("vfaults", "rtovf", "vfn")
+NODES = (LAB.node(1), LAB.node(2))
 HOME = NODES[0]
 VMI = "vmf"
 
@@ -60,30 +57,9 @@ class Lab:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     tmp = tmp_path_factory.mktemp("e2e-vmi-faults")
-    mp = pytest.MonkeyPatch()
-    mp.setattr(state, "STATE_DIR", STATE)
-    mp.setattr(state, "RUN_DIR", RUN)
-    mp.setattr(net, "NS_PREFIX", PREFIX)
-    mp.setattr(net, "HUB_NS", f"{PREFIX}-hub")
-    mp.setenv("RTO_LAB_STATE_DIR", str(STATE))
-    mp.setenv("RTO_LAB_RUN_DIR", str(RUN))
-    mp.setenv("RTO_LAB_NS_PREFIX", PREFIX)
-    mp.setenv("RTO_JOURNAL", str(tmp / "journal.jsonl"))
-    try:
-        lifecycle.lab_down()  # an earlier aborted run of this module
-        t0 = time.monotonic()
-        lifecycle.lab_up("fast", len(NODES), node_prefix=NODE_PREFIX, vms=True)
-        print(f"\nFIGURE lab_up(2 nodes, fast, vms): {time.monotonic() - t0:.2f} s")
-        backend = LabBackend()
-        try:
-            yield Lab(backend, Journal(tmp / "journal.jsonl"), ResultsStore(tmp / "runs"))
-        finally:
-            backend.close()
-    finally:
-        try:
-            lifecycle.lab_down()
-        finally:
-            mp.undo()
+    journal = tmp / "journal.jsonl"
+    with LAB.up(len(NODES), vms=True, journal=journal) as backend:
+        yield Lab(backend, Journal(journal), ResultsStore(tmp / "runs"))
 
 
 def _spec(

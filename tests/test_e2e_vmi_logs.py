@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from private_lab import PrivateLab
 
 from chaos.journal import Journal
 from chaos.results import ResultsStore, RunStatus
 from chaos.runner import RunOptions, run_experiment
 from chaos.spec import load_experiment
 from chaos.timeline import EventKind
-from cluster.lab import lifecycle, net, state
 
 pytest.importorskip("libvirt", reason="libvirt-python (extra 'vm') is not installed")
 
@@ -32,38 +32,15 @@ __all__: list[str] = []
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[1]
-STATE = Path("/var/lib/rto-lab-vlogs")
-RUN = Path("/run/rto-lab-vlogs")
-PREFIX = "rtovl"
-NODE_PREFIX = "vln"
-HOME = f"{NODE_PREFIX}1"
+LAB = PrivateLab("vlogs", "rtovl", "vln")
+HOME = LAB.node(1)
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabBackend, Path]]:
     tmp = tmp_path_factory.mktemp("e2e-vmi-logs")
-    mp = pytest.MonkeyPatch()
-    mp.setattr(state, "STATE_DIR", STATE)
-    mp.setattr(state, "RUN_DIR", RUN)
-    mp.setattr(net, "NS_PREFIX", PREFIX)
-    mp.setattr(net, "HUB_NS", f"{PREFIX}-hub")
-    mp.setenv("RTO_LAB_STATE_DIR", str(STATE))
-    mp.setenv("RTO_LAB_RUN_DIR", str(RUN))
-    mp.setenv("RTO_LAB_NS_PREFIX", PREFIX)
-    mp.setenv("RTO_JOURNAL", str(tmp / "journal.jsonl"))
-    try:
-        lifecycle.lab_down()  # an earlier aborted run of this module
-        lifecycle.lab_up("fast", 2, node_prefix=NODE_PREFIX, vms=True)
-        backend = LabBackend()
-        try:
-            yield backend, tmp
-        finally:
-            backend.close()
-    finally:
-        try:
-            lifecycle.lab_down()
-        finally:
-            mp.undo()
+    with LAB.up(2, vms=True, journal=tmp / "journal.jsonl") as backend:
+        yield backend, tmp
 
 
 def test_vmi_restart_console_lines_land_in_the_run(lab: tuple[LabBackend, Path]) -> None:
@@ -80,7 +57,8 @@ def test_vmi_restart_console_lines_land_in_the_run(lab: tuple[LabBackend, Path])
         # guest's own output must be in the row whatever the prober saw.
         assert result.status is not RunStatus.ABORTED, result.error
         assert journal.pending() == []
-        assert backend.log_path(target.workload) == STATE / "logs" / "vmi" / "vm-crash.console.log"
+        console = LAB.state_dir / "logs" / "vmi" / "vm-crash.console.log"
+        assert backend.log_path(target.workload) == console
         injected = next(e.t for e in result.timeline if e.kind is EventKind.FAULT_INJECTED)
         logs = [e for e in result.timeline if e.kind is EventKind.LOG]
         # Only this run's output: the first boot (before the recorder started) is not in.

@@ -12,66 +12,28 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import leftovers as machine
 import pytest
+from private_lab import PrivateLab
 
 from chaos.errors import BackendError, SpecError
 from cluster.api import Backend, Phase, VolumeFailure, WorkloadKind
-from cluster.lab import lifecycle, net, state
+from cluster.lab import lifecycle
 from cluster.lab.backend import LabBackend
 from cluster.lab.profile import get_profile
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
-STATE = Path("/var/lib/rto-lab-a2test")
-RUN = Path("/run/rto-lab-a2test")
-PREFIX = "rtoa2"
-NODE_PREFIX = "a2n"
-NODES = {f"{NODE_PREFIX}{i}" for i in (1, 2, 3)}
+LAB = PrivateLab("a2test", "rtoa2", "a2n")
+PREFIX = LAB.prefix
+NODES = {LAB.node(i) for i in (1, 2, 3)}
 FAST = get_profile("fast")
-
-
-def _isolate(mp: pytest.MonkeyPatch) -> None:
-    mp.setattr(state, "STATE_DIR", STATE)
-    mp.setattr(state, "RUN_DIR", RUN)
-    # Same effect as net.set_prefix, but undone by the monkeypatch.
-    mp.setattr(net, "NS_PREFIX", PREFIX)
-    mp.setattr(net, "HUB_NS", f"{PREFIX}-hub")
-
-
-def _our_objects() -> dict[str, set[str]]:
-    snap = machine.snapshot(lab_dirs=(STATE, RUN), netns_prefix=f"{PREFIX}-", probe_frozen=False)
-    # Processes/cgroups of other labs on the machine are not ours: filter by name.
-    snap[machine.CGROUPS] = {c for c in snap[machine.CGROUPS] if f"/{PREFIX}-{NODE_PREFIX}" in c}
-    snap[machine.PROCESSES] = {
-        p for p in snap[machine.PROCESSES] if str(RUN) in p or str(STATE) in p
-    }
-    snap.pop(machine.UNCHECKED, None)
-    snap.pop(machine.IPTABLES, None)
-    return {k: v for k, v in snap.items() if v}
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[LabBackend]:
-    mp = pytest.MonkeyPatch()
-    _isolate(mp)
-    try:
-        lifecycle.lab_down()  # a previous aborted run of this module
-        t0 = time.monotonic()
-        lifecycle.lab_up("fast", 3, node_prefix=NODE_PREFIX)
-        print(f"\nFIGURE lab_up(3 nodes, fast): {time.monotonic() - t0:.2f} s")
-        backend = LabBackend()
-        try:
-            yield backend
-        finally:
-            backend.close()
-    finally:
-        try:
-            lifecycle.lab_down()
-        finally:
-            mp.undo()
+    with LAB.up(3) as backend:
+        yield backend
 
 
 def _other(lab: LabBackend, node: str) -> str:
@@ -244,26 +206,26 @@ def test_delete_workload_removes_its_volume(lab: LabBackend) -> None:
     lab.wait_ready("tmp1", timeout=20)
     lab.delete_workload("tmp1")
     assert "tmp1" not in {w.name for w in lab.workloads()}
-    assert not (STATE / "volumes" / "tmp1.img").exists()
+    assert not (LAB.state_dir / "volumes" / "tmp1.img").exists()
 
 
 def test_lab_down_leaves_nothing(lab: LabBackend) -> None:
     # Runs last in this module: the fixture's own lab_down then tests the
     # "already down" path.
-    assert _our_objects(), "the lab should have objects before lab_down"
+    assert LAB.our_objects(), "the lab should have objects before lab_down"
     t0 = time.monotonic()
     lifecycle.lab_down()
     print(f"\nFIGURE lab_down (3 nodes, pods running): {time.monotonic() - t0:.2f} s")
-    assert _our_objects() == {}
+    assert LAB.our_objects() == {}
     assert lifecycle.leftovers(NODES) == {}
     assert not lifecycle.lab_status()["up"]
 
 
 def test_lab_down_after_everything_was_sigkilled() -> None:
     mp = pytest.MonkeyPatch()
-    _isolate(mp)
+    LAB.isolate(mp)
     try:
-        lifecycle.lab_up("fast", 1, node_prefix=NODE_PREFIX)
+        lifecycle.lab_up("fast", 1, node_prefix=LAB.node_prefix)
         backend = LabBackend()
         try:
             backend.create_workload("crash1", WorkloadKind.POD)
@@ -274,9 +236,9 @@ def test_lab_down_after_everything_was_sigkilled() -> None:
         for pid in lifecycle.lab_processes():
             if "cluster.lab" in " ".join(lifecycle._cmdline(pid)):
                 os.kill(pid, signal.SIGKILL)
-        assert _our_objects()
+        assert LAB.our_objects()
         lifecycle.lab_down()
-        assert _our_objects() == {}
+        assert LAB.our_objects() == {}
     finally:
         try:
             lifecycle.lab_down()

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from private_lab import PrivateLab
 
 from cluster.api import WorkloadKind
-from cluster.lab import lifecycle, net, runtime, state
+from cluster.lab import runtime
 
 pytest.importorskip("libvirt", reason="libvirt-python (extra 'vm') is not installed")
 
@@ -23,32 +23,14 @@ from cluster.lab.backend import LabBackend
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(300)]
 
-STATE = Path("/var/lib/rto-lab-mttest")
-RUN = Path("/run/rto-lab-mttest")
-PREFIX = "rtomt"
-NODE = "mtn1"
+LAB = PrivateLab("mttest", "rtomt", "mtn")
+NODE = LAB.node(1)
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[LabBackend]:
-    mp = pytest.MonkeyPatch()
-    mp.setattr(state, "STATE_DIR", STATE)
-    mp.setattr(state, "RUN_DIR", RUN)
-    mp.setattr(net, "NS_PREFIX", PREFIX)
-    mp.setattr(net, "HUB_NS", f"{PREFIX}-hub")
-    try:
-        lifecycle.lab_down()  # a previous aborted run of this module
-        lifecycle.lab_up("fast", 1, node_prefix="mtn", vms=True)
-        backend = LabBackend()
-        try:
-            yield backend
-        finally:
-            backend.close()
-    finally:
-        try:
-            lifecycle.lab_down()
-        finally:
-            mp.undo()
+    with LAB.up(1, vms=True) as backend:
+        yield backend
 
 
 def _busy(pod: str, loops: int) -> None:

@@ -13,11 +13,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import NamedTuple
 
-import leftovers as machine
 import pytest
+from private_lab import PrivateLab
 
 from chaos.clock import RealClock
 from chaos.errors import BackendError
@@ -25,7 +24,6 @@ from chaos.faults.node_drain import NodeDrain
 from chaos.recorder import Recorder
 from chaos.timeline import EventKind, Timeline
 from cluster.api import WorkloadKind, WorkloadStatus
-from cluster.lab import lifecycle, net, state
 
 pytest.importorskip("libvirt", reason="libvirt-python (extra 'vm') is not installed")
 
@@ -34,54 +32,18 @@ from cluster.lab.backend import LabBackend
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(300)]
 
-STATE = Path("/var/lib/rto-lab-migtest")
-RUN = Path("/run/rto-lab-migtest")
-PREFIX = "rtomg"
-NODE_PREFIX = "mgn"
-NODES = ("mgn1", "mgn2")
+LAB = PrivateLab("migtest", "rtomg", "mgn")
+NODES = (LAB.node(1), LAB.node(2))
 # The guest's i6300esb at the driver default (30 s): with a 2 s heartbeat a
 # loaded 2-core machine sometimes misses a feed, and a watchdog reset would be
 # read as a migration that lost the instance. RTO_MIG_WDT=2 tries the short one.
 WDT = int(os.environ["RTO_MIG_WDT"]) if os.environ.get("RTO_MIG_WDT", "").isdigit() else None
 
 
-def _isolate(mp: pytest.MonkeyPatch) -> None:
-    mp.setattr(state, "STATE_DIR", STATE)
-    mp.setattr(state, "RUN_DIR", RUN)
-    mp.setattr(net, "NS_PREFIX", PREFIX)
-    mp.setattr(net, "HUB_NS", f"{PREFIX}-hub")
-
-
-def _our_objects() -> dict[str, set[str]]:
-    snap = machine.snapshot(lab_dirs=(STATE, RUN), netns_prefix=f"{PREFIX}-", probe_frozen=False)
-    snap[machine.CGROUPS] = {c for c in snap[machine.CGROUPS] if f"/{PREFIX}-{NODE_PREFIX}" in c}
-    snap[machine.PROCESSES] = {
-        p for p in snap[machine.PROCESSES] if str(RUN) in p or str(STATE) in p
-    }
-    snap.pop(machine.UNCHECKED, None)
-    snap.pop(machine.IPTABLES, None)
-    return {k: v for k, v in snap.items() if v}
-
-
 @pytest.fixture(scope="module")
 def lab() -> Iterator[LabBackend]:
-    mp = pytest.MonkeyPatch()
-    _isolate(mp)
-    try:
-        lifecycle.lab_down()  # a previous aborted run of this module
-        lifecycle.lab_up("fast", len(NODES), node_prefix=NODE_PREFIX, vms=True)
-        backend = LabBackend()
-        try:
-            yield backend
-        finally:
-            backend.close()
-    finally:
-        try:
-            lifecycle.lab_down()
-            left = _our_objects()
-        finally:
-            mp.undo()
-    assert not left, left
+    with LAB.up(len(NODES), vms=True) as backend:
+        yield backend
 
 
 def _booted(lab: LabBackend, name: str, timeout: float = 120) -> WorkloadStatus:

@@ -13,12 +13,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import leftovers as machine
 import pytest
+from private_lab import PrivateLab
 
 from chaos.errors import BackendError
 from cluster.api import Phase, WorkloadKind, WorkloadStatus
-from cluster.lab import cgroups, lifecycle, net, state
+from cluster.lab import cgroups, net
 
 pytest.importorskip("libvirt", reason="libvirt-python (extra 'vm') is not installed")
 
@@ -27,58 +27,20 @@ from cluster.lab.backend import LabBackend
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(240)]
 
-STATE = Path("/var/lib/rto-lab-vmtest")
-RUN = Path("/run/rto-lab-vmtest")
-PREFIX = "rtovm"
-NODE_PREFIX = "vmn"
-NODES = ("vmn1", "vmn2")
+LAB = PrivateLab("vmtest", "rtovm", "vmn")
+NODES = (LAB.node(1), LAB.node(2))
 VMI = "vm1"
-
-
-def _isolate(mp: pytest.MonkeyPatch) -> None:
-    mp.setattr(state, "STATE_DIR", STATE)
-    mp.setattr(state, "RUN_DIR", RUN)
-    mp.setattr(net, "NS_PREFIX", PREFIX)
-    mp.setattr(net, "HUB_NS", f"{PREFIX}-hub")
-
-
-def _our_objects() -> dict[str, set[str]]:
-    snap = machine.snapshot(lab_dirs=(STATE, RUN), netns_prefix=f"{PREFIX}-", probe_frozen=False)
-    snap[machine.CGROUPS] = {c for c in snap[machine.CGROUPS] if f"/{PREFIX}-{NODE_PREFIX}" in c}
-    snap[machine.PROCESSES] = {
-        p for p in snap[machine.PROCESSES] if str(RUN) in p or str(STATE) in p
-    }
-    snap.pop(machine.UNCHECKED, None)
-    snap.pop(machine.IPTABLES, None)
-    return {k: v for k, v in snap.items() if v}
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[LabBackend]:
-    mp = pytest.MonkeyPatch()
-    _isolate(mp)
     pids: list[int] = []
-    try:
-        lifecycle.lab_down()  # a previous aborted run of this module
-        t0 = time.monotonic()
-        lifecycle.lab_up("fast", len(NODES), node_prefix=NODE_PREFIX, vms=True)
-        print(f"\nFIGURE lab_up(2 nodes, fast, vms): {time.monotonic() - t0:.2f} s")
+    with LAB.up(len(NODES), vms=True) as backend:
         for node in NODES:
             pid = virtd.libvirtd_pid(node)
             assert pid is not None, f"no libvirtd on {node}"
             pids.append(pid)
-        backend = LabBackend()
-        try:
-            yield backend
-        finally:
-            backend.close()
-    finally:
-        try:
-            lifecycle.lab_down()
-            left = _our_objects()
-        finally:
-            mp.undo()
-    assert not left, left
+        yield backend
     survivors = {p: _proc(p) for p in pids if _proc(p)[1] not in ("gone", "Z")}
     assert not survivors, f"libvirtd survived lab_down: {survivors}"
 
