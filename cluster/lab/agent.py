@@ -213,7 +213,16 @@ class Agent:
             self.vmis.profile = self.profile
             self.vmis.sync(wanted, self.restart_healing, leaving)
         # Also on a node without VMIs: a migrated-in domain whose row is gone.
-        self.vmis.sweep_orphans(wanted)
+        # A migration INTO this node is no orphan: after QEMU's switch-over the
+        # domain runs here while its row still names the source until the
+        # migrate call returns (libvirt's finish phase, 1-2 s).
+        arriving = {
+            str(r["name"])
+            for r in self.conn.execute(
+                "SELECT name FROM workloads WHERE kind='vmi' AND migrating_to=?", (self.node,)
+            ).fetchall()
+        }
+        self.vmis.sweep_orphans(set(wanted) | arriving)
 
     def _sync(self) -> None:
         self._sync_vmis()
