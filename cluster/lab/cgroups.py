@@ -151,8 +151,12 @@ def cgroup_pids(node: str, pod: str | None = None) -> list[int]:
     for cg in _walk(top):
         try:
             pids.extend(int(x) for x in (cg / "cgroup.procs").read_text().split())
-        except FileNotFoundError:
-            continue  # removed while walking
+        except OSError as exc:
+            # Removed while walking: ENOENT, or ENODEV when the directory went
+            # between open() and read() (seen while runc removed a pod cgroup).
+            if exc.errno in (errno.ENOENT, errno.ENODEV):
+                continue
+            raise
     return pids
 
 
