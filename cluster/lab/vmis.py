@@ -196,6 +196,7 @@ class VmiRun:
     restart_s: float | None = None  # QEMU death seen -> domain started again
     history: list[str] = field(default_factory=list)
     left: bool = False  # a live migration off this node was seen: forget, do not stop
+    vanished: bool = False  # the domain was gone in the last pass (see _observe)
 
     def status(self) -> dict[str, object]:
         return {
@@ -378,6 +379,16 @@ class VmiHandler:
             log.warning("vmi %s: state unknown: %s", vmi.name, exc)
             self._conn = None
             return
+        migrated = st == libvirt.VIR_DOMAIN_SHUTOFF and why == libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED
+        if (dom is None or migrated) and not vmi.vanished:
+            # Gone, not stopped: a live migration off this node may have ended
+            # after this pass read its rows (no ``migrating_to`` yet). A restart
+            # here would take the hub route from the destination, and the stop
+            # that follows would drop it. Decide in the next pass, on fresh rows.
+            vmi.vanished = True
+            log.info("vmi %s: domain gone from this node; deciding on fresh rows", vmi.name)
+            return
+        vmi.vanished = False
         if st in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED):
             vmi.active = False
             vmi.died_at = self.clock.now()
