@@ -278,7 +278,12 @@ def _processes(dirs: Sequence[str], cgroup_prefix: str) -> set[str]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
             groups = (entry / "cgroup").read_text()
             comm = (entry / "comm").read_text().strip()
+            stat = (entry / "stat").read_text()
         except OSError:  # the process ended while we looked
+            continue
+        if stat[stat.rfind(")") + 2 :].startswith("Z"):
+            # Dead already: a killed pod's process reparented to pid 1, which
+            # reaps when it gets to it. Nothing of it is left to clean up.
             continue
         cmd = " ".join(a.decode(errors="replace") for a in argv if a)
         why = _process_reason(cmd, groups, dirs, cgroup_prefix)
