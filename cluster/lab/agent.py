@@ -8,7 +8,10 @@ once), removes containers no longer assigned to it, restarts crashed ones
 with the kubelet back-off (``backoff.RestartBackoff``, timings from the
 profile named by settings ``profile``) unless settings ``restart_healing`` is
 JSON false (then the pod is Failed), and sends a heartbeat datagram to the hub
-(``HUB_IP:HEARTBEAT_PORT``) every ``heartbeat_interval``. VMIs (``kind='vmi'``) are
+(``HUB_IP:HEARTBEAT_PORT``) every ``heartbeat_interval``. Heartbeats go from
+their own thread, as the kubelet renews its node lease apart from pod syncs: a
+slow libvirt or runc call (seconds under TCG load) must not make a healthy node
+look dead; they carry the statuses of the last finished pass. VMIs (``kind='vmi'``) are
 run through the node's libvirtd by ``cluster.lab.vmis.VmiHandler`` and
 reported in the same heartbeat map. The control plane
 reads those heartbeats; the agent never writes the DB. SIGTERM stops its
@@ -29,6 +32,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +108,9 @@ class Agent:
         self._next_heartbeat = self.clock.now()
         self._next_settings = self.clock.now() + _SETTINGS_PERIOD
         self._stopping = False
+        self._statuses: dict[str, object] = {}  # of the last pass, for the heartbeats
+        self._beats: threading.Thread | None = None
+        self._beat_now = threading.Event()  # wakes the heartbeat thread (profile change)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
 
@@ -121,6 +128,8 @@ class Agent:
             # Beat now: under the old profile the next beat may be 10 s away,
             # longer than the new grace period (set_profile waits for this beat).
             self._next_heartbeat = self.clock.now()
+            with contextlib.suppress(AttributeError):  # not yet during __init__
+                self._beat_now.set()
         self.restart_healing = self._setting("restart_healing") is not False
 
     def _assignments(self, kind: str = "pod") -> dict[str, sqlite3.Row]:
@@ -261,10 +270,7 @@ class Agent:
             "node": self.node,
             "seq": self.seq,
             "sent": self.clock.now(),
-            "pods": {
-                **{name: pod.status() for name, pod in self.pods.items()},
-                **self.vmis.statuses(),
-            },
+            "pods": self._statuses,
         }
         try:
             self.sock.sendto(json.dumps(msg).encode(), (state.HUB_IP, state.HEARTBEAT_PORT))
@@ -287,18 +293,43 @@ class Agent:
             self._sync()
         except sqlite3.Error as exc:
             log.warning("state DB unreadable this round: %s", exc)
-        if self.clock.now() >= self._next_heartbeat:
-            self.heartbeat()
+        took = self.clock.now() - now
+        if took > self.profile.grace_period / 2:
+            log.warning("a sync pass took %.2f s (grace period %.1f s)", took,
+                        self.profile.grace_period)  # fmt: skip
+        # One new dict per pass: the heartbeat thread reads the reference only.
+        self._statuses = {
+            **{name: pod.status() for name, pod in self.pods.items()},
+            **self.vmis.statuses(),
+        }
+        if self._beats is None and self.clock.now() >= self._next_heartbeat:
+            self.heartbeat()  # no heartbeat thread (a single-threaded caller)
             self._next_heartbeat = self.clock.now() + self.profile.heartbeat_interval
 
+    def _beat_loop(self) -> None:
+        """The heartbeat thread: beat every ``heartbeat_interval`` until stopped."""
+        while not self._stopping:
+            now = self.clock.now()
+            if now >= self._next_heartbeat:
+                try:
+                    self.heartbeat()
+                except Exception:
+                    log.exception("heartbeat failed")
+                self._next_heartbeat = now + self.profile.heartbeat_interval
+            self._beat_now.wait(max(0.0, self._next_heartbeat - self.clock.now()))
+            self._beat_now.clear()
+
     def _timeout(self) -> float:
-        wake = [self._next_heartbeat, self.clock.now() + _MAX_TICK]
+        wake = [self.clock.now() + _MAX_TICK]
+        if self._beats is None:
+            wake.append(self._next_heartbeat)
         wake += [p.backoff.not_before for p in self.pods.values() if p.proc is None]
         wake += self.vmis.wake_times()
         return max(0.0, min(wake) - self.clock.now())
 
     def stop(self) -> None:
         self._stopping = True
+        self._beat_now.set()
 
     def run(self) -> None:
         """Loop until SIGTERM/SIGINT; SIGCHLD wakes it at once when a container dies."""
@@ -327,6 +358,9 @@ class Agent:
         log.info(
             "agent for node %s (index %d) up, profile %s", self.node, self.index, self.profile.name
         )
+        self.tick()  # a first pass, so the first heartbeat carries statuses
+        self._beats = threading.Thread(target=self._beat_loop, name="heartbeats", daemon=True)
+        self._beats.start()
         try:
             while not self._stopping:
                 self.tick()
@@ -350,6 +384,8 @@ class Agent:
             except HarnessError as exc:
                 log.error("pod %s: not stopped cleanly: %s", name, exc)
         self.vmis.shutdown()
+        if self._beats is not None:
+            self._beats.join(5)  # stop() woke it; then the socket can go
         self.sock.close()
         self.conn.close()
         log.info("agent for node %s stopped", self.node)
