@@ -491,3 +491,19 @@ def test_guest_boots_serves_healthz_and_watchdog_resets_a_hang_and_a_panic(
     # The boot count really lives on the disk, in sector 0.
     assert guest.disk is not None
     assert guest.disk.read_bytes()[:512].rstrip(b"\0") == b"RTOGUEST boot=3\n"
+
+
+def test_prune_keeps_the_new_image_and_one_spare(tmp_path: Path) -> None:
+    dirs = []
+    for i, name in enumerate(["guest-a", "guest-b", "guest-c", "guest-new"]):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "manifest.json").write_text("{}")
+        os.utime(d, (1000 + i, 1000 + i))
+        dirs.append(d)
+    half_built = tmp_path / "guest-partial"  # no manifest: another builder's, not ours
+    half_built.mkdir()
+    (tmp_path / "busybox-rootfs").mkdir()
+    guest_build._prune(tmp_path, keep=dirs[3])
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["busybox-rootfs", "guest-c", "guest-new", "guest-partial"]

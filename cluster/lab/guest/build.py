@@ -565,4 +565,21 @@ def build_guest(out_dir: Path | None = None, *, kernel_version: str | None = Non
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    _prune(root, keep=final)
     return _image(final, digest)
+
+
+def _prune(root: Path, keep: Path, spare: int = 1) -> None:
+    """Remove images of older inputs (~60 MB each) but the ``spare`` newest.
+
+    One spare: a lab that is up may still start guests from the image it
+    resolved before this build (an agent caches it), and a rebuild happens
+    only when an input changed, so older ones are never used again.
+    """
+    old = sorted(
+        (d for d in root.glob("guest-*") if d != keep and (d / "manifest.json").is_file()),
+        key=lambda d: d.stat().st_mtime,
+        reverse=True,
+    )
+    for d in old[spare:]:
+        shutil.rmtree(d, ignore_errors=True)
