@@ -200,22 +200,44 @@ def _parse(answer: bytes, expect_name: str | None) -> tuple[bool, str | None, st
     return True, words[1], ""
 
 
+def _request(target: ProbeTarget) -> bytes:
+    """The request bytes; ``HarnessError`` for a header that would split it."""
+    host = target.server_hostname or target.host
+    lines = [f"GET {target.path} HTTP/1.0", f"Host: {host}", "User-Agent: rto-prober"]
+    for key, value in target.headers:
+        # A CR/LF in a header (a token pasted with its newline) would inject
+        # lines into the request: refuse it loudly rather than send garbage.
+        if any(c in key + value for c in "\r\n") or not key or ":" in key:
+            raise HarnessError(f"probe header {key!r} is malformed (CR, LF or ':' in it)")
+        lines.append(f"{key}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
 async def http_probe(
     target: ProbeTarget, timeout: float, expect_name: str | None = None
 ) -> tuple[bool, str | None, str]:
     """One HTTP/1.0 GET with a hard deadline: (good, instance, reason).
 
     Runs in the calling thread's network namespace; never raises for network
-    trouble (that is the measurement), only for programming errors.
+    trouble (that is the measurement), only for programming errors. With
+    ``target.tls`` the connection is HTTPS (the TLS handshake counts against
+    the same deadline: a hung API server is a failed probe); ``target.headers``
+    are sent as given.
     """
     writer: asyncio.StreamWriter | None = None
+    request = _request(target)
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(target.host, target.port)
-            writer.write(
-                f"GET {target.path} HTTP/1.0\r\nHost: {target.host}\r\n"
-                "User-Agent: rto-prober\r\n\r\n".encode()
-            )
+            if target.tls is not None:
+                reader, writer = await asyncio.open_connection(
+                    target.host,
+                    target.port,
+                    ssl=target.tls,
+                    server_hostname=target.server_hostname or target.host,
+                )
+            else:
+                reader, writer = await asyncio.open_connection(target.host, target.port)
+            writer.write(request)
             await writer.drain()
             chunks: list[bytes] = []
             size = 0
@@ -398,7 +420,12 @@ class Prober:
             except HarnessError as exc:
                 outcome = ProbeOutcome(sent, False, reason=str(exc), endpoint=endpoint)
             else:
-                ok, instance, reason = await http_probe(target, self.timeout, self.expect_name)
+                try:
+                    ok, instance, reason = await http_probe(target, self.timeout, self.expect_name)
+                except HarnessError as exc:
+                    # A malformed target (a bad header): a failed probe naming
+                    # why, rather than a lost task that would stall the feed.
+                    ok, instance, reason = False, None, str(exc)
                 answered = self.clock.now() if ok else None
                 outcome = ProbeOutcome(sent, ok, instance, answered, reason, endpoint)
         self._done[seq] = outcome

@@ -13,6 +13,7 @@ because the journal may replay a revert after a crash of the harness.
 from __future__ import annotations
 
 import enum
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,12 +105,23 @@ class ProbeTarget:
     harness's own), ``host``/``port``/``path`` the HTTP endpoint. The endpoint
     answers 200 with a body "<workload name> <instance> ..." (the instance changes
     on every restart).
+
+    A harness outside the cluster network reaches the workload through the API
+    server's service proxy: then ``tls`` is the context to speak HTTPS with
+    (None: plain HTTP), ``server_hostname`` the name the server's certificate
+    is checked against (and the Host header; None: ``host``), and ``headers``
+    extra request headers (the bearer token). The lab leaves all three unset.
     """
 
     host: str
     port: int
     path: str = "/healthz"
     netns: str | None = None
+    # Not compared: an SSLContext has no value equality, and two targets that
+    # differ only by context object are the same endpoint.
+    tls: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+    server_hostname: str | None = None
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)

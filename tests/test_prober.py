@@ -3,19 +3,31 @@ loopback against a server made unavailable for a known window."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import socket
+import ssl
 import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from loopback_target import LoopbackTarget
 
 from chaos.errors import HarnessError, LabError
 from chaos.netns import enter_netns
-from chaos.prober import Prober, ProbeState, ProbeStateMachine, Transition, _parse
+from chaos.prober import (
+    Prober,
+    ProbeState,
+    ProbeStateMachine,
+    Transition,
+    _parse,
+    http_probe,
+)
 from chaos.timeline import EventKind
 from cluster.api import ProbeTarget
 
@@ -39,7 +51,7 @@ def test_first_failure_at_start_then_ok_stamped_at_first_of_n() -> None:
     assert sm.state is ProbeState.DOWN
     trs = run(sm, [(0.08, True, "a")])
     assert [(t.kind, t.at, t.data["instance"]) for t in trs] == [(OK, 0.04, "a")]
-    assert sm.state is ProbeState.UP
+    assert sm.state is ProbeState.UP  # type: ignore[comparison-overlap]  # mutated by run()
 
 
 def test_ok_stamp_answered_uses_answer_time_and_keeps_latency() -> None:
@@ -168,7 +180,7 @@ def test_measured_outage_matches_the_window(server: LoopbackTarget, mode: str) -
 
 
 def test_no_endpoint_and_lookup_errors_are_failed_probes(server: LoopbackTarget) -> None:
-    state = {"t": None}  # None: no endpoint; "boom": lookup raises
+    state: dict[str, str | None] = {"t": None}  # None: no endpoint; "boom": lookup raises
 
     def target() -> ProbeTarget | None:
         if state["t"] == "boom":
@@ -322,3 +334,143 @@ def test_transitions_stay_in_time_order_when_a_flap_follows_a_late_answer() -> N
     assert [t.kind for t in trs] == [FAIL, OK, FAIL]
     assert [t.at for t in trs] == sorted(t.at for t in trs)
     assert trs[2].at > trs[1].at == 1.0
+
+
+# --- HTTPS and headers (the API server's service proxy path) ---------------------------
+
+
+class TlsTarget:
+    """A loopback HTTPS server answering like a workload, keeping every request head.
+
+    Stands in for the API server's service proxy: the prober must speak TLS to
+    it, check its certificate and send the bearer token.
+    """
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ctx.load_cert_chain(cert, key)
+        self.heads: list[str] = []
+        self.handshake_errors = 0
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        self._thread.join()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        raw.settimeout(5)
+        try:
+            with self.ctx.wrap_socket(raw, server_side=True) as conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                self.heads.append(data.decode("latin-1"))
+                conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nweb tls1\n")
+        except ssl.SSLError:
+            self.handshake_errors += 1
+        except OSError:
+            return
+        finally:
+            raw.close()
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost/127.0.0.1 (openssl CLI: no extra package)."""
+    d = tmp_path_factory.mktemp("tls")
+    crt, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-nodes", "-days", "1",
+            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-keyout", str(key), "-out", str(crt), "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return crt, key
+
+
+@pytest.fixture
+def tls_server(cert: tuple[Path, Path]) -> Iterator[TlsTarget]:
+    srv = TlsTarget(*cert)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _probe(target: ProbeTarget) -> tuple[bool, str | None, str]:
+    return asyncio.run(http_probe(target, 2.0, expect_name="web"))
+
+
+def test_tls_probe_checks_the_certificate_and_sends_the_headers(
+    tls_server: TlsTarget, cert: tuple[Path, Path]
+) -> None:
+    trusting = ssl.create_default_context(cafile=str(cert[0]))
+    target = ProbeTarget(
+        "127.0.0.1",
+        tls_server.port,
+        path="/api/v1/namespaces/rto/services/web:8080/proxy/healthz",
+        tls=trusting,
+        server_hostname="localhost",
+        headers=(("Authorization", "Bearer s3cret"),),
+    )
+    assert _probe(target) == (True, "tls1", "")
+    head = tls_server.heads[-1].split("\r\n")
+    assert head[0] == "GET /api/v1/namespaces/rto/services/web:8080/proxy/healthz HTTP/1.0"
+    assert "Host: localhost" in head and "Authorization: Bearer s3cret" in head
+    assert "s3cret" not in repr(target)  # the token stays out of logs
+
+    # A server the context does not trust: a failed probe naming the certificate.
+    untrusting = ssl.create_default_context()
+    ok, _, reason = _probe(ProbeTarget("127.0.0.1", tls_server.port, tls=untrusting))
+    assert not ok and "CERTIFICATE_VERIFY_FAILED" in reason
+    # Trusted, but checked against a name the certificate does not carry.
+    ok, _, reason = _probe(
+        ProbeTarget("127.0.0.1", tls_server.port, tls=trusting, server_hostname="api.example")
+    )
+    assert not ok and "CERTIFICATE_VERIFY_FAILED" in reason and "api.example" in reason
+    # Plain HTTP to a TLS port gets no HTTP answer.
+    ok, _, reason = _probe(ProbeTarget("127.0.0.1", tls_server.port))
+    assert not ok and reason in ("closed without answer", "bad answer", "reset")
+    assert tls_server.handshake_errors >= 2  # the server refused those handshakes too
+
+
+def test_prober_over_tls_goes_up_and_a_bad_header_is_a_failed_probe(
+    tls_server: TlsTarget, cert: tuple[Path, Path]
+) -> None:
+    ctx = ssl.create_default_context(cafile=str(cert[0]))
+    good = ProbeTarget("127.0.0.1", tls_server.port, tls=ctx, server_hostname="localhost")
+    bad = ProbeTarget(
+        "127.0.0.1", tls_server.port, tls=ctx, headers=(("Authorization", "Bearer x\r\nX: y"),)
+    )
+    with pytest.raises(HarnessError, match="malformed"):
+        _probe(bad)
+    which = {"t": good}
+    p, col = started(lambda: which["t"], expect_name="web", good_needed=3)
+    try:
+        assert col.up.wait(3), "never up over TLS"
+        which["t"] = bad
+        assert col.down.wait(3)
+    finally:
+        p.stop()
+    assert col.items[0].kind is OK and col.items[0].data["instance"] == "tls1"
+    assert "malformed" in col.items[-1].data["reason"]
