@@ -18,14 +18,19 @@ kube-apiserver. Small controllers stand in for the kube-controller-manager and
 virt-controller where a test needs them: a deleted pod of a Deployment comes
 back on another schedulable node, a deleted VMI of a VM with runStrategy Always
 comes back, and a VirtualMachineInstanceMigration walks its phases and moves the
-VMI. There is no kubelet: exec is not served (the backend's exec goes through
-an injectable executor the tests replace).
+VMI. The API server's service proxy (``services/NAME:PORT/proxy/...``) really
+forwards to a ready pod behind the Service (its podIP and the Service's
+targetPort; loopback pod IPs only), 503 without one. There is no kubelet:
+exec is not served (the backend's exec goes through an injectable executor the
+tests replace).
 """
 
 from __future__ import annotations
 
 import bisect
 import copy
+import http.client
+import ipaddress
 import json
 import re
 import threading
@@ -63,6 +68,11 @@ MIGRATION_PHASES = (
     "Succeeded",
 )
 
+# The API server's service proxy: /api/v1/namespaces/NS/services/[SCHEME:]NAME[:PORT]/proxy/...
+_SERVICE_PROXY = re.compile(
+    r"^/api/v1/namespaces/(?P<ns>[^/]+)/services/(?:https?:)?(?P<svc>[^/:]+)(?::(?P<port>[^/]+))?"
+    r"/proxy(?P<rest>/.*)?$"
+)
 _PATH = re.compile(
     r"^/(?:api/(?P<cv>v1)|apis/(?P<g>[^/]+)/(?P<v>[^/]+))"
     r"(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>[^/]+))?$"
@@ -90,6 +100,9 @@ class KubeEmulator:
     deny: set[tuple[str, str]] = field(default_factory=set)  # (verb, "pods/eviction")
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
     migration_steps: bool = True
+    # Service-proxy requests: (Authorization header seen, upstream "ip:port" or
+    # "" when none was dialled, upstream path, status answered).
+    proxied: list[tuple[str, str, str, int]] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _watches: list[_Watch] = field(default_factory=list)
     url: str = ""
@@ -183,6 +196,72 @@ class KubeEmulator:
             cond["reason"] = "KubeletReady" if ready else "NodeStatusUnknown"
             self._bump(("", "nodes"), "MODIFIED", node)
 
+    def set_pod_ready(self, ns: str, name: str, ready: bool, pod_ip: str | None = None) -> None:
+        """The kubelet's readiness verdict (and optionally the pod's IP)."""
+        with self._cond:
+            pod = self.objects[("", "pods", ns, name)]
+            for c in pod["status"]["containerStatuses"]:
+                c["ready"] = ready
+            pod["status"]["conditions"] = [
+                {"type": "Ready", "status": "True" if ready else "False"}
+            ]
+            if pod_ip is not None:
+                pod["status"]["podIP"] = pod_ip
+            self._bump(("", "pods"), "MODIFIED", pod)
+
+    def endpoint(self, ns: str, svc: str, port: str | None) -> tuple[str, int] | str:
+        """(pod IP, target port) of a ready pod behind the Service, or why there is none.
+
+        The endpoints controller's rule: a Running pod matching the selector,
+        not terminating, with an IP and its Ready condition true (the container
+        statuses when the pod has no conditions). First by name: deterministic.
+        """
+        with self._cond:
+            service = self.objects.get(("", "services", ns, svc))
+            if service is None:
+                return f'services "{svc}" not found'
+            ports = service.get("spec", {}).get("ports") or []
+            spec = next(
+                (p for p in ports if port is None or port in (str(p.get("port")), p.get("name"))),
+                None,
+            )
+            if spec is None:
+                return f'no service port "{port}" on service "{svc}"'
+            want = service.get("spec", {}).get("selector") or {}
+            for (g, p, n, _), pod in sorted(self.objects.items(), key=lambda kv: str(kv[0])):
+                if (g, p, n) != ("", "pods", ns) or not want:
+                    continue
+                labels = pod["metadata"].get("labels") or {}
+                if any(labels.get(k) != v for k, v in want.items()):
+                    continue
+                st = pod.get("status") or {}
+                conds = {c.get("type"): c.get("status") for c in st.get("conditions") or []}
+                ready = (
+                    conds["Ready"] == "True"
+                    if "Ready" in conds
+                    else all(c.get("ready") for c in st.get("containerStatuses") or [{}])
+                )
+                if (
+                    st.get("phase") != "Running"
+                    or pod["metadata"].get("deletionTimestamp")
+                    or not st.get("podIP")
+                    or not ready
+                ):
+                    continue
+                target = spec.get("targetPort", spec.get("port"))
+                if isinstance(target, str) and not target.isdigit():
+                    named = [
+                        cp.get("containerPort")
+                        for c in pod["spec"].get("containers") or []
+                        for cp in c.get("ports") or []
+                        if cp.get("name") == target
+                    ]
+                    if not named:
+                        continue
+                    target = named[0]
+                return str(st["podIP"]), int(target)
+            return f'no endpoints available for service "{svc}"'
+
     def add_pod(
         self,
         ns: str,
@@ -265,11 +344,13 @@ class KubeEmulator:
                     },
                 },
             )
+        # virt-controller copies the VMI's labels onto its virt-launcher pod:
+        # that is how a Service selecting the VMI's labels reaches the guest.
         self.add_pod(
             ns,
             f"virt-launcher-{name}-{uuid.uuid4().hex[:5]}",
             node,
-            {"kubevirt.io": "virt-launcher", "vm.kubevirt.io/name": name},
+            {**labels, "kubevirt.io": "virt-launcher", "vm.kubevirt.io/name": name},
         )
         return self.put(
             "kubevirt.io",
@@ -512,6 +593,9 @@ class _Handler(BaseHTTPRequestHandler):
                     "resources": [{"name": p} for g, p in RESOURCES if g == "kubevirt.io"],
                 },
             )
+        proxy = _SERVICE_PROXY.match(url.path)
+        if proxy is not None:
+            return self._proxy(emu, method, proxy, url.query)
         m = _PATH.match(url.path)
         if m is None:
             return self._send(404, _status(404, "NotFound", f"no route {url.path}"))
@@ -595,8 +679,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(
                     409, _status(409, "AlreadyExists", f'{plural} "{meta["name"]}" already exists')
                 )
-            obj = emu.put(group, plural, body)
-            self._send(201, obj)
+            created = emu.put(group, plural, body)
+            self._send(201, created)
             if plural == "virtualmachineinstancemigrations" and emu.migration_steps:
                 threading.Thread(
                     target=emu._run_migration, args=(ns, meta["name"]), daemon=True
@@ -650,6 +734,71 @@ class _Handler(BaseHTTPRequestHandler):
             gone = emu.remove(group, plural, ns, name or "")
             return self._send(200, gone or {})
         return self._send(405, _status(405, "MethodNotAllowed", method))
+
+    def _send_raw(self, code: int, data: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _proxy(self, emu: KubeEmulator, method: str, m: re.Match[str], query: str) -> None:
+        """services/NAME:PORT/proxy/PATH: forward to a ready endpoint, as kube-apiserver does.
+
+        RBAC is "get services/proxy". The API server authenticates the caller and
+        drops its Authorization header before proxying (the backend never sees
+        the token). No ready endpoint: 503; endpoint refusing or silent: 503
+        "error trying to reach service". Only loopback endpoints are dialled (a
+        test's server on 127.0.0.1): any other pod IP is answered 503 unreached,
+        so the emulator never sends traffic off the machine.
+        """
+        ns, svc, port = m["ns"], m["svc"], m["port"]
+        auth = self.headers.get("Authorization", "")
+        if ("get", "services/proxy") in emu.deny:
+            emu.proxied.append((auth, "", "", 403))
+            return self._send(
+                403,
+                _status(
+                    403,
+                    "Forbidden",
+                    f'services "{svc}" is forbidden: User "system:serviceaccount:rto:harness" '
+                    f'cannot get resource "services/proxy" in API group "" in the namespace "{ns}"',
+                ),
+            )
+        if method != "GET":
+            return self._send(405, _status(405, "MethodNotAllowed", f"{method} not proxied"))
+        where = emu.endpoint(ns, svc, port)
+        if isinstance(where, str):
+            code = 404 if where.endswith("not found") else 503
+            emu.proxied.append((auth, "", "", code))
+            return self._send(code, _status(code, "ServiceUnavailable", where))
+        ip, target = where
+        path = (m["rest"] or "/") + (f"?{query}" if query else "")
+        if not ipaddress.ip_address(ip).is_loopback:
+            emu.proxied.append((auth, f"{ip}:{target}", path, 503))
+            return self._send(
+                503,
+                _status(503, "ServiceUnavailable", f"error trying to reach service: {ip} is not "
+                        "loopback (the emulator only dials 127.0.0.0/8)"),
+            )  # fmt: skip
+        conn = http.client.HTTPConnection(ip, target, timeout=10)
+        try:
+            conn.request("GET", path, headers={"Host": f"{ip}:{target}"})
+            resp = conn.getresponse()
+            code, ctype, data = resp.status, resp.getheader("Content-Type", ""), resp.read()
+        except OSError as exc:
+            emu.proxied.append((auth, f"{ip}:{target}", path, 503))
+            return self._send(
+                503,
+                _status(503, "ServiceUnavailable", f"error trying to reach service: {exc}"),
+            )
+        finally:
+            conn.close()
+        emu.proxied.append((auth, f"{ip}:{target}", path, code))
+        try:
+            return self._send_raw(code, data, ctype or "text/plain")
+        except (BrokenPipeError, ConnectionResetError):
+            return None  # the client gave up (its probe timed out): nothing to answer
 
     def _evict(self, emu: KubeEmulator, pod: Obj) -> None:
         ns = pod["metadata"]["namespace"]

@@ -95,7 +95,10 @@ def test_reads_nodes_pods_vmis_with_conditions(emu: KubeEmulator, tmp_path: Path
     )
     cond = b.workload("vm1").condition("Paused")
     assert cond is not None and cond.status and cond.reason == "PausedIOError"
-    assert b.probe_target("vm1") is not None and b.probe_target("vm1").host == "198.18.60.1"
+    # probe: pod-ip (a harness inside the cluster network): the guest's own address.
+    direct = KubeBackend(b.config.model_copy(update={"probe": "pod-ip"}), sleep=lambda s: None)
+    assert direct.probe_target("vm1") is not None
+    assert direct.probe_target("vm1").host == "198.18.60.1"  # type: ignore[union-attr]
 
 
 def test_context_allowlist_refuses_unlisted(emu: KubeEmulator, tmp_path: Path) -> None:

@@ -15,12 +15,15 @@ cluster (the VM spec keeps the unplugged volume, the node keeps its taints), so
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import urllib3
 from kubernetes import client as k8s
@@ -76,6 +79,16 @@ def kube_exec(api: k8s.ApiClient, ns: str, pod: str, container: str, argv: list[
     return out
 
 
+def _done(resp: Any) -> None:
+    """Read a raw response to its end before its connection goes back to the pool.
+
+    Released unread, the body stays in the socket and the next request on
+    that pooled connection reads it as its own status line.
+    """
+    resp.drain_conn()
+    resp.release_conn()
+
+
 def _phase(value: str | None) -> Phase:
     try:
         return Phase(value or "Pending")
@@ -124,6 +137,10 @@ class KubeBackend:
         self.timeline = KubeTimeline()
         self.followers: list[WatchFollower] = []
         self._kubevirt: bool | None = None
+        # probe_target caches (service-proxy mode): the API server part, then per
+        # workload (authorization it was built with, namespace, target).
+        self._proxy_static: tuple[ProbeTarget, str] | None = None
+        self._proxy_targets: dict[str, tuple[str | None, str, ProbeTarget]] = {}
 
     # --- plumbing ----------------------------------------------------------------
     def _call(self, verb: str, resource: str, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
@@ -164,7 +181,7 @@ class KubeBackend:
     def require_kubevirt(self) -> None:
         if self._kubevirt is None:
             try:
-                raw_request(self.api, "GET", "/apis/kubevirt.io/v1").release_conn()
+                _done(raw_request(self.api, "GET", "/apis/kubevirt.io/v1"))
                 self._kubevirt = True
             except ApiException as exc:
                 if exc.status != 404:
@@ -182,14 +199,16 @@ class KubeBackend:
         path = (
             f"/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{vmi}/{sub}"
         )
-        self._call(
-            "update",
-            f"virtualmachineinstances/{sub}",
-            raw_request,
-            self.api,
-            "PUT",
-            path,
-            body=body or {},
+        _done(
+            self._call(
+                "update",
+                f"virtualmachineinstances/{sub}",
+                raw_request,
+                self.api,
+                "PUT",
+                path,
+                body=body or {},
+            )
         )
 
     # --- safety --------------------------------------------------------------------
@@ -369,6 +388,21 @@ class KubeBackend:
         return dict(items[0])
 
     def probe_target(self, workload: str) -> ProbeTarget | None:
+        """Where the prober reaches ``workload`` (called every probe interval).
+
+        ``probe: service-proxy`` (default): the API server's service proxy,
+        ``/api/v1/namespaces/{ns}/services/{svc}:{port}/proxy{path}``, over the
+        kubeconfig's TLS settings with its bearer token. The API server picks a
+        ready endpoint of the Service (a pod, or a VMI's virt-launcher pod whose
+        network forwards to the guest), so a failed probe means no client could
+        reach the workload through its Service: 503 with no ready endpoint, 502/503
+        when the endpoint does not answer. Found once per workload (the Service's
+        namespace), then cached: no API call per probe.
+        ``probe: pod-ip``: the pod IP or the VMI's interface IP (harness inside
+        the cluster network).
+        """
+        if self.config.probe == "service-proxy":
+            return self._proxy_target(workload)
         w = self.workload(workload)
         if w.kind is WorkloadKind.POD:
             ip = (self._pod_of(workload).get("status") or {}).get("podIP")
@@ -377,6 +411,94 @@ class KubeBackend:
         ifaces = (self._vmi_of(workload).get("status") or {}).get("interfaces") or []
         ip = ifaces[0].get("ipAddress") if ifaces else None
         return ProbeTarget(ip, 8080) if ip else None
+
+    def _service_name(self, workload: str) -> str:
+        return self.config.probe_service.format(workload=workload)
+
+    def _proxy_base(self) -> tuple[ProbeTarget, str]:
+        """The static part of every proxy target: API server address, TLS, path prefix."""
+        if self._proxy_static is not None:
+            return self._proxy_static
+        cfg = self.api.configuration
+        if getattr(cfg, "proxy", None):
+            raise BackendError(
+                f"context {self.context!r} reaches its API server through an HTTP proxy "
+                f"({cfg.proxy}), which the prober does not speak; set probe: pod-ip in the "
+                "kube config and run the harness inside the cluster network"
+            )
+        url = urlsplit(cfg.host)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise BackendError(f"context {self.context!r}: API server URL {cfg.host!r} unusable")
+        tls: ssl.SSLContext | None = None
+        server_hostname: str | None = None
+        if url.scheme == "https":
+            try:
+                tls = ssl.create_default_context(
+                    cafile=cfg.ssl_ca_cert or None,
+                    cadata=getattr(cfg, "ca_cert_data", None) or None,
+                )
+                if not cfg.verify_ssl or cfg.assert_hostname is False:
+                    tls.check_hostname = False
+                if not cfg.verify_ssl:
+                    tls.verify_mode = ssl.CERT_NONE
+                if cfg.cert_file:
+                    tls.load_cert_chain(cfg.cert_file, cfg.key_file or None)
+            except (OSError, ssl.SSLError) as exc:
+                raise BackendError(
+                    f"context {self.context!r}: TLS settings for the prober ({exc}); check the "
+                    "kubeconfig's certificate-authority and client-certificate files"
+                ) from exc
+            server_hostname = getattr(cfg, "tls_server_name", None) or url.hostname
+        port = url.port or (443 if url.scheme == "https" else 80)
+        base = ProbeTarget(url.hostname, port, tls=tls, server_hostname=server_hostname)
+        self._proxy_static = (base, url.path.rstrip("/"))
+        return self._proxy_static
+
+    def _authorization(self) -> str | None:
+        # Read the stored value, not get_api_key_with_prefix(): that runs the
+        # refresh hook (maybe an exec plugin) and probe_target runs every 20 ms.
+        # Every ordinary API call (the recorder's, every 100 ms) refreshes it.
+        cfg = self.api.configuration
+        for key in ("BearerToken", "authorization"):
+            value = cfg.api_key.get(key)
+            if value:
+                prefix = cfg.api_key_prefix.get(key)
+                return f"{prefix} {value}" if prefix else str(value)
+        return None
+
+    def _proxy_target(self, workload: str) -> ProbeTarget:
+        auth = self._authorization()
+        cached = self._proxy_targets.get(workload)
+        if cached is not None and cached[0] == auth:
+            return cached[2]
+        base, prefix = self._proxy_base()
+        svc = self._service_name(workload)
+        # The namespace is looked up once; a new token only rebuilds the headers.
+        ns = cached[1] if cached is not None else self._service_namespace(svc, workload)
+        target = replace(
+            base,
+            path=f"{prefix}/api/v1/namespaces/{ns}/services/{svc}:{self.config.probe_port}"
+            f"/proxy{self.config.probe_path}",
+            headers=(("Authorization", auth),) if auth else (),
+        )
+        self._proxy_targets[workload] = (auth, ns, target)
+        return target
+
+    def _service_namespace(self, svc: str, workload: str) -> str:
+        for ns in self.config.namespaces:
+            try:
+                self._call("get", "services", self.core.read_namespaced_service, svc, ns)
+            except BackendError as exc:
+                if "(404)" in str(exc):
+                    continue
+                raise
+            return ns
+        raise BackendError(
+            f"no Service {svc!r} for workload {workload!r} in namespaces "
+            f"{', '.join(self.config.namespaces)}: the prober reaches workloads through their "
+            f"Service; create one selecting the workload's pods (port {self.config.probe_port}), "
+            "name it in probe_service, or set probe: pod-ip"
+        )
 
     # --- watches -----------------------------------------------------------------
     def start_watches(self) -> None:
@@ -437,6 +559,9 @@ class KubeBackend:
         # the guest image decides it on a real cluster, so it is not applied here.
         ns, labels = self.config.namespaces[0], self._labels(name)
         sel = {"kubernetes.io/hostname": node} if node else None
+        if kind is WorkloadKind.VMI:
+            self.require_kubevirt()
+        self._create_service(ns, name, labels)
         if kind is WorkloadKind.POD:
             body: Obj = {
                 "apiVersion": "apps/v1",
@@ -471,7 +596,6 @@ class KubeBackend:
                 ),
             )
             return
-        self.require_kubevirt()
         vm: Obj = {
             "apiVersion": "kubevirt.io/v1",
             "kind": "VirtualMachine",
@@ -510,8 +634,44 @@ class KubeBackend:
             ),
         )
 
+    def _create_service(self, ns: str, name: str, labels: dict[str, str]) -> None:
+        """The Service the prober reaches the workload through (see probe_target).
+
+        Selects the workload's labels: the Deployment's pods, or the VMI's
+        virt-launcher pod (KubeVirt copies the VMI's labels onto it; the VM
+        template carries them). An existing one (a rerun) is kept: same selector.
+        """
+        svc = self._service_name(name)
+        port = self.config.probe_port
+        body: Obj = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": svc, "labels": labels},
+            "spec": {
+                "selector": labels,
+                "ports": [{"name": "probe", "port": port, "targetPort": port, "protocol": "TCP"}],
+            },
+        }
+
+        def create() -> None:
+            try:
+                self._call("create", "services", self.core.create_namespaced_service, ns, body)
+            except BackendError as exc:
+                if "(409)" not in str(exc):
+                    raise
+
+        self._act(f"create Service {ns}/{svc} (probe endpoint, port {port})", create)
+
     def delete_workload(self, name: str) -> None:
         ns = self.config.namespaces[0]
+        self._proxy_targets.pop(name, None)
+        svc = self._service_name(name)
+        self._act(
+            f"delete services {ns}/{svc}",
+            partial(
+                self._ignore_404, "delete", "services", self.core.delete_namespaced_service, svc, ns
+            ),
+        )
         for resource, fn in (
             ("deployments", lambda: self.apps.delete_namespaced_deployment(name, ns)),
             (

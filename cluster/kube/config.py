@@ -13,12 +13,14 @@ Example::
     target_label: rto.harness/target=true
     power_driver: kind                # or libvirt, or an entry point in rto.power_drivers
     power_options: {cluster: rto}
+    probe: service-proxy              # or pod-ip (harness inside the cluster network)
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -50,6 +52,19 @@ class KubeConfig(BaseModel):
     guest_resume_command: tuple[str, ...] = ("virsh", "resume", "{domain}")
     node_pod_image: str = "registry.k8s.io/e2e-test-images/agnhost:2.52"
     fence_after: float = 40.0
+    # How the data-plane prober reaches a workload. "service-proxy": through the
+    # API server's service proxy (HTTPS, the kubeconfig's credentials) to the
+    # workload's Service, so the harness needs API access only (a laptop, a CI
+    # runner). "pod-ip": straight to the pod IP / VMI interface IP, which only
+    # works from inside the cluster network.
+    probe: Literal["service-proxy", "pod-ip"] = "service-proxy"
+    # The Service probed for a workload ("{workload}" is replaced by its name).
+    # The harness creates "<name>" for the workloads it creates; for your own
+    # workloads name an existing Service selecting their pods (for a VMI: its
+    # virt-launcher pod, which carries the VMI's labels).
+    probe_service: str = "{workload}"
+    probe_port: int = Field(default=8080, ge=1, le=65535)
+    probe_path: str = Field(default="/healthz", pattern="^/")
 
     @property
     def target_pair(self) -> tuple[str, str]:
