@@ -5,7 +5,9 @@ Called by ``rto campaign`` and the nightly job; reads a campaign file through
 sets the lab's timing profile per entry, runs each repetition with
 ``chaos.runner.run_experiment`` and returns the rows it appended to the store.
 With ``lab_lifecycle`` it brings the lab up before (with VMs when the campaign
-says ``vms: true``) and always down after.
+says ``vms: true``) and always down after. ``dry_run_campaign`` (``rto campaign
+--dry-run``, kube only) prints every run's plan on a dry-run backend instead:
+nothing is changed, journaled or stored.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from chaos.errors import HarnessError
 from chaos.results import ResultsStore, RunResult
 from chaos.runner import RunOptions, run_experiment
 from chaos.spec import CampaignSpec, ExperimentSpec, load_campaign
-from cluster.api import Backend
+from cluster.api import Backend, WorkloadKind
 
-__all__ = ["CampaignPlan", "plan_campaign", "run_campaign"]
+__all__ = ["CampaignPlan", "dry_run_campaign", "plan_campaign", "run_campaign"]
 
 
 @dataclass(frozen=True)
@@ -162,3 +164,85 @@ def run_campaign(
             + "\n  ".join(aborted)
         )
     return results
+
+
+def _plan_run(backend: Backend, experiment: ExperimentSpec, echo: Callable[[str], None]) -> None:
+    """What one run would do, acted out on a dry-run backend (which prints each change).
+
+    Mirrors the runner's order: create the workload if it is missing, inject the
+    fault, revert it. No journal (nothing acts), no recorder, no healers (they
+    only act on what they observe); their names are printed.
+    """
+    from chaos.faults import build_fault
+
+    rto = experiment.rto
+    target = rto.target
+    # workloads(), not workload(): a refused read must fail the plan, not read
+    # as "missing".
+    if all(w.name != target.workload for w in backend.workloads()):
+        echo(f"  workload {target.workload} missing: the run creates it")
+        kind = WorkloadKind(target.kind)
+        if kind is WorkloadKind.VMI:
+            backend.create_workload(
+                target.workload,
+                kind,
+                target.node,
+                watchdog_heartbeat_s=target.watchdog_heartbeat_s,
+                eviction_strategy=target.eviction_strategy,
+            )
+        else:
+            backend.create_workload(target.workload, kind, target.node)
+        # Where the fault acts (the workload's pod, its node) is only known once
+        # the workload exists, and the dry run created nothing.
+        echo(f"  fault {rto.fault.type}: aimed once the workload exists")
+        return
+    fault = build_fault(rto.fault, target, backend, None)
+    echo(f"  fault: {fault.describe()}")
+    fault.inject()
+    fault.revert()
+
+
+def dry_run_campaign(
+    plan: CampaignPlan,
+    *,
+    backend_factory: Callable[[str], Backend] = get_backend,
+    echo: Callable[[str], None] = print,
+) -> int:
+    """Print every run's plan; change nothing. Returns the number of runs planned.
+
+    The backend must be in dry-run mode (the kube backend with
+    ``$RTO_KUBE_DRY_RUN=1``, set by ``rto campaign --dry-run``): it still reads
+    the cluster (which workloads exist, which node each is on) and prints each
+    change instead of making it.
+    """
+    backend = backend_factory(plan.spec.backend)
+    if not getattr(backend, "dry_run", False):
+        raise HarnessError(
+            f"campaign {plan.spec.name}: backend {backend.name!r} is not in dry-run mode; "
+            "a dry run needs --backend kube with --dry-run"
+        )
+    k = 0
+    failed: list[str] = []
+    for experiment, reps in plan.entries:
+        rto = experiment.rto
+        healers = rto.healers  # the campaign's overrides are already applied
+        for rep in range(reps):
+            k += 1
+            echo(
+                f"run {k}/{plan.total_runs}: {experiment.path.name} #{rep}: {rto.fault.type} "
+                f"on {rto.target.kind} {rto.target.workload}, "
+                f"healers {','.join(healers) or 'none'}"
+            )
+            try:
+                _plan_run(backend, experiment, echo)
+            except HarnessError as exc:
+                # A refused read (RBAC, a missing KubeVirt) is what a dry run is
+                # for: show it, plan the rest, then fail naming every one.
+                echo(f"  cannot plan: {exc}")
+                failed.append(f"{experiment.path.name} #{rep}: {exc}")
+    if failed:
+        raise HarnessError(
+            f"campaign {plan.spec.name}: dry run could not plan {len(failed)} of {k} runs:\n  "
+            + "\n  ".join(failed)
+        )
+    return k

@@ -139,6 +139,26 @@ def _print_result(r: RunResult) -> None:
     )
 
 
+def _kube_flags(backend_name: str, context: str | None, dry_run: bool) -> None:
+    """--context/--dry-run: kube only; handed to get_backend through the environment.
+
+    The environment, not an argument, so that a journal replay (``rto revert``
+    rebuilding backends by name) in this process sees the same cluster.
+    """
+    if not (context or dry_run):
+        return
+    import os
+
+    if backend_name != "kube":
+        raise SpecError(
+            f"--context and --dry-run apply to the kube backend only (this is {backend_name!r})"
+        )
+    if context:
+        os.environ["RTO_KUBE_CONTEXT"] = context
+    if dry_run:
+        os.environ["RTO_KUBE_DRY_RUN"] = "1"
+
+
 @cli.command("run", help="Run one experiment file.")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--runs-dir", default=Path("runs"), type=click.Path(path_type=Path))
@@ -158,15 +178,7 @@ def run_cmd(
     from chaos.spec import load_experiment
 
     spec = load_experiment(file)  # SpecError -> exit 2, nothing injected
-    if context or dry_run:
-        import os
-
-        if backend_name != "kube":
-            raise SpecError("--context and --dry-run apply to --backend kube only")
-        if context:
-            os.environ["RTO_KUBE_CONTEXT"] = context
-        if dry_run:
-            os.environ["RTO_KUBE_DRY_RUN"] = "1"
+    _kube_flags(backend_name, context, dry_run)
     backend = _backend(backend_name)
     profile = spec.rto.profile
     apply_profile(backend, profile)
@@ -190,10 +202,25 @@ def run_cmd(
 @click.option("--runs-dir", default=Path("runs"), type=click.Path(path_type=Path))
 @click.option("--with-lab", is_flag=True, help="bring the lab up before and down after")
 @click.option("--report", "report_dir", default=None, type=click.Path(path_type=Path))
-def campaign_cmd(file: Path, runs_dir: Path, with_lab: bool, report_dir: Path | None) -> None:
-    from chaos.campaign import plan_campaign, run_campaign
+@click.option("--context", default=None, help="kube: kubeconfig context (must be allowlisted)")
+@click.option("--dry-run", is_flag=True, help="kube: print every run's plan, touch nothing")
+def campaign_cmd(
+    file: Path,
+    runs_dir: Path,
+    with_lab: bool,
+    report_dir: Path | None,
+    context: str | None = None,
+    dry_run: bool = False,
+) -> None:
+    from chaos.campaign import dry_run_campaign, plan_campaign, run_campaign
 
     plan = plan_campaign(file)  # every experiment validated before the first run
+    _kube_flags(plan.spec.backend, context, dry_run)
+    if dry_run:
+        # Plain echo: rich would read "[dry-run]" in the plan lines as markup.
+        n = dry_run_campaign(plan, backend_factory=_backend, echo=click.echo)
+        click.echo(f"dry run: {n} runs planned; nothing was changed, journaled or stored")
+        return
     store = ResultsStore(runs_dir)
     try:
         results = run_campaign(
