@@ -81,6 +81,7 @@ def test_create_and_delete_workload_manage_its_service(emu: KubeEmulator, tmp_pa
     # to its virt-launcher pod: what the Service selects.
     vm = emu.get("kubevirt.io", "virtualmachines", "other", "vm2")
     assert vm is not None and vm["spec"]["template"]["metadata"]["labels"] == wl("vm2")
+    b._create_service("other", "web", wl("web"))  # a rerun keeps the existing Service
     b.delete_workload("web")
     b.delete_workload("web")  # idempotent: journal replay, campaign clean-up
     b.delete_workload("vm2")
