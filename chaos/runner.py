@@ -275,13 +275,17 @@ class Run:
     def revert(self) -> None:
         if self.fault is None or self.fault.state in ("new", "reverted"):
             return
+        # Stamped when the revert starts: a good probe may come while a slow
+        # revert (a node's power-on) is still returning, and the timeline must
+        # not show the workload back before its fault was lifted.
+        started = self.clock.now()
         self.fault.revert()
         self.timeline.add(
-            self.clock.now(),
+            started,
             EventKind.FAULT_REVERTED,
             self.spec.rto.fault.type,
             self.fault.describe(),
-            {"fault_id": self.fault.id},
+            {"fault_id": self.fault.id, "revert_s": f"{self.clock.now() - started:.3f}"},
         )
 
     def wait_recovery(self) -> bool:
