@@ -787,11 +787,10 @@ class _Handler(BaseHTTPRequestHandler):
             resp = conn.getresponse()
             code, ctype, data = resp.status, resp.getheader("Content-Type", ""), resp.read()
         except OSError as exc:
-            emu.proxied.append((auth, f"{ip}:{target}", path, 503))
-            return self._send(
-                503,
-                _status(503, "ServiceUnavailable", f"error trying to reach service: {exc}"),
-            )
+            code, ctype = 503, "application/json"
+            data = json.dumps(
+                _status(503, "ServiceUnavailable", f"error trying to reach service: {exc}")
+            ).encode()
         finally:
             conn.close()
         emu.proxied.append((auth, f"{ip}:{target}", path, code))
