@@ -9,8 +9,8 @@ hand-over, the destination agent adopts the domain, the hub /32 route moves)
 and the harness's own ``chaos.recorder.Recorder`` probing ``/healthz`` every
 20 ms with a 250 ms timeout, as in a run.
 
-First the guest's normal /healthz latency is measured (it is a shell handler
-under TCG, so it is tens to hundreds of ms). Then ``--count`` (20) migrations
+First the guest's normal /healthz latency is measured (the guest's static C
+server under TCG: ~10 ms on a quiet host). Then ``--count`` (20) migrations
 back and forth with the route switched on the destination's Resumed/Migrated
 event, and ``--return-count`` (6) with the route switched after the migrate call
 returns, to compare the two. Per migration: QEMU's downtime and total time,
@@ -19,14 +19,20 @@ and the same with the OK stamped at its send time, which removes one healthz
 latency), failed probes, and the differences. Everything is torn down at the
 end, also on error or Ctrl-C.
 
-Findings on this 2-core TCG host (see results/migration_lab*.json): the guest
-answers /healthz in ~11 ms on a quiet host and ~50 ms under the load of other
-lab tests; under that load 20 ms probes overloaded it and the recorder never
-saw it up (``migration_lab_20ms.json``), so the runs use 100 ms probes. The
-probes fail for ~2-5 intervals around a migration (median 456 ms answer-stamped,
-248 ms send-stamped, vs QEMU's 78 ms downtime), and for the whole pre-copy
-(1-3 s) when the host is loaded: the TCG guest is starved while its memory is
-copied, which QEMU's downtime figure does not count. With
+Findings on this 2-core TCG host (see results/migration_lab*.json):
+
+- Quiet host, the guest's C /healthz (p50 10 ms), 20 ms probes with a 250 ms
+  timeout, 20 migrations (``migration_lab_20ms_quiet.json``): QEMU downtime
+  median 58.5 ms (p95 69); probe-seen unavailability median 99 ms send-stamped
+  (39 ms more than QEMU's figure) and 316 ms answer-stamped (p95 477 and 715 ms).
+  The answer stamp adds the latency of the first good probe, which was sent
+  during the switch-over and answered ~200 ms late. The tail (up to 1.5 s) is
+  the TCG guest starved of CPU while its memory is copied, which QEMU's
+  downtime figure does not count.
+- Loaded host (load average 3-4, other lab tests; ``migration_lab.json``, 100 ms
+  probes): median 456 ms answer-stamped, 248 ms send-stamped, vs QEMU's 78 ms;
+  the probes fail for the whole pre-copy (1-3 s) at times. An older shell
+  /healthz could not take 20 ms probes under that load (``migration_lab_20ms.json``). With
 a 2 s i6300esb heartbeat a pre-copy slower than ~3 s lets the watchdog reset
 the guest (``migration_lab_wdt2.json``, migrations 18-26 lost the instance), so
 the default run keeps the driver default of 30 s. The route switch on the
