@@ -1,7 +1,7 @@
 """Data-plane probes on kube: through the workload's Service, via the API server's proxy.
 
 A harness on a laptop or CI runner has API access only, so ``KubeBackend`` probes
-``/api/v1/namespaces/NS/services/SVC:8080/proxy/healthz`` on the API server. Here
+``/api/v1/namespaces/NS/services/SVC:8080/proxy/cgi-bin/healthz`` on the API server. Here
 the API server is the emulator (tests/kube_emulator.py), which really forwards to
 a ready pod behind the Service: the pod's IP is set to 127.0.0.1 and the
 Service's targetPort to a ``LoopbackTarget`` standing in for the workload's
@@ -119,7 +119,7 @@ def test_probe_target_is_the_service_proxy_and_cached(emu: KubeEmulator, tmp_pat
     t = b.probe_target("web")
     assert t is not None
     assert (t.host, t.port, t.tls) == ("127.0.0.1", int(emu.url.rsplit(":", 1)[1]), None)
-    assert t.path == f"/api/v1/namespaces/{NS}/services/web:8080/proxy/healthz"
+    assert t.path == f"/api/v1/namespaces/{NS}/services/web:8080/proxy/cgi-bin/healthz"
     assert t.headers == (("Authorization", "Bearer emulator"),)
     calls = len(emu.requests)
     for _ in range(100):
@@ -156,7 +156,7 @@ def test_user_service_template_and_https_api_server(tmp_path: Path) -> None:
         6443,
         "api.example",
     )
-    assert t.path == f"/prefix/api/v1/namespaces/{NS}/services/db-http:8080/proxy/healthz"
+    assert t.path == f"/prefix/api/v1/namespaces/{NS}/services/db-http:8080/proxy/cgi-bin/healthz"
     assert isinstance(t.tls, ssl.SSLContext) and t.tls.verify_mode is ssl.CERT_NONE
     assert t.headers == (("Authorization", "Bearer t0k"),)
 
@@ -200,7 +200,8 @@ def test_recorder_sees_the_pod_through_its_service(
     # The API server saw the token and forwarded the probe's path to the pod.
     auth = {a for a, _, _, _ in emu.proxied}
     assert auth == {"Bearer emulator"}
-    assert (f"127.0.0.1:{endpoint.port}", "/healthz") in {(u, p) for _, u, p, _ in emu.proxied}
+    proxied = {(u, p) for _, u, p, _ in emu.proxied}
+    assert (f"127.0.0.1:{endpoint.port}", "/cgi-bin/healthz") in proxied
 
 
 def test_vmi_probe_is_guest_reachability_not_phase(emu: KubeEmulator, tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ from cluster.api import (
     WorkloadKind,
     WorkloadStatus,
 )
+from cluster.kube import workloads
 from cluster.kube.config import KubeConfig
 from cluster.kube.power import PowerDriver, get_power_driver
 from cluster.kube.timeline import KubeTimeline
@@ -563,32 +564,7 @@ class KubeBackend:
             self.require_kubevirt()
         self._create_service(ns, name, labels)
         if kind is WorkloadKind.POD:
-            body: Obj = {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": name, "labels": labels},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": labels},
-                    "template": {
-                        "metadata": {"labels": labels},
-                        "spec": {
-                            "nodeSelector": sel,
-                            "containers": [
-                                {
-                                    "name": "main",
-                                    "image": self.config.pod_image,
-                                    "args": ["netexec", "--http-port=8080"],
-                                    "readinessProbe": {
-                                        "httpGet": {"path": "/healthz", "port": 8080},
-                                        "periodSeconds": 1,
-                                    },
-                                }
-                            ],
-                        },
-                    },
-                },
-            }
+            body = workloads.deployment(name, labels, self.config.pod_image, sel)
             self._act(
                 f"create Deployment {ns}/{name}",
                 lambda: self._call(
@@ -596,31 +572,7 @@ class KubeBackend:
                 ),
             )
             return
-        vm: Obj = {
-            "apiVersion": "kubevirt.io/v1",
-            "kind": "VirtualMachine",
-            "metadata": {"name": name, "labels": labels},
-            "spec": {
-                "runStrategy": "Always",
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "nodeSelector": sel,
-                        "evictionStrategy": eviction_strategy,
-                        "domain": {
-                            "resources": {"requests": {"memory": "128Mi"}},
-                            "devices": {
-                                "disks": [{"name": "root", "disk": {"bus": "virtio"}}],
-                                "watchdog": {"name": "wd", "i6300esb": {"action": "reset"}},
-                            },
-                        },
-                        "volumes": [
-                            {"name": "root", "containerDisk": {"image": self.config.vmi_image}}
-                        ],
-                    },
-                },
-            },
-        }
+        vm = workloads.virtual_machine(name, labels, self.config.vmi_image, sel, eviction_strategy)
         self._act(
             f"create VirtualMachine {ns}/{name}",
             lambda: self._call(

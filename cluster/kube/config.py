@@ -44,7 +44,9 @@ class KubeConfig(BaseModel):
     nodes: tuple[str, ...] = ()
     power_driver: str = "kind"
     power_options: dict[str, str] = Field(default_factory=dict)
-    pod_image: str = "registry.k8s.io/e2e-test-images/agnhost:2.52"
+    # The harness's own workloads (cluster/kube/workloads.py): busybox httpd
+    # with a CGI health endpoint, and a CirrOS guest serving it from user data.
+    pod_image: str = "docker.io/library/busybox:1.36"
     vmi_image: str = "quay.io/kubevirt/cirros-container-disk-demo:v1.4.0"
     # Command run in the virt-launcher compute container to hang the guest; the
     # default stops the guest's CPUs through libvirt, so its watchdog fires.
@@ -64,7 +66,7 @@ class KubeConfig(BaseModel):
     # virt-launcher pod, which carries the VMI's labels).
     probe_service: str = "{workload}"
     probe_port: int = Field(default=8080, ge=1, le=65535)
-    probe_path: str = Field(default="/healthz", pattern="^/")
+    probe_path: str = Field(default="/cgi-bin/healthz", pattern="^/")
 
     @property
     def target_pair(self) -> tuple[str, str]:

@@ -1,0 +1,143 @@
+"""The harness's own test workloads on a real cluster: a Deployment and a VirtualMachine.
+
+Filled by nobody (templates); read by ``KubeBackend.create_workload``. Both
+answer the prober's contract on port 8080 (``cluster.api.ProbeTarget``): a 200
+with the body ``<workload> <instance>``, where the instance changes on every
+restart, so a restart is told from a recovery of the same process.
+
+- Pod: busybox ``httpd`` with a CGI ``/cgi-bin/healthz``, the same shape as the
+  lab's pods. The instance is a random UUID drawn when the container starts:
+  a container restart in the same pod (the kubelet's restart after a process
+  crash) gets a new one, as a new pod does.
+- VMI: a CirrOS guest whose cloud-init user data (NoCloud; CirrOS runs a user
+  data script that starts with ``#!``) serves every path on 8080 with busybox
+  ``nc`` in a loop; the instance is the guest kernel's boot id, new on every
+  guest boot (watchdog reset, restart elsewhere) and kept by a live migration.
+  The pod network uses masquerade binding, which KubeVirt needs to live-migrate
+  a VMI on the pod network, and which forwards every port to the guest.
+
+Unverified here (no cluster on these machines; see README "Real clusters"):
+that CirrOS's busybox has ``nc -l -p`` as used, and the boot times.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["HEALTHZ_PATH", "deployment", "virtual_machine"]
+
+Obj = dict[str, Any]
+
+HEALTHZ_PATH = "/cgi-bin/healthz"
+PORT = 8080
+
+# Unquoted heredoc: $WORKLOAD and $inst are fixed into the CGI when it is
+# written; printf expands the \r\n when it answers.
+_POD_SCRIPT = """set -e
+mkdir -p /www/cgi-bin
+inst=$(cat /proc/sys/kernel/random/uuid)
+cat > /www/cgi-bin/healthz <<EOF
+#!/bin/sh
+printf 'Content-Type: text/plain\\r\\n\\r\\n%s %s\\n' "$WORKLOAD" "$inst"
+EOF
+chmod +x /www/cgi-bin/healthz
+exec httpd -f -p 8080 -h /www
+"""
+
+# busybox nc sends its stdin and then half-closes, so the prober (which reads
+# to EOF) gets the whole answer; one connection per loop turn.
+_GUEST_USER_DATA = """#!/bin/sh
+inst=$(cat /proc/sys/kernel/random/boot_id)
+body="{name} $inst"
+cat > /tmp/rto-healthz <<EOF
+#!/bin/sh
+printf 'HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\nContent-Length: %d\\r\\n\\r\\n%s\\n' \\
+  $((${{#body}} + 1)) "$body"
+EOF
+chmod +x /tmp/rto-healthz
+(while true; do /tmp/rto-healthz | nc -l -p 8080 >/dev/null 2>&1; done) \\
+  </dev/null >/dev/null 2>&1 &
+"""
+
+
+def deployment(
+    name: str, labels: dict[str, str], image: str, node_selector: dict[str, str] | None
+) -> Obj:
+    """One replica of the busybox health server, ``Ready`` once it answers."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": node_selector,
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": image,
+                            "command": ["sh", "-c", _POD_SCRIPT],
+                            "env": [{"name": "WORKLOAD", "value": name}],
+                            "ports": [{"containerPort": PORT, "name": "probe"}],
+                            "readinessProbe": {
+                                "httpGet": {"path": HEALTHZ_PATH, "port": PORT},
+                                "periodSeconds": 1,
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def guest_user_data(name: str) -> str:
+    """The CirrOS user-data script that serves ``<name> <boot id>`` on 8080."""
+    return _GUEST_USER_DATA.format(name=name)
+
+
+def virtual_machine(
+    name: str,
+    labels: dict[str, str],
+    image: str,
+    node_selector: dict[str, str] | None,
+    eviction_strategy: str,
+) -> Obj:
+    """A VirtualMachine (runStrategy Always) with an i6300esb watchdog (reset)."""
+    return {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "runStrategy": "Always",
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": node_selector,
+                    "evictionStrategy": eviction_strategy,
+                    "domain": {
+                        "resources": {"requests": {"memory": "128Mi"}},
+                        "devices": {
+                            "disks": [
+                                {"name": "root", "disk": {"bus": "virtio"}},
+                                {"name": "cloudinit", "disk": {"bus": "virtio"}},
+                            ],
+                            "interfaces": [{"name": "default", "masquerade": {}}],
+                            "watchdog": {"name": "wd", "i6300esb": {"action": "reset"}},
+                        },
+                    },
+                    "networks": [{"name": "default", "pod": {}}],
+                    "volumes": [
+                        {"name": "root", "containerDisk": {"image": image}},
+                        {
+                            "name": "cloudinit",
+                            "cloudInitNoCloud": {"userData": guest_user_data(name)},
+                        },
+                    ],
+                },
+            },
+        },
+    }
