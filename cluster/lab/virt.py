@@ -210,13 +210,16 @@ def domain_xml(
       <source file={quoteattr(str(disk_path))}/>
       <target dev='vda' bus='virtio'/>
     </disk>"""
+    # q35, not pc (i440fx): under TCG the guest reaches its health server in
+    # ~4.9 s of uptime instead of ~7 s (same kernel and initramfs), and QEMU's
+    # own benchmark (guest_boot) runs q35 too.
     return f"""<domain type='{vtype}'>
   <name>{escape(name)}</name>
   <memory unit='MiB'>{MEMORY_MIB}</memory>
   <currentMemory unit='MiB'>{MEMORY_MIB}</currentMemory>
   <vcpu>1</vcpu>
   <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
+    <type arch='x86_64' machine='q35'>hvm</type>
     <kernel>{escape(str(kernel))}</kernel>
     <initrd>{escape(str(initrd))}</initrd>
     <cmdline>{escape(cmdline)}</cmdline>
