@@ -22,17 +22,26 @@ VMI. The API server's service proxy (``services/NAME:PORT/proxy/...``) really
 forwards to a ready pod behind the Service (its podIP and the Service's
 targetPort; loopback pod IPs only), 503 without one. There is no kubelet:
 exec is not served (the backend's exec goes through an injectable executor the
-tests replace).
+tests replace). What a kubelet and metrics-server would publish, tests set by
+hand: ``set_usage`` fills ``metrics.k8s.io/v1beta1`` PodMetrics (the whole group
+answers 404 while ``metrics_server`` is False, as when metrics-server is not
+installed), ``append_log`` appends a container log line that
+``pods/NAME/log`` serves (``follow=true``: a chunked stream of new lines that
+ends when the pod is deleted or the emulator stops; ``timestamps``,
+``sinceSeconds``; 400 for a container the pod does not have).
 """
 
 from __future__ import annotations
 
 import bisect
 import copy
+import datetime as dt
 import http.client
 import ipaddress
 import json
 import re
+import select
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -103,8 +112,16 @@ class KubeEmulator:
     # Service-proxy requests: (Authorization header seen, upstream "ip:port" or
     # "" when none was dialled, upstream path, status answered).
     proxied: list[tuple[str, str, str, int]] = field(default_factory=list)
+    # metrics-server: installed or not; (ns, pod) -> container -> (cpu, memory)
+    # quantities as metrics-server writes them ("12345n", "1234Ki").
+    metrics_server: bool = True
+    usage: dict[tuple[str, str], dict[str, tuple[str, str]]] = field(default_factory=dict)
+    # Container logs: (ns, pod uid, container) -> [(time written, line)]; keyed by
+    # uid so a pod re-created under the same name starts with an empty log.
+    logs: dict[tuple[str, str, str], list[tuple[dt.datetime, str]]] = field(default_factory=dict)
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _watches: list[_Watch] = field(default_factory=list)
+    _log_streams: list[_Watch] = field(default_factory=list)
     url: str = ""
 
     # --- state ---------------------------------------------------------------
@@ -157,13 +174,32 @@ class KubeEmulator:
     def drop_watches(self) -> None:
         """Close every open watch stream server-side (as an apiserver restart does)."""
         with self._cond:
-            for w in self._watches:
+            for w in self._watches + self._log_streams:
                 w.closed = True
             self._cond.notify_all()
 
     def open_watches(self) -> int:
         with self._cond:
             return sum(1 for w in self._watches if not w.closed)
+
+    def open_log_streams(self) -> int:
+        """Followed container logs (``pods/NAME/log?follow=true``) being served now."""
+        with self._cond:
+            return sum(1 for w in self._log_streams if not w.closed)
+
+    # --- kubelet and metrics-server stand-ins ----------------------------------
+    def set_usage(self, ns: str, pod: str, containers: dict[str, tuple[str, str]]) -> None:
+        """What metrics-server reports for a pod: container -> (cpu, memory)."""
+        with self._cond:
+            self.usage[(ns, pod)] = dict(containers)
+
+    def append_log(self, ns: str, pod: str, line: str, container: str = "main") -> None:
+        """The container writes one line (stamped now, as the kubelet stamps it)."""
+        with self._cond:
+            uid = self.objects[("", "pods", ns, pod)]["metadata"]["uid"]
+            entry = (dt.datetime.now(dt.UTC), line)
+            self.logs.setdefault((ns, uid, container), []).append(entry)
+            self._cond.notify_all()
 
     # --- seeding helpers -----------------------------------------------------
     def add_node(self, name: str, labels: dict[str, str] | None = None) -> Obj:
@@ -269,6 +305,7 @@ class KubeEmulator:
         node: str,
         labels: dict[str, str] | None = None,
         owner: str | None = None,
+        containers: tuple[str, ...] = ("main",),
     ) -> Obj:
         meta: Obj = {"name": name, "namespace": ns, "labels": labels or {}}
         if owner:
@@ -288,19 +325,23 @@ class KubeEmulator:
                 "apiVersion": "v1",
                 "kind": "Pod",
                 "metadata": meta,
-                "spec": {"nodeName": node, "containers": [{"name": "main", "image": "busybox"}]},
+                "spec": {
+                    "nodeName": node,
+                    "containers": [{"name": c, "image": "busybox"} for c in containers],
+                },
                 "status": {
                     "phase": "Running",
                     "podIP": "198.18.50.1",
                     "containerStatuses": [
                         {
-                            "name": "main",
+                            "name": c,
                             "ready": True,
                             "restartCount": 0,
                             "image": "busybox",
                             "imageID": "busybox@sha256:0",
                             "containerID": f"containerd://{uuid.uuid4().hex}",
                         }
+                        for c in containers
                     ],
                 },
             },
@@ -314,6 +355,7 @@ class KubeEmulator:
         labels: dict[str, str] | None = None,
         vm: bool = True,
         watchdog: bool = True,
+        console_log: bool = True,
     ) -> Obj:
         labels = labels or {}
         domain: Obj = {"devices": {"disks": [{"name": "data", "disk": {"bus": "virtio"}}]}}
@@ -351,6 +393,8 @@ class KubeEmulator:
             f"virt-launcher-{name}-{uuid.uuid4().hex[:5]}",
             node,
             {**labels, "kubevirt.io": "virt-launcher", "vm.kubevirt.io/name": name},
+            # KubeVirt >= 1.1 adds the serial console's log container by default.
+            containers=("compute", "guest-console-log") if console_log else ("compute",),
         )
         return self.put(
             "kubevirt.io",
@@ -593,6 +637,8 @@ class _Handler(BaseHTTPRequestHandler):
                     "resources": [{"name": p} for g, p in RESOURCES if g == "kubevirt.io"],
                 },
             )
+        if url.path.startswith("/apis/metrics.k8s.io"):
+            return self._metrics(emu, url.path)
         proxy = _SERVICE_PROXY.match(url.path)
         if proxy is not None:
             return self._proxy(emu, method, proxy, url.query)
@@ -635,6 +681,8 @@ class _Handler(BaseHTTPRequestHandler):
             )
         if watching:
             return self._watch(group, plural, ns, query)
+        if sub == "log" and plural == "pods" and method == "GET":
+            return self._pod_log(emu, ns or "", name or "", query)
         with emu._cond:
             self._serve(emu, method, group, plural, ns, name, sub, query, body)
 
@@ -798,6 +846,146 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_raw(code, data, ctype or "text/plain")
         except (BrokenPipeError, ConnectionResetError):
             return None  # the client gave up (its probe timed out): nothing to answer
+
+    def _metrics(self, emu: KubeEmulator, path: str) -> None:
+        """metrics.k8s.io/v1beta1 as metrics-server serves it (pods only).
+
+        Not installed: the API server has no such group (404 for every path).
+        RBAC: deny ``("get", "metrics.k8s.io/pods")``. A pod without a reading
+        yet (metrics-server scrapes every 15 s or so): 404 NotFound.
+        """
+        if not emu.metrics_server:
+            return self._send(
+                404, _status(404, "NotFound", "the server could not find the requested resource")
+            )
+        if path == "/apis/metrics.k8s.io/v1beta1":
+            return self._send(
+                200,
+                {
+                    "kind": "APIResourceList",
+                    "groupVersion": "metrics.k8s.io/v1beta1",
+                    "resources": [{"name": "pods"}, {"name": "nodes"}],
+                },
+            )
+        m = re.match(r"^/apis/metrics\.k8s\.io/v1beta1/namespaces/([^/]+)/pods/([^/]+)$", path)
+        if m is None:
+            return self._send(404, _status(404, "NotFound", f"no route {path}"))
+        ns, pod = m[1], m[2]
+        if ("get", "metrics.k8s.io/pods") in emu.deny:
+            return self._send(
+                403,
+                _status(
+                    403,
+                    "Forbidden",
+                    f'pods.metrics.k8s.io "{pod}" is forbidden: User '
+                    '"system:serviceaccount:rto:harness" cannot get resource "pods" in API '
+                    f'group "metrics.k8s.io" in the namespace "{ns}"',
+                ),
+            )
+        with emu._cond:
+            usage = emu.usage.get((ns, pod))
+            exists = ("", "pods", ns, pod) in emu.objects
+        if usage is None or not exists:
+            return self._send(
+                404, _status(404, "NotFound", f'podmetrics.metrics.k8s.io "{ns}/{pod}" not found')
+            )
+        return self._send(
+            200,
+            {
+                "kind": "PodMetrics",
+                "apiVersion": "metrics.k8s.io/v1beta1",
+                "metadata": {"name": pod, "namespace": ns},
+                "timestamp": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "window": "15s",
+                "containers": [
+                    {"name": c, "usage": {"cpu": cpu, "memory": mem}}
+                    for c, (cpu, mem) in usage.items()
+                ],
+            },
+        )
+
+    def _pod_log(self, emu: KubeEmulator, ns: str, name: str, query: dict[str, str]) -> None:
+        """pods/NAME/log as the kubelet serves it through the API server."""
+        with emu._cond:
+            pod = emu.objects.get(("", "pods", ns, name))
+            if pod is None:
+                return self._send(404, _status(404, "NotFound", f'pods "{name}" not found'))
+            uid = pod["metadata"]["uid"]
+            names = [c["name"] for c in pod["spec"]["containers"]]
+        container = query.get("container") or (names[0] if len(names) == 1 else "")
+        if container not in names:
+            return self._send(
+                400,
+                _status(
+                    400,
+                    "BadRequest",
+                    f"container {container} is not valid for pod {name}"
+                    if container
+                    else f"a container name must be specified for pod {name}, "
+                    f"choose one of: [{' '.join(names)}]",
+                ),
+            )
+        stamps = query.get("timestamps") in ("true", "1")
+        since = dt.datetime.min.replace(tzinfo=dt.UTC)
+        if query.get("sinceSeconds"):
+            since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=int(query["sinceSeconds"]))
+        key = (ns, uid, container)
+
+        def render(entries: list[tuple[dt.datetime, str]]) -> bytes:
+            out = []
+            for t, line in entries:
+                if t < since:
+                    continue
+                # RFC3339Nano as Go writes it: trailing zeros of the fraction trimmed.
+                ts = t.strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0").rstrip(".") + "Z"
+                out.append(f"{ts} {line}\n" if stamps else f"{line}\n")
+            return "".join(out).encode()
+
+        if query.get("follow") not in ("true", "1"):
+            with emu._cond:
+                data = render(list(emu.logs.get(key, [])))
+            return self._send_raw(200, data, "text/plain")
+        w = _Watch("", "pods/log", ns, lambda o: True)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        pos = 0
+        try:
+            with emu._cond:
+                emu._log_streams.append(w)
+            while True:
+                with emu._cond:
+                    entries = emu.logs.get(key, [])
+                    batch, pos = entries[pos:], len(entries)
+                    current = emu.objects.get(("", "pods", ns, name))
+                    gone = current is None or current["metadata"]["uid"] != uid
+                    if not batch:
+                        if gone or w.closed or self._client_left():
+                            break
+                        emu._cond.wait(0.2)
+                        continue
+                data = render(batch)
+                if data:
+                    self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                    self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            pass
+        finally:
+            with emu._cond:
+                emu._log_streams.remove(w)
+            self.close_connection = True
+        return None
+
+    def _client_left(self) -> bool:
+        """The client closed its end (a follower stopped): a quiet stream ends."""
+        readable, _, _ = select.select([self.connection], [], [], 0)
+        try:
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _evict(self, emu: KubeEmulator, pod: Obj) -> None:
         ns = pod["metadata"]["namespace"]

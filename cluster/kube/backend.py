@@ -15,7 +15,9 @@ cluster (the VM spec keeps the unplugged volume, the node keeps its taints), so
 from __future__ import annotations
 
 import json
+import shutil
 import ssl
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -32,7 +34,9 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
+from chaos.clock import Clock, RealClock
 from chaos.errors import BackendError
+from chaos.metrics import MetricSample
 from cluster.api import (
     Condition,
     Event,
@@ -45,6 +49,7 @@ from cluster.api import (
 )
 from cluster.kube import workloads
 from cluster.kube.config import KubeConfig
+from cluster.kube.observe import LogSource, PodLogFollower, PodMetricsReader
 from cluster.kube.power import PowerDriver, get_power_driver
 from cluster.kube.timeline import KubeTimeline
 from cluster.kube.watch import ResourceRef, WatchFollower, raw_request, resource_path
@@ -110,8 +115,10 @@ class KubeBackend:
         power: PowerDriver | None = None,
         sleep: Callable[[float], None] = time.sleep,
         echo: Callable[[str], None] = print,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config
+        self.clock: Clock = clock or RealClock()  # stamps metric samples
         self.context = context or config.contexts[0]
         if self.context not in config.contexts:
             raise BackendError(
@@ -142,6 +149,11 @@ class KubeBackend:
         # workload (authorization it was built with, namespace, target).
         self._proxy_static: tuple[ProbeTarget, str] | None = None
         self._proxy_targets: dict[str, tuple[str | None, str, ProbeTarget]] = {}
+        # metrics-server reader (caches "not installed") and per-workload log
+        # followers writing under a directory of this backend instance.
+        self._metrics = PodMetricsReader(self.api, self._explain)
+        self._log_followers: dict[str, PodLogFollower] = {}
+        self._log_dir: Path | None = None
 
     # --- plumbing ----------------------------------------------------------------
     def _call(self, verb: str, resource: str, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
@@ -529,6 +541,12 @@ class KubeBackend:
 
     def close(self) -> None:
         self.stop_watches()
+        for f in self._log_followers.values():
+            f.stop()
+        self._log_followers.clear()
+        if self._log_dir is not None:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+            self._log_dir = None
 
     def events(self, since: float) -> Iterator[Event]:
         self.start_watches()
@@ -1221,9 +1239,89 @@ class KubeBackend:
         else:
             self.hang_guest(workload, resume=True)
 
-    def metrics(self, workload: str) -> Any:
-        # Not read on kube yet (metrics-server / virt-handler metrics): None = no reading.
+    def _observed_pod(self, workload: str) -> tuple[Obj, WorkloadKind] | None:
+        """The pod whose usage and output stand for ``workload``: its own pod, or
+        a VMI's virt-launcher pod (QEMU runs in its "compute" container). None
+        when it has none now (deleted, being re-created, not scheduled)."""
+        pod = self._current_pods().get(workload)
+        if pod is not None:
+            return pod, WorkloadKind.POD
+        for v in self._raw_vmis():
+            if self._vmi_status(v).name == workload:
+                try:
+                    return self._launcher_of(v), WorkloadKind.VMI
+                except BackendError as exc:
+                    if "no virt-launcher pod" in str(exc):
+                        return None
+                    raise
         return None
 
+    def metrics(self, workload: str) -> MetricSample | None:
+        """A metrics-server reading of the workload's pod (``cluster.kube.observe``).
+
+        None when metrics.k8s.io is not served (asked once), when the pod has no
+        reading yet or the workload has no pod now (down: the sampler counts it
+        missing). metrics-server publishes a CPU rate and a working set only, so:
+        ``cpu_s`` is the rate integrated between samples (an estimate, from 0 for
+        each new pod); for a VMI it is the whole virt-launcher pod (vCPUs, QEMU's
+        own threads and virt-launcher cannot be told apart), so ``host_cpu_s`` =
+        ``cpu_s``; ``mem_bytes`` is the pod's working set (for a VMI the guest
+        memory QEMU touched plus its overhead, hence ``overhead_bytes`` 0); disk
+        and network stay 0. An RBAC denial raises (the sampler keeps the message).
+        """
+        if not self._metrics.available():
+            return None
+        found = self._observed_pod(workload)
+        if found is None:
+            return None  # no pod now: nothing running to read
+        pod, kind = found
+        meta = pod["metadata"]
+        usage = self._metrics.usage(meta["namespace"], meta["name"])
+        if usage is None:
+            return None
+        t = self.clock.now()
+        cpu_s = self._metrics.cpu_seconds(workload, meta.get("uid", meta["name"]), t, usage.cores)
+        return MetricSample(
+            t=t,
+            workload=workload,
+            kind=kind.value,
+            cpu_s=cpu_s,
+            host_cpu_s=cpu_s,
+            mem_bytes=usage.mem_bytes,
+        )
+
+    def _log_source(self, workload: str) -> LogSource:
+        found = self._observed_pod(workload)
+        if found is None:
+            # The follower backs off and asks again: a new pod is on its way.
+            raise BackendError(f"workload {workload!r} has no pod to read the log of now")
+        pod, kind = found
+        names = [c["name"] for c in (pod.get("spec") or {}).get("containers") or ()]
+        if kind is WorkloadKind.POD:
+            container = "main" if "main" in names else (names[0] if names else "main")
+        else:
+            # The serial console (KubeVirt's guest-console-log sidecar) if enabled,
+            # else virt-launcher's own output.
+            container = "guest-console-log" if "guest-console-log" in names else "compute"
+        meta = pod["metadata"]
+        return LogSource(meta["namespace"], meta["name"], container, meta.get("uid", ""))
+
     def log_path(self, workload: str) -> Path | None:
-        return None  # container and console logs stay in the cluster
+        """A local file the workload's container log (a VMI: its serial console) is
+        streamed into by a ``PodLogFollower`` started on the first call and stopped
+        by ``close``; the file holds this backend instance's output only."""
+        follower = self._log_followers.get(workload)
+        if follower is None:
+            if self._log_dir is None:
+                root = Path(tempfile.gettempdir()) / "rto-kube-logs"
+                root.mkdir(parents=True, exist_ok=True)
+                self._log_dir = Path(tempfile.mkdtemp(prefix=f"{self.context}-", dir=root))
+            follower = PodLogFollower(
+                self.api,
+                partial(self._log_source, workload),
+                self._log_dir / f"{workload}.log",
+                explain=self._explain,
+            )
+            follower.start()
+            self._log_followers[workload] = follower
+        return follower.path
