@@ -28,7 +28,7 @@ answers 404 while ``metrics_server`` is False, as when metrics-server is not
 installed), ``append_log`` appends a container log line that
 ``pods/NAME/log`` serves (``follow=true``: a chunked stream of new lines that
 ends when the pod is deleted or the emulator stops; ``timestamps``,
-``sinceSeconds``; 400 for a container the pod does not have).
+``sinceSeconds``, ``tailLines``; 400 for a container the pod does not have).
 """
 
 from __future__ import annotations
@@ -930,6 +930,7 @@ class _Handler(BaseHTTPRequestHandler):
         if query.get("sinceSeconds"):
             since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=int(query["sinceSeconds"]))
         key = (ns, uid, container)
+        tail = int(query["tailLines"]) if query.get("tailLines") else None
 
         def render(entries: list[tuple[dt.datetime, str]]) -> bytes:
             out = []
@@ -943,8 +944,8 @@ class _Handler(BaseHTTPRequestHandler):
 
         if query.get("follow") not in ("true", "1"):
             with emu._cond:
-                data = render(list(emu.logs.get(key, [])))
-            return self._send_raw(200, data, "text/plain")
+                entries = list(emu.logs.get(key, []))
+            return self._send_raw(200, render(entries[-tail:] if tail else entries), "text/plain")
         w = _Watch("", "pods/log", ns, lambda o: True)
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
@@ -954,6 +955,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             with emu._cond:
                 emu._log_streams.append(w)
+                if tail is not None:  # the stream starts with the last tailLines lines
+                    pos = max(0, len(emu.logs.get(key, [])) - tail)
             while True:
                 with emu._cond:
                     entries = emu.logs.get(key, [])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from chaos.metrics import MetricsSampler
 from chaos.timeline import EventKind, Timeline
 from cluster.kube.backend import KubeBackend
 from cluster.kube.config import KubeConfig
-from cluster.kube.observe import cpu_cores, memory_bytes
+from cluster.kube.observe import PodLogFollower, cpu_cores, memory_bytes
 
 NS = "rto"
 TARGET = {"rto.harness/target": "true"}
@@ -230,7 +231,7 @@ def test_log_follower_reattaches_to_new_pod(emu: KubeEmulator, backend: KubeBack
     new = eventually(
         lambda: [p for p in emu.items("", "pods") if p["metadata"]["name"].startswith("web-rs")]
     )[0]["metadata"]["name"]
-    emu.append_log(NS, new, "new pod booted")  # before the follower attached: still read
+    emu.append_log(NS, new, "new pod booted")  # before or after it attaches: read
     eventually(lambda: "new pod booted" in path.read_text())
     emu.append_log(NS, new, "new pod serving")
     eventually(lambda: "new pod serving" in path.read_text())
@@ -293,3 +294,34 @@ def test_log_rbac_denial_ends_follower(emu: KubeEmulator, backend: KubeBackend) 
     eventually(lambda: not follower.alive())
     assert isinstance(follower.error, BackendError)
     assert "RBAC: the harness may not 'get' 'pods/log'" in str(follower.error)
+
+
+def test_follower_bounds_history_and_file(
+    emu: KubeEmulator, backend: KubeBackend, tmp_path: Path
+) -> None:
+    emu.add_pod(NS, "solo-a1", "w1", wl("solo"))
+    path = tmp_path / "solo.log"
+    follower = PodLogFollower(
+        backend.api,
+        partial(backend._log_source, "solo"),
+        path,
+        history_lines=2,
+        max_bytes=20,
+    )
+    follower.start()
+    try:
+        eventually(lambda: emu.open_log_streams() == 1)
+        # A second pod, already chatty, takes over when the first is deleted:
+        # only the last history_lines of what it printed are asked for.
+        emu.add_pod(NS, "solo-b2", "w2", wl("solo"))
+        for i in range(5):
+            emu.append_log(NS, "solo-b2", f"boot {i}")
+        emu.remove("", "pods", NS, "solo-a1")
+        eventually(lambda: "boot 4" in path.read_text())
+        assert path.read_text() == "boot 3\nboot 4\n"
+        emu.append_log(NS, "solo-b2", "0123456789")  # past 20 bytes: the file starts over
+        eventually(lambda: "0123456789" in path.read_text())
+        assert path.read_text() == "0123456789\n" and follower.truncations == 1
+    finally:
+        follower.stop()
+    assert not follower.alive()

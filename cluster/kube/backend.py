@@ -18,6 +18,7 @@ import json
 import shutil
 import ssl
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -154,6 +155,7 @@ class KubeBackend:
         self._metrics = PodMetricsReader(self.api, self._explain)
         self._log_followers: dict[str, PodLogFollower] = {}
         self._log_dir: Path | None = None
+        self._log_lock = threading.Lock()  # log_path from the recorder and the runner
 
     # --- plumbing ----------------------------------------------------------------
     def _call(self, verb: str, resource: str, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
@@ -541,12 +543,13 @@ class KubeBackend:
 
     def close(self) -> None:
         self.stop_watches()
-        for f in self._log_followers.values():
-            f.stop()
-        self._log_followers.clear()
-        if self._log_dir is not None:
-            shutil.rmtree(self._log_dir, ignore_errors=True)
-            self._log_dir = None
+        with self._log_lock:
+            for f in self._log_followers.values():
+                f.stop()
+            self._log_followers.clear()
+            if self._log_dir is not None:
+                shutil.rmtree(self._log_dir, ignore_errors=True)
+                self._log_dir = None
 
     def events(self, since: float) -> Iterator[Event]:
         self.start_watches()
@@ -1310,18 +1313,19 @@ class KubeBackend:
         """A local file the workload's container log (a VMI: its serial console) is
         streamed into by a ``PodLogFollower`` started on the first call and stopped
         by ``close``; the file holds this backend instance's output only."""
-        follower = self._log_followers.get(workload)
-        if follower is None:
-            if self._log_dir is None:
-                root = Path(tempfile.gettempdir()) / "rto-kube-logs"
-                root.mkdir(parents=True, exist_ok=True)
-                self._log_dir = Path(tempfile.mkdtemp(prefix=f"{self.context}-", dir=root))
-            follower = PodLogFollower(
-                self.api,
-                partial(self._log_source, workload),
-                self._log_dir / f"{workload}.log",
-                explain=self._explain,
-            )
-            follower.start()
-            self._log_followers[workload] = follower
-        return follower.path
+        with self._log_lock:
+            follower = self._log_followers.get(workload)
+            if follower is None:
+                if self._log_dir is None:
+                    root = Path(tempfile.gettempdir()) / "rto-kube-logs"
+                    root.mkdir(parents=True, exist_ok=True)
+                    self._log_dir = Path(tempfile.mkdtemp(prefix=f"{self.context}-", dir=root))
+                follower = PodLogFollower(
+                    self.api,
+                    partial(self._log_source, workload),
+                    self._log_dir / f"{workload}.log",
+                    explain=self._explain,
+                )
+                follower.start()
+                self._log_followers[workload] = follower
+            return follower.path

@@ -212,8 +212,11 @@ class PodLogFollower:
     ``since_seconds`` only (what was printed before the run is not the run's);
     a pod seen for the first time later is read from its start (a replacement
     pod's boot lines explain the recovery); the same pod again skips lines up
-    to the last timestamp written. ``sleep`` waits between attempts and returns
-    early on ``stop()``.
+    to the last timestamp written. Later attaches ask for the last
+    ``history_lines`` only, so a long-lived pod's whole log is never pulled.
+    The file is bounded: past ``max_bytes`` it is truncated and written from
+    the start (``LogFollower`` reads a truncated file from its start). ``wait``
+    waits between attempts and returns early on ``stop()``.
     """
 
     def __init__(
@@ -223,6 +226,8 @@ class PodLogFollower:
         path: Path,
         *,
         since_seconds: int = 1,
+        history_lines: int = 1000,
+        max_bytes: int = 64 << 20,
         max_backoff: float = 5.0,
         read_timeout_s: float = 300.0,
         wait: Callable[[threading.Event, float], object] | None = None,
@@ -232,6 +237,9 @@ class PodLogFollower:
         self.resolve = resolve
         self.path = path
         self.since_seconds = since_seconds
+        self.history_lines = history_lines
+        self.max_bytes = max_bytes
+        self.truncations = 0
         self.read_timeout_s = read_timeout_s
         self.explain = explain
         self._attached = False  # a stream was opened once (later ones read in full)
@@ -315,6 +323,7 @@ class PodLogFollower:
             follow=True,
             timestamps=True,
             since_seconds=self.since_seconds if first else None,
+            tail_lines=None if first else self.history_lines,
             _preload_content=False,
             # A quiet log times out the read after read_timeout_s: attach again
             # (the same pod's lines already written are skipped by timestamp).
@@ -357,7 +366,14 @@ class PodLogFollower:
             with self._lock:
                 if self._out.closed:
                     return 0
-                self._out.write(b"".join(out))
+                data = b"".join(out)
+                if self._out.tell() + len(data) > self.max_bytes:
+                    # Bounded on disk: start over (the tailer reads a truncated file
+                    # from its start; it has read what came before on its ticks).
+                    self._out.seek(0)
+                    self._out.truncate()
+                    self.truncations += 1
+                self._out.write(data)
                 self._out.flush()
             self.lines += len(out)
         return len(out)
