@@ -295,6 +295,7 @@ class VmiHandler:
         if vmi.ip is None:
             vmi.reason = "NoAddress"
             return
+        t0 = self.clock.now()
         try:
             conn = self._connection()
             volumes.ensure_volume(vmi.name)  # before QEMU opens the disk
@@ -319,6 +320,7 @@ class VmiHandler:
             log_path = virt.console_log(vmi.name)
             vmi.offset = log_path.stat().st_size if log_path.exists() else 0
             vmi.partial = ""
+            t_create = self.clock.now()
             dom.create()
         except (HarnessError, OSError, libvirt.libvirtError) as exc:
             log.error("vmi %s: start failed: %s", vmi.name, exc)
@@ -338,7 +340,8 @@ class VmiHandler:
         vmi.phase = "Scheduled"  # QEMU runs; Running once the guest says it is ready
         vmi.reason = "Booting"
         vmi.backoff.started()
-        log.info("vmi %s: domain started (restarts %d)", vmi.name, vmi.restarts)
+        log.info("vmi %s: domain started (restarts %d) in %.2f s, %.2f s of it libvirt's create",
+                 vmi.name, vmi.restarts, now - t0, now - t_create)  # fmt: skip
 
     def _read_console(self, vmi: VmiRun) -> None:
         from cluster.lab import virt
