@@ -228,7 +228,11 @@ def elf_segment_types(elf: bytes) -> list[int]:
 def test_build_guest_reuses_cache_and_rebuilds_on_change(
     built: GuestImage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = built.kernel.parent.parent
+    # A copy of the fixture's cache: the new builds below prune older images,
+    # and later tests still boot ``built``.
+    root = tmp_path / "images"
+    shutil.copytree(built.kernel.parent.parent, root)
+    built = build_guest(root)
     repo_assets = guest_build.ASSETS
     mtime = built.initrd.stat().st_mtime_ns
     again = build_guest(root)
@@ -249,7 +253,11 @@ def test_build_guest_reuses_cache_and_rebuilds_on_change(
     # So is the compiler: a gcc or libc.a upgrade gives a new image too.
     monkeypatch.setattr(guest_build, "ASSETS", repo_assets)
     monkeypatch.setattr(guest_build, "_compiler_identity", lambda: "gcc (Other) 99.1")
-    assert build_guest(root).inputs_hash not in (built.inputs_hash, changed.inputs_hash)
+    third = build_guest(root)
+    assert third.inputs_hash not in (built.inputs_hash, changed.inputs_hash)
+    # The new build pruned the oldest image and kept one spare.
+    assert third.initrd.is_file() and changed.initrd.is_file()
+    assert not built.initrd.exists()
 
 
 def test_compile_healthz_reports_the_compiler_error(tmp_path: Path) -> None:
