@@ -265,7 +265,7 @@ def test_kill_through_exec(emu: KubeEmulator, tmp_path: Path) -> None:
     assert ex.calls[0] == (NS, "web-a1", "main", ["kill", "-9", "1"])
     assert ex.calls[1][1].startswith("virt-launcher-vm1-") and ex.calls[1][2] == "compute"
     assert "qemu" in ex.calls[1][3][-1]
-    assert ex.calls[2][3] == ["virsh", "suspend", f"{NS}_vm1"]
+    assert ex.calls[2][3] == ["virsh", "inject-nmi", f"{NS}_vm1"]
 
 
 def test_power_driver_and_watchdog_checks(emu: KubeEmulator, tmp_path: Path) -> None:

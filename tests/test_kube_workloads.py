@@ -122,6 +122,11 @@ def test_guest_user_data_answers_name_and_boot_id_on_any_path(
     user_data = next(v for v in spec["volumes"] if "cloudInitNoCloud" in v)
     script = str(user_data["cloudInitNoCloud"]["userData"])
     assert script.startswith("#!/bin/sh\n")  # CirrOS runs such user data
+    # The watchdog/NMI half changes kernel settings: checked, never run here.
+    assert script.endswith(workloads.GUEST_ARM_WATCHDOG)
+    assert "unknown_nmi_panic" in script and "> /dev/watchdog" in script
+    assert spec["domain"]["devices"]["watchdog"]["i6300esb"] == {"action": "reset"}
+    script = script.removesuffix(workloads.GUEST_ARM_WATCHDOG)
     script = script.replace("/tmp/rto-healthz", str(tmp_path / "healthz")).replace(
         "8080", str(port)
     )

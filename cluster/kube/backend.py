@@ -730,7 +730,8 @@ class KubeBackend:
             )
 
     def hang_guest(self, workload: str, resume: bool = False) -> None:
-        """Stop the guest (its watchdog then fires) via the configured guest channel."""
+        """Hang the guest via the configured command (default: an NMI that panics
+        the harness's guest; its watchdog then resets it), or resume it."""
         vmi = self._vmi_of(workload)
         launcher = self._launcher_of(vmi)
         ns = vmi["metadata"]["namespace"]

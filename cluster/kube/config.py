@@ -48,9 +48,13 @@ class KubeConfig(BaseModel):
     # with a CGI health endpoint, and a CirrOS guest serving it from user data.
     pod_image: str = "docker.io/library/busybox:1.36"
     vmi_image: str = "quay.io/kubevirt/cirros-container-disk-demo:v1.4.0"
-    # Command run in the virt-launcher compute container to hang the guest; the
-    # default stops the guest's CPUs through libvirt, so its watchdog fires.
-    guest_hang_command: tuple[str, ...] = ("virsh", "suspend", "{domain}")
+    # Command run in the virt-launcher compute container to hang the guest. The
+    # default NMI panics the harness's own guest, which stays down until its
+    # armed i6300esb resets it (cluster/kube/workloads.py); `virsh suspend`
+    # would stop the watchdog's clock with the CPUs, and nothing would fire.
+    guest_hang_command: tuple[str, ...] = ("virsh", "inject-nmi", "{domain}")
+    # Resumes a guest paused on an I/O error when the VMI's Paused condition
+    # lags (the watchdog healer; with the condition it uses `unpause`).
     guest_resume_command: tuple[str, ...] = ("virsh", "resume", "{domain}")
     node_pod_image: str = "registry.k8s.io/e2e-test-images/agnhost:2.52"
     fence_after: float = 40.0

@@ -13,18 +13,22 @@ restart, so a restart is told from a recovery of the same process.
   data script that starts with ``#!``) serves every path on 8080 with busybox
   ``nc`` in a loop; the instance is the guest kernel's boot id, new on every
   guest boot (watchdog reset, restart elsewhere) and kept by a live migration.
-  The pod network uses masquerade binding, which KubeVirt needs to live-migrate
-  a VMI on the pod network, and which forwards every port to the guest.
+  The user data also arms the guest's watchdog and makes an NMI panic it (see
+  ``GUEST_ARM_WATCHDOG``). The pod network uses masquerade binding, which
+  KubeVirt needs to live-migrate a VMI on the pod network, and which forwards
+  every port to the guest.
 
 Unverified here (no cluster on these machines; see README "Real clusters"):
-that CirrOS's busybox has ``nc -l -p`` as used, and the boot times.
+that CirrOS's busybox has ``nc -l -p`` as used, that its kernel has the
+i6300esb driver, that ``virsh`` in the virt-launcher answers inject-nmi, and
+the boot times.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["HEALTHZ_PATH", "deployment", "virtual_machine"]
+__all__ = ["GUEST_ARM_WATCHDOG", "HEALTHZ_PATH", "deployment", "guest_user_data", "virtual_machine"]
 
 Obj = dict[str, Any]
 
@@ -94,9 +98,24 @@ def deployment(
     }
 
 
+# The guest half of a "guest hang" (config guest_hang_command, default `virsh
+# inject-nmi`): an NMI panics the kernel, which then stays down (panic=0), so
+# nothing feeds the i6300esb any more and its reset brings the guest back, as
+# in the lab. Pausing the domain instead would stop the watchdog's clock too.
+GUEST_ARM_WATCHDOG = """
+echo 1 > /proc/sys/kernel/unknown_nmi_panic
+echo 0 > /proc/sys/kernel/panic
+modprobe i6300esb 2>/dev/null
+if [ -e /dev/watchdog ]; then
+  (while :; do echo .; sleep 1; done > /dev/watchdog) </dev/null 2>/dev/null &
+fi
+"""
+
+
 def guest_user_data(name: str) -> str:
-    """The CirrOS user-data script that serves ``<name> <boot id>`` on 8080."""
-    return _GUEST_USER_DATA.format(name=name)
+    """The CirrOS user-data script: serve ``<name> <boot id>`` on 8080, arm the
+    watchdog, and panic on an NMI (``GUEST_ARM_WATCHDOG``)."""
+    return _GUEST_USER_DATA.format(name=name) + GUEST_ARM_WATCHDOG
 
 
 def virtual_machine(
