@@ -369,7 +369,7 @@ class Run:
             campaign=self.campaign,
             experiment=self.spec.title,
             fault=rto.fault.type,
-            variant=fault_variant(rto.fault),
+            variant=fault_variant(rto.fault, rto.target),
             kind=rto.target.kind,
             backend=self.backend.name,
             profile=self.profile,

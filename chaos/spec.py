@@ -125,8 +125,14 @@ _FAULT_TYPES = (
 )
 
 
-def fault_variant(fault: FaultSpec) -> str:
-    """The sub-kind a report groups by: partition scope or storage mode."""
+def fault_variant(fault: FaultSpec, target: TargetSpec | None = None) -> str:
+    """The sub-kind a report groups by: partition scope, storage mode, crash
+    mode, or a VMI drained without live migration (``evictionStrategy=None``:
+    shut down and booted elsewhere, another mechanism than the claim's)."""
+    if isinstance(fault, NodeDrainSpec):
+        if target is not None and target.kind == "vmi" and target.eviction_strategy == "None":
+            return "evictionStrategy=None"
+        return ""
     if isinstance(fault, NetworkPartitionSpec):
         return fault.scope
     if isinstance(fault, StorageLostSpec):

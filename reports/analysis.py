@@ -346,7 +346,7 @@ def _judge(
     expectation: RtoExpectation | None,
     sibling: _Stats | None,
 ) -> tuple[Verdict, str]:
-    fault, _variant, kind, backend, profile, _healers = key
+    fault, variant, kind, backend, profile, _healers = key
     median = stats["median_s"]
     numbers = f"median {fmt_s(median)}, detection {fmt_s(stats['detection_median_s'])}"
     finished = stats["n"] - stats["aborted"]
@@ -363,6 +363,11 @@ def _judge(
         return Verdict.NOT_MEASURED, f"{stats['recovered']} run(s) recovered but none has an RTO"
     if expectation is None:
         return Verdict.INFORMATIONAL, f"no documented claim for {fault}/{kind}; {numbers}"
+    if variant in expectation.not_for_variants:
+        return Verdict.INFORMATIONAL, (
+            f"the documented claim ({expectation.mechanism}: {expectation.claim_text}) is not "
+            f"about [{variant}]; {numbers}"
+        )
     if not judged_with_real_timings(backend, profile):
         return Verdict.SCALED, (
             f"profile {profile} scales platform timings; {numbers} "

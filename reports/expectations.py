@@ -119,6 +119,9 @@ class RtoExpectation(_Frozen):
     claim_text: str = Field(min_length=1)
     claim: Claim
     note: str = ""
+    # Variants (chaos.spec.fault_variant) the claim's mechanism does not cover:
+    # their cells are shown, informational, not judged against it.
+    not_for_variants: tuple[str, ...] = ()
 
 
 class RatioRange(_Frozen):

@@ -27,10 +27,11 @@ PODS = sorted((ROOT / "experiments" / "pods").glob("*.yaml"))
 def test_vmi_experiments_cover_every_fault_with_their_own_workloads() -> None:
     specs = {p.stem: load_experiment(p) for p in VMIS}
     assert all(s.rto.target.kind == "vmi" for s in specs.values())
-    assert {(s.fault.type, fault_variant(s.fault)) for s in specs.values()} == {
+    assert {(s.fault.type, fault_variant(s.fault, s.rto.target)) for s in specs.values()} == {
         ("process-crash", ""),
         ("process-crash", "hang"),
         ("node-drain", ""),
+        ("node-drain", "evictionStrategy=None"),
         ("node-power-off", ""),
         ("network-partition", "node"),
         ("network-partition", "workload"),

@@ -244,6 +244,20 @@ def test_no_outage_counts_as_zero_rto() -> None:
     assert "no outage at all" in cells[0].detail
 
 
+def test_a_variant_the_claim_does_not_cover_is_its_own_informational_cell() -> None:
+    # A drain of a VMI without live migration (evictionStrategy None) is a cold
+    # restart: not judged against "live migration: 0 s", not mixed with it.
+    rows = [
+        run("node-drain", "vmi", 0.4),
+        run("node-drain", "vmi", 7.3, variant="evictionStrategy=None"),
+    ]
+    cells = {c.variant: c for c in summarise(rows, load_expectations())}
+    assert cells[""].median_s == 0.4 and cells[""].verdict is Verdict.HOLDS
+    cold = cells["evictionStrategy=None"]
+    assert cold.median_s == 7.3 and cold.verdict is Verdict.INFORMATIONAL
+    assert "is not about [evictionStrategy=None]" in cold.detail
+
+
 def test_healer_order_does_not_split_cells() -> None:
     rows = [
         run("process-crash", "pod", 1.0, healers=("watchdog", "eviction")),
