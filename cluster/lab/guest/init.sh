@@ -84,6 +84,10 @@ if [ -n "$IP" ]; then
     ip addr add "$IP" dev eth0 || say "cannot set $IP on eth0"
     ip link set eth0 up
     [ -n "$GW" ] && { ip route add default via "$GW" || say "cannot route via $GW"; }
+    # Unsolicited ARP, as a real OS's network stack sends on link up: a node
+    # that probed this address while the guest was down holds a FAILED
+    # neighbour entry and would drop probes for seconds; this revives it.
+    arping -U -c 1 -I eth0 "${IP%/*}" > /dev/null 2>&1 &
 fi
 
 stage network
