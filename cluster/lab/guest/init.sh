@@ -77,6 +77,9 @@ echo "$NAME" > /run/rto/name
 echo "$INSTANCE" > /run/rto/instance
 echo "$BOOT" > /run/rto/boot
 echo "$DISK" > /run/rto/disk
+# Seconds before the guest serves: a run's log follower has this boot's line
+# even when the run ends a moment after /healthz answers (before READY).
+echo "RTO-GUEST-BOOT $INSTANCE boot=$BOOT" > /dev/console
 stage disk
 
 ip link set lo up
