@@ -51,7 +51,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-__all__ = ["KubeEmulator", "emulator", "write_kubeconfig"]
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+__all__ = ["KubeEmulator", "emulator", "eventually", "write_kubeconfig"]
 
 Obj = dict[str, Any]
 # (group, plural) -> namespaced?
@@ -1145,3 +1147,14 @@ def write_kubeconfig(path: str, contexts: dict[str, str], current: str) -> str:
     with open(path, "w") as f:
         yaml.safe_dump(doc, f)
     return path
+
+
+def eventually(check, timeout: float = 5.0):  # type: ignore[no-untyped-def]
+    """Poll ``check`` (every 20 ms, tenacity) until truthy; its last value."""
+    r = Retrying(
+        stop=stop_after_delay(timeout),
+        wait=wait_fixed(0.02),
+        retry=retry_if_result(lambda v: not v),
+        reraise=True,
+    )
+    return r(check)

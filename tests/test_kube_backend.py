@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kube_emulator import KubeEmulator, emulator, write_kubeconfig
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+from kube_emulator import KubeEmulator, emulator, eventually, write_kubeconfig
 
 from chaos.errors import BackendError, SpecError
 from cluster.api import VolumeFailure, WorkloadKind
@@ -70,16 +69,6 @@ def make(emu: KubeEmulator, tmp_path: Path, **kw: object) -> KubeBackend:
     )
     cfg = KubeConfig(contexts=("emu",), kubeconfig=cfg_path, namespaces=(NS,))
     return KubeBackend(cfg, sleep=lambda s: None, echo=lambda m: None, **kw)  # type: ignore[arg-type]
-
-
-def eventually(check, timeout: float = 5.0):  # type: ignore[no-untyped-def]
-    r = Retrying(
-        stop=stop_after_delay(timeout),
-        wait=wait_fixed(0.02),
-        retry=retry_if_result(lambda v: not v),
-        reraise=True,
-    )
-    return r(check)
 
 
 def test_reads_nodes_pods_vmis_with_conditions(emu: KubeEmulator, tmp_path: Path) -> None:

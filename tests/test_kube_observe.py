@@ -16,8 +16,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from kube_emulator import KubeEmulator, emulator, write_kubeconfig
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+from kube_emulator import KubeEmulator, emulator, eventually, write_kubeconfig
 
 from chaos.clock import FakeClock
 from chaos.errors import BackendError
@@ -56,16 +55,6 @@ def backend(emu: KubeEmulator, tmp_path: Path) -> Iterator[KubeBackend]:
         yield b
     finally:
         b.close()
-
-
-def eventually(check, timeout: float = 5.0):  # type: ignore[no-untyped-def]
-    r = Retrying(
-        stop=stop_after_delay(timeout),
-        wait=wait_fixed(0.02),
-        retry=retry_if_result(lambda v: not v),
-        reraise=True,
-    )
-    return r(check)
 
 
 def launcher(emu: KubeEmulator, vmi: str) -> str:

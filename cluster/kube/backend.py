@@ -964,12 +964,17 @@ class KubeBackend:
                 lambda: self._sub(ns, name, "removevolume", {"name": vol["name"]}),
             )
             return
+        self._fsfreeze_pod_volumes(workload, freeze=True, why=f" ({mode})")
+
+    def _fsfreeze_pod_volumes(self, workload: str, *, freeze: bool, why: str = "") -> None:
+        """Freeze or thaw every volume of the workload's pod, by a node pod."""
         pod = self._pod_of(workload)
         uid, node = pod["metadata"]["uid"], pod["spec"]["nodeName"]
-        script = f"for m in /var/lib/kubelet/pods/{uid}/volumes/*/*; do fsfreeze -f $m; done"
+        flag, verb = ("-f", "freeze") if freeze else ("-u", "thaw")
+        script = f"for m in /var/lib/kubelet/pods/{uid}/volumes/*/*; do fsfreeze {flag} $m; done"
         self._act(
-            f"freeze volumes of pod {pod['metadata']['name']} on {node} ({mode})",
-            lambda: self._node_pod(node, "freeze", script),
+            f"{verb} volumes of pod {pod['metadata']['name']} on {node}{why}",
+            lambda: self._node_pod(node, verb, script),
         )
 
     def repair_volume(self, workload: str, mode: VolumeFailure) -> None:
@@ -1004,13 +1009,7 @@ class KubeBackend:
                     partial(self._sub, ns, name, "addvolume", body),
                 )
             return
-        pod = self._pod_of(workload)
-        uid, node = pod["metadata"]["uid"], pod["spec"]["nodeName"]
-        script = f"for m in /var/lib/kubelet/pods/{uid}/volumes/*/*; do fsfreeze -u $m; done"
-        self._act(
-            f"thaw volumes of pod {pod['metadata']['name']} on {node}",
-            lambda: self._node_pod(node, "thaw", script),
-        )
+        self._fsfreeze_pod_volumes(workload, freeze=False)
 
     # --- healer actions ------------------------------------------------------------
     def set_restart_healing(self, enabled: bool) -> None:

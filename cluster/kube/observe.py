@@ -24,10 +24,8 @@ and used to skip lines already written when it re-attaches to the same pod.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +40,7 @@ from kubernetes.utils import parse_quantity
 from tenacity import Retrying, retry_if_exception, wait_exponential
 
 from chaos.errors import BackendError
-from cluster.kube.watch import raw_request
+from cluster.kube.watch import raw_request, shutdown_stream
 
 __all__ = [
     "LogSource",
@@ -284,15 +282,8 @@ class PodLogFollower:
     def stop(self) -> None:
         """End the stream and the thread; the file stays for the tailer's last read."""
         self._stop.set()
-        resp = self._resp
-        if resp is not None:
-            # As WatchFollower.stop: shutting the socket down wakes a quiet stream's
-            # reader without waiting for its lock.
-            fp = getattr(getattr(resp, "_fp", None), "fp", None)
-            sock = getattr(getattr(fp, "raw", None), "_sock", None)
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+        if self._resp is not None:
+            shutdown_stream(self._resp)
         self._thread.join(timeout=5)
         with self._lock:
             self._out.close()

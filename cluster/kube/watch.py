@@ -29,7 +29,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 from tenacity import Retrying, retry_if_exception, wait_exponential
 
-__all__ = ["ResourceRef", "WatchFollower", "raw_request", "resource_path"]
+__all__ = ["ResourceRef", "WatchFollower", "raw_request", "resource_path", "shutdown_stream"]
 
 OnEvent = Callable[[str, dict[str, Any]], None]
 
@@ -40,6 +40,19 @@ class ResourceRef:
     version: str
     plural: str
     namespace: str | None = None
+
+
+def shutdown_stream(resp: Any) -> None:
+    """Wake the thread reading a streaming response (watch, log follow).
+
+    Closing the response from another thread would wait for the reader's
+    lock; shutting its socket down ends a quiet stream's read at once.
+    """
+    fp = getattr(getattr(resp, "_fp", None), "fp", None)
+    sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def resource_path(ref: ResourceRef, name: str | None = None, sub: str | None = None) -> str:
@@ -146,15 +159,8 @@ class WatchFollower:
 
     def stop(self) -> None:
         self._stop.set()
-        resp = self._resp
-        if resp is not None:
-            # Closing the response from this thread would wait for the reader's
-            # lock; shutting the socket down wakes the reader of a quiet stream.
-            fp = getattr(getattr(resp, "_fp", None), "fp", None)
-            sock = getattr(getattr(fp, "raw", None), "_sock", None)
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+        if self._resp is not None:
+            shutdown_stream(self._resp)
         if self._thread is not None:
             self._thread.join(timeout=5)
 
