@@ -100,6 +100,7 @@ class Agent:
         self.index = int(row["idx"])
         self.profile: TimingProfile = get_profile("fast")
         self.restart_healing = True
+        self._beat_now = threading.Event()  # wakes the heartbeat thread (profile change)
         self._read_settings()
         self.pods: dict[str, PodRun] = {}
         # VMIs (kind='vmi') go through the node's libvirtd: the virt-handler half.
@@ -110,7 +111,6 @@ class Agent:
         self._stopping = False
         self._statuses: dict[str, object] = {}  # of the last pass, for the heartbeats
         self._beats: threading.Thread | None = None
-        self._beat_now = threading.Event()  # wakes the heartbeat thread (profile change)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
 
@@ -128,8 +128,7 @@ class Agent:
             # Beat now: under the old profile the next beat may be 10 s away,
             # longer than the new grace period (set_profile waits for this beat).
             self._next_heartbeat = self.clock.now()
-            with contextlib.suppress(AttributeError):  # not yet during __init__
-                self._beat_now.set()
+            self._beat_now.set()
         self.restart_healing = self._setting("restart_healing") is not False
 
     def _assignments(self, kind: str = "pod") -> dict[str, sqlite3.Row]:
