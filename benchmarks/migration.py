@@ -49,6 +49,7 @@ from chaos.prober import Prober, Transition  # noqa: E402
 from chaos.timeline import EventKind  # noqa: E402
 from cluster.api import ProbeTarget  # noqa: E402
 from cluster.lab import state  # noqa: E402
+from cluster.lab.accel import accelerator  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "migration.json"
 VMI = "vb-mig"
@@ -328,7 +329,7 @@ def run(count: int, interval: float, http_interval: float, settle: float) -> dic
                 "cpus": os.cpu_count(),
                 "loadavg": os.getloadavg(),
                 "kernel": platform.release(),
-                "accel": "kvm" if virt.kvm_usable() else "tcg",
+                "accel": accelerator().accel,
             },
             "config": {
                 "count": count,

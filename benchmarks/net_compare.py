@@ -52,6 +52,7 @@ from chaos.metrics import MetricSample  # noqa: E402
 from chaos.netns import enter_netns  # noqa: E402
 from cluster.api import WorkloadKind  # noqa: E402
 from cluster.lab import lifecycle, net, runtime, state  # noqa: E402
+from cluster.lab.accel import accelerator  # noqa: E402
 
 __all__ = ["main", "measure"]
 
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.disk_writes <= 500:
         ap.error("--disk-writes must be 1..500 (the guest's data disk is 4 MiB)")
 
-    from cluster.lab import virt, vmis
+    from cluster.lab import vmis
     from cluster.lab.backend import LabBackend
 
     state.STATE_DIR, state.RUN_DIR = STATE, RUN
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "net_compare",
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": {"kernel": platform.release(), "machine": platform.machine()},
-        "accelerator": "kvm" if virt.kvm_usable() else "tcg",
+        "accelerator": accelerator().accel,
         "caveat": CAVEAT,
         "same_node": True,
         "client": "lab hub netns (where the harness's prober runs)",

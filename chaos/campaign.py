@@ -53,7 +53,9 @@ def plan_campaign(path: Path) -> CampaignPlan:
 def _lab_up(profile: str, nodes: int, vms: bool) -> None:
     from cluster.lab.lifecycle import lab_up
 
-    lab_up(profile=profile, nodes=nodes, vms=vms)
+    choice = lab_up(profile=profile, nodes=nodes, vms=vms)
+    if choice is not None:
+        print(f"VM accelerator: {choice.describe()}", flush=True)
 
 
 def _lab_down() -> None:

@@ -78,8 +78,26 @@ def lab_up_cmd(profile: str, nodes: int, vms: bool) -> None:
     get_profile(profile)  # bad input fails before anything is created
     what = "with VMs" if vms else "pods only"
     with console.status(f"bringing the lab up ({nodes} nodes, {what}, profile {profile})"):
-        lab_up(profile=profile, nodes=nodes, vms=vms)
-    out.print(f"[green]lab up[/]: {nodes} nodes, {what}, profile {profile}")
+        choice = lab_up(profile=profile, nodes=nodes, vms=vms)
+    out.print(f"[green]lab up[/]: {nodes} nodes, {what}, profile {profile}", highlight=False)
+    if choice is not None:
+        out.print(f"VM accelerator: {choice.describe()}", highlight=False, soft_wrap=True)
+
+
+@lab.command("doctor", help="What this machine can do for the lab (each check done for real).")
+@click.option("--recheck", is_flag=True, help="forget the cached KVM verdict and boot again")
+def lab_doctor_cmd(recheck: bool) -> None:
+    from cluster.lab import accel
+    from cluster.lab.doctor import format_checks, run_checks
+
+    if recheck:
+        accel.cache_path().unlink(missing_ok=True)
+    with console.status("checking (a first run boots a guest under KVM, up to 15 s)"):
+        checks = run_checks()
+    for line in format_checks(checks):
+        click.echo(line)
+    if any(c.level == "fail" for c in checks):
+        sys.exit(1)
 
 
 @lab.command("down", help="Revert pending faults, then remove every lab object.")

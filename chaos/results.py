@@ -54,6 +54,10 @@ class RunResult(BaseModel):
     # Resource metrics sampled during the run (None: not sampled, e.g. rows
     # written before metrics existed, or a backend without metrics()).
     metrics: MetricsSummary | None = None
+    # What ran the VMs of this run's backend: "kvm" or "tcg" on the lab (the
+    # choice made at `rto lab up`, see cluster.lab.accel), None for a pod run
+    # or a backend that cannot tell. VM figures under TCG are not KVM figures.
+    accelerator: str | None = None
 
 
 class ResultsStore:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from chaos.clock import Clock, RealClock
-from chaos.errors import BackendError, FaultError
+from chaos.errors import BackendError, FaultError, HarnessError
 from chaos.faults import Fault, build_fault
 from chaos.faults.harness_state import RestartHealingOff
 from chaos.journal import Journal
@@ -387,7 +387,17 @@ class Run:
             error="; ".join(messages) or None,
             timeline=self.timeline.events(),
             metrics=self.metrics,
+            accelerator=self._accelerator(),
         )
+
+    def _accelerator(self) -> str | None:
+        """What ran the VM of a VMI run ("kvm"/"tcg"); None for pods or unknown."""
+        if self.spec.rto.target.kind != WorkloadKind.VMI.value:
+            return None
+        try:
+            return self.backend.vm_accelerator()
+        except HarnessError:
+            return None  # the row is written whatever the backend says
 
 
 def run_experiment(

@@ -176,6 +176,12 @@ class Backend(Protocol):
         """
         ...
 
+    def vm_accelerator(self) -> str | None:
+        """What runs this cluster's VMs: "kvm", "tcg" (software emulation), or
+        None when the backend cannot tell. Stored on every VMI result row, so a
+        report never passes TCG figures off as KVM ones."""
+        ...
+
     # --- workloads -----------------------------------------------------------
     def create_workload(
         self,

@@ -23,6 +23,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """`rto lab doctor` at the top of every run: what this machine can do for the
+    lab (accelerator chosen by a real boot, cgroups, netns, loop, libvirt), so a
+    failure on a new machine starts with what differs there."""
+    if os.geteuid() != 0:
+        return ["lab doctor: not root, lab tests are skipped"]
+    from cluster.lab.doctor import format_checks, run_checks
+
+    return format_checks(run_checks())
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() == 0:
         return

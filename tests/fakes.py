@@ -73,6 +73,7 @@ class FakeBackend:
         self.restart_delay = restart_delay
         self.state_file = state_file
         self.fail_on: dict[str, str] = {}
+        self.accelerator: str | None = "tcg"  # what vm_accelerator() answers
         self.observers: list[Callable[[], None]] = []  # called before every action
         self.profile = "fast"
         # Workload name -> a file the test appends to (log_path); absent: no log.
@@ -234,6 +235,9 @@ class FakeBackend:
 
     def log_path(self, workload: str) -> Path | None:
         return self.log_files.get(workload)
+
+    def vm_accelerator(self) -> str | None:
+        return self.accelerator
 
     def metrics(self, workload: str) -> MetricSample | None:
         """Synthetic but stateful: counters grow with the instance's uptime on the

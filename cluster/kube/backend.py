@@ -1309,6 +1309,11 @@ class KubeBackend:
         meta = pod["metadata"]
         return LogSource(meta["namespace"], meta["name"], container, meta.get("uid", ""))
 
+    def vm_accelerator(self) -> str | None:
+        """Unknown on a real cluster: whether KubeVirt emulates (useEmulation) or
+        uses /dev/kvm is per node and not in the API the harness is granted."""
+        return None
+
     def log_path(self, workload: str) -> Path | None:
         """A local file the workload's container log (a VMI: its serial console) is
         streamed into by a ``PodLogFollower`` started on the first call and stopped

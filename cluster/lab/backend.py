@@ -284,6 +284,11 @@ class LabBackend:
             return logs / "vmi" / f"{w.name}.console.log"
         return logs / "pods" / f"{w.name}.log"
 
+    def vm_accelerator(self) -> str | None:
+        # Chosen and stored by `rto lab up` (cluster.lab.accel); None: no VMs.
+        chosen = self.store.get_setting("accelerator")
+        return chosen if isinstance(chosen, str) else None
+
     def metrics(self, workload: str) -> MetricSample | None:
         # cluster.lab.metrics reads cgroup files (pod) or libvirt + /proc (VMI).
         from cluster.lab import metrics

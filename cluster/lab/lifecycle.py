@@ -29,7 +29,8 @@ from typing import Any
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from chaos.errors import HarnessError, LabError
-from cluster.lab import cgroups, net, rootfs, runtime, state, volumes
+from cluster.lab import accel, cgroups, net, rootfs, runtime, state, volumes
+from cluster.lab.accel import AccelChoice
 from cluster.lab.profile import get_profile
 from cluster.lab.store import NodeRow, Store, db_path
 
@@ -329,11 +330,15 @@ def lab_up(
     vms: bool = False,
     timeout: float | None = None,
     sleep: Callable[[float], None] | None = None,
-) -> None:
+) -> AccelChoice | None:
     """Create the lab and return once every node is Ready.
 
     ``vms=True`` also starts one libvirtd per node (and builds the guest
     image), so ``WorkloadKind.VMI`` workloads can run; pod-only labs skip it.
+    With VMs it first chooses the accelerator (``cluster.lab.accel``: KVM only
+    if the guest boots on it) and returns that choice, which the node agents
+    read from the store; a refused ``RTO_LAB_ACCEL=kvm`` fails before anything
+    is created.
     Raises ``LabError`` (after tearing down what it made) if a node does not
     become Ready in time, with the tails of the daemon logs in the message.
     """
@@ -347,6 +352,7 @@ def lab_up(
     if leftovers():
         lab_down()  # a previous lab died without its down: start clean
     do_sleep = sleep or time.sleep
+    choice = accel.accelerator() if vms else None
     try:
         rootfs.ensure_rootfs()
         for suffix in ("", "-wal", "-shm"):
@@ -355,6 +361,7 @@ def lab_up(
         store.put_setting("profile", prof.name)
         store.put_setting("restart_healing", restart_healing)
         store.put_setting("vms", vms)
+        store.put_setting("accelerator", choice.accel if choice else None)
         if vms:
             from cluster.lab.guest.build import build_guest
 
@@ -381,6 +388,7 @@ def lab_up(
             )
             raise LabError(f"lab nodes {', '.join(late)} not Ready after {limit} s\n{logs}")
         store.close()
+        return choice
     except BaseException:
         with contextlib.suppress(HarnessError):
             lab_down()  # the original error matters more than a teardown one
@@ -580,6 +588,7 @@ def lab_status() -> dict[str, Any]:
         "controlplane": {"pid": _read_pid(_cp_pid_file()), "alive": controlplane_alive()},
         "profile": None,
         "restart_healing": None,
+        "accelerator": None,
         "nodes": [],
         "workloads": [],
         "netns": _our_netns(_node_names()),
@@ -592,6 +601,7 @@ def lab_status() -> dict[str, Any]:
     try:
         status["profile"] = store.get_setting("profile")
         status["restart_healing"] = store.get_setting("restart_healing")
+        status["accelerator"] = store.get_setting("accelerator")
         now = store.clock.now()
         for n in store.nodes():
             status["nodes"].append(

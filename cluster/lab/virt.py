@@ -9,7 +9,7 @@ collectors (``domain_stats``). Daemons and their URIs come from
 ``cluster.lab.guest.build``.
 
 A VMI is a persistent domain on its node's libvirtd: TCG unless KVM really
-runs a guest (``kvm_usable``), 1 vCPU, 256 MiB, direct kernel boot, an
+booted the lab's guest (``cluster.lab.accel``), 1 vCPU, 256 MiB, direct kernel boot, an
 i6300esb watchdog, a raw virtio disk with ``error_policy='stop'`` (a failed
 host storage pauses the guest, as KubeVirt's PausedIOError), virtio-net on the
 node's ``cbr0`` (the tap is made by libvirtd, hence in the node's netns),
@@ -22,11 +22,8 @@ domain keeps its XML.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import re
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +37,7 @@ import tenacity
 
 from chaos.clock import Clock, RealClock
 from chaos.errors import LabError
-from cluster.lab import state
+from cluster.lab import accel, state
 
 __all__ = [
     "BootableGuest",
@@ -55,7 +52,6 @@ __all__ = [
     "domain_stats",
     "domain_xml",
     "ensure_event_loop",
-    "kvm_usable",
     "live_control_socket",
     "migrate_vmi",
     "vmi_mac",
@@ -122,34 +118,6 @@ def connect(uri: str) -> libvirt.virConnect:
     return conn
 
 
-# --- KVM or TCG ------------------------------------------------------------------
-
-
-@functools.cache
-def kvm_usable() -> bool:
-    """True only if QEMU can really run guest code under KVM on this machine.
-
-    /dev/kvm can exist and still fail on the first instruction ("KVM internal
-    error", LAB-NOTES.md), so boot the BIOS under KVM for a moment: still
-    running after 2 s means KVM works.
-    """
-    if not Path("/dev/kvm").exists():
-        return False
-    qemu = shutil.which("qemu-system-x86_64")
-    if qemu is None:
-        return False
-    try:
-        proc = subprocess.run(
-            [qemu, "-accel", "kvm", "-machine", "pc", "-m", "32", "-nodefaults",
-             "-display", "none", "-serial", "none", "-monitor", "none", "-no-reboot"],
-            capture_output=True, text=True, timeout=2.0,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        return True
-    del proc  # exited within 2 s: KVM refused or the guest died
-    return False
-
-
 # --- paths -----------------------------------------------------------------------
 
 
@@ -198,7 +166,8 @@ def domain_xml(
         raise LabError(
             f"watchdog action {watchdog_action!r} is not one of {', '.join(WATCHDOG_ACTIONS)}"
         )
-    vtype = virt_type or ("kvm" if kvm_usable() else "qemu")
+    # The lab's choice (RTO_LAB_ACCEL, the cached boot test, or a boot now).
+    vtype = virt_type or accel.accelerator().libvirt_type
     disk = ""
     if disk_path is not None:
         # cache='none': errors reach QEMU at once (no page cache hiding a dead
@@ -261,6 +230,7 @@ def define_vmi(
     watchdog_action: str = "reset",
     *,
     bridge: str = "cbr0",
+    virt_type: str | None = None,
 ) -> libvirt.virDomain:
     """Define (not start) VMI ``name`` on ``node``; ``ip`` is "addr/prefix".
 
@@ -277,6 +247,7 @@ def define_vmi(
         disk_path=disk_path,
         bridge=bridge,
         watchdog_action=watchdog_action,
+        virt_type=virt_type,
     )
     try:
         return conn.defineXML(xml)

@@ -262,16 +262,23 @@ class VmiHandler:
             self._guest = build_guest()
         return self._guest
 
-    def _wdt_timeout(self, name: str) -> int | None:
-        """The VMI's guest watchdog timeout from settings (2 s when unset)."""
+    def _setting(self, key: str) -> object:
+        """A lab setting, read fresh (the harness may change it between starts)."""
         from cluster.lab import state
 
         if self._db is None:
             self._db = state.connect()
-        row = self._db.execute(
-            "SELECT value FROM settings WHERE key=?", (heartbeat_key(name),)
-        ).fetchone()
-        value = None if row is None else json.loads(row[0])
+        row = self._db.execute("SELECT value FROM settings WHERE key=?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def _virt_type(self) -> str | None:
+        """The libvirt domain type `rto lab up` chose (cluster.lab.accel)."""
+        chosen = self._setting("accelerator")
+        return {"kvm": "kvm", "tcg": "qemu"}.get(chosen) if isinstance(chosen, str) else None
+
+    def _wdt_timeout(self, name: str) -> int | None:
+        """The VMI's guest watchdog timeout from settings (2 s when unset)."""
+        value = self._setting(heartbeat_key(name))
         if value == "default":
             return None
         return value if isinstance(value, int) else 2
@@ -316,6 +323,7 @@ class VmiHandler:
                 _GuestWithWatchdog(self._guest_image(), self._wdt_timeout(vmi.name)),
                 disk,
                 "reset",
+                virt_type=self._virt_type(),
             )
             log_path = virt.console_log(vmi.name)
             vmi.offset = log_path.stat().st_size if log_path.exists() else 0

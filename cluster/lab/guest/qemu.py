@@ -5,7 +5,9 @@ read by tests/test_guest.py and benchmarks/guest_boot.py. It is the reference
 for the devices and options a libvirt domain of the guest needs (see
 :func:`qemu_argv`), not the lab's VM backend (libvirt, a later issue).
 
-TCG only: /dev/kvm exists on these machines but cannot run a guest. Every
+TCG unless ``GuestOptions.accel`` says otherwise: /dev/kvm can exist and
+still not run this guest, so KVM is only used once a boot proved it
+(``cluster.lab.accel`` boots this guest under KVM to decide). Every
 address is loopback (the HTTP port forward) or inside the guest's own
 user-mode network (198.18.200.0/24, isolated with ``restrict=on``).
 """
@@ -46,6 +48,7 @@ class GuestOptions:
     feed_interval: float = 1.0
     panic: int = 0
     machine: str = "q35"
+    accel: str = "tcg"  # "kvm" only where cluster.lab.accel saw a guest boot on it
     extra_cmdline: tuple[str, ...] = field(default=())
 
 
@@ -88,7 +91,7 @@ def qemu_argv(
     guest_ip = DEFAULT_GUEST_IP.split("/", 1)[0]
     argv = [
         QEMU,
-        "-accel", "tcg",
+        "-accel", options.accel,
         "-machine", options.machine,
         "-m", str(options.memory_mib),
         "-smp", "1",
