@@ -80,7 +80,9 @@ class Journal:
     def _locked(self, mode: str, lock: int) -> Iterator[IO[str]]:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fh = self.path.open(mode, encoding="utf-8")
+            # errors="replace": a damaged byte makes a line fail to parse (an
+            # error naming it, or a torn last line), never a UnicodeDecodeError.
+            fh = self.path.open(mode, encoding="utf-8", errors="replace")
         except OSError as exc:
             raise JournalError(
                 f"cannot open the fault journal {self.path}: {exc.strerror or exc}; "

@@ -78,7 +78,9 @@ class ResultsStore:
         if not self.path.exists():
             return []
         rows = []
-        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(
+            self.path.read_text(encoding="utf-8", errors="replace").splitlines(), 1
+        ):
             if not line.strip():
                 continue
             try:

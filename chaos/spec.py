@@ -12,14 +12,13 @@ allowed, before anything touches a cluster.
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from chaos.documents import read_document
 from chaos.errors import SpecError
 
 __all__ = [
@@ -296,21 +295,6 @@ class CampaignSpec(_Frozen):
 # --- loading -------------------------------------------------------------------
 
 
-def _read_document(path: Path) -> object:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read the file ({exc.strerror or exc}).") from None
-    try:
-        if path.suffix == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SpecError(
-            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
-        ) from None
-
-
 def _loc(parts: Sequence[int | str], prefix: str) -> str:
     out = prefix
     for p in parts:
@@ -408,7 +392,7 @@ def _experiment_from_document(path: Path, doc: object) -> ExperimentSpec:
 def load_experiment(path: Path | str) -> ExperimentSpec:
     """Read and validate one experiment file; raise ``SpecError`` on bad input."""
     p = Path(path)
-    return _experiment_from_document(p, _read_document(p))
+    return _experiment_from_document(p, read_document(p))
 
 
 def load_experiment_document(path: Path, doc: Mapping[str, Any]) -> ExperimentSpec:
@@ -423,7 +407,7 @@ def load_campaign(path: Path | str) -> tuple[CampaignSpec, list[ExperimentSpec]]
     campaign before the first fault is injected.
     """
     p = Path(path)
-    doc = _read_document(p)
+    doc = read_document(p)
     if not isinstance(doc, Mapping):
         raise SpecError(f"{p}: a campaign must be a mapping with name and experiments.")
     try:

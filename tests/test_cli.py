@@ -170,3 +170,49 @@ def test_campaign_goes_on_after_an_aborted_run_then_fails_naming_it(
     ]
     assert (out_dir / "index.html").exists()
     assert Journal().pending() == []
+
+
+UNREADABLE = {
+    "not-utf8.yaml": b"\x00\x01\x02\xff\xfe garbage",
+    "utf16.yaml": "title: t\n".encode("utf-16"),
+    "not-utf8.json": b"\xff\xfe{}",
+    "nul.yaml": b"title: a\x00b\n",
+    "deep.json": b"[" * 100_000 + b"]" * 100_000,
+    "deep.yaml": b"[" * 100_000 + b"]" * 100_000,
+    "python-tag.yaml": b"!!python/object:os.system x\n",
+}
+
+
+@pytest.mark.parametrize("command", ["run", "campaign"])
+@pytest.mark.parametrize("name", sorted(UNREADABLE))
+def test_undecodable_files_get_one_paragraph_and_inject_nothing(
+    fake: FakeBackend, tmp_path: Path, command: str, name: str
+) -> None:
+    bad = tmp_path / name
+    bad.write_bytes(UNREADABLE[name])
+    res = CliRunner().invoke(cli.cli, [command, str(bad), "--runs-dir", str(tmp_path / "runs")])
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}: "), res.output
+    assert "Traceback" not in res.output
+    assert fake.made == [] and fake.calls == []  # type: ignore[attr-defined]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_file_too_large_to_be_an_experiment_is_refused_unread(fake: FakeBackend) -> None:
+    res = CliRunner().invoke(cli.cli, ["run", "/dev/zero"])
+    assert res.exit_code == 2
+    assert "larger than 4 MiB, too large for an experiment or campaign file" in res.output
+
+
+def test_an_undecodable_kube_config_is_one_spec_error(tmp_path: Path) -> None:
+    from chaos.errors import SpecError
+    from cluster.kube.config import load_kube_config
+
+    bad = tmp_path / "rto-kube.yaml"
+    bad.write_bytes(b"contexts: [\xff\xfe]\n")
+    with pytest.raises(SpecError) as err:
+        load_kube_config(bad)
+    assert str(err.value).startswith(f"{bad}: not UTF-8 text (byte 0xff at offset 11)")
+    assert "\n" not in str(err.value)

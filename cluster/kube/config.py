@@ -22,9 +22,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from chaos.documents import read_document
 from chaos.errors import SpecError
 
 __all__ = ["DEFAULT_PATH", "KubeConfig", "load_kube_config"]
@@ -86,7 +86,8 @@ def load_kube_config(path: str | Path | None = None) -> KubeConfig:
             f"kube backend: no config at {p}; write one (contexts: [your-context], "
             "namespaces: [...]) or point RTO_KUBE_CONFIG at it (see README, Real clusters)"
         )
+    doc = read_document(p, "a kube config file")
     try:
-        return KubeConfig.model_validate(yaml.safe_load(p.read_text()) or {})
+        return KubeConfig.model_validate(doc or {})
     except ValidationError as exc:
         raise SpecError(f"{p}: {exc}") from exc
