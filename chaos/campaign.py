@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from chaos.backends import apply_profile, get_backend
 from chaos.errors import HarnessError
+from chaos.progress import make_progress
 from chaos.results import ResultsStore, RunResult
 from chaos.runner import RunOptions, run_experiment
 from chaos.spec import CampaignSpec, ExperimentSpec, load_campaign
 from cluster.api import Backend, WorkloadKind
 
-__all__ = ["CampaignPlan", "dry_run_campaign", "plan_campaign", "run_campaign"]
+__all__ = ["CampaignPlan", "dry_run_campaign", "plan_campaign", "result_outcome", "run_campaign"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,21 @@ def _delete_unless_next(
         backend.delete_workload(name)
 
 
+def _run_label(experiment: ExperimentSpec, rep: int) -> str:
+    rto = experiment.rto
+    return (
+        f"{experiment.path.name} #{rep} ({rto.fault.type} on {rto.target.kind} "
+        f"{rto.target.workload}, profile {rto.profile or 'as is'}, "
+        f"healers {','.join(rto.healers) or 'none'})"
+    )
+
+
+def result_outcome(r: RunResult) -> str:
+    """A run's status and RTO in a few words (progress lines, the CLI)."""
+    rto = "-" if r.rto_s is None else f"{r.rto_s:.3f} s"
+    return f"{r.status.value}, RTO {rto}" + (f" - {r.error}" if r.error else "")
+
+
 def run_campaign(
     plan: CampaignPlan,
     store: ResultsStore,
@@ -111,20 +126,12 @@ def run_campaign(
     try:
         backend = backend_factory(spec.backend)
         opts = options or RunOptions()
-        progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            console=console,
-            disable=console is None,
-        )
+        progress = make_progress(console, spec.name, plan.total_runs)
         with progress:
-            task = progress.add_task(spec.name, total=plan.total_runs)
             status = opts.status
 
             def show(message: str) -> None:
-                progress.update(task, description=f"{spec.name}: {message}")
+                progress.status(message)
                 status(message)
 
             opts.status = show
@@ -135,6 +142,7 @@ def run_campaign(
                     apply_profile(backend, experiment.rto.profile)
                     current = experiment.rto.profile
                 for rep in range(reps):
+                    progress.start_run(_run_label(experiment, rep))
                     try:
                         result = run_experiment(
                             experiment,
@@ -150,9 +158,10 @@ def run_campaign(
                         # aborted; a nightly campaign goes on with the next run
                         # (Ctrl-C is no HarnessError: it still stops everything).
                         aborted.append(f"{experiment.path.name} #{rep}: {exc}")
+                        progress.end_run(f"aborted: {str(exc).splitlines()[0]}")
                     else:
                         results.append(result)
-                    progress.advance(task)
+                        progress.end_run(result_outcome(result))
                 if spec.delete_workloads:
                     _delete_unless_next(backend, plan.entries, i, show)
             opts.status = status

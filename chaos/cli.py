@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,10 @@ import click
 from rich.console import Console
 
 from chaos.backends import BACKENDS, apply_profile, get_backend
+from chaos.campaign import result_outcome
 from chaos.errors import HarnessError, SpecError
 from chaos.journal import Journal
+from chaos.progress import make_progress
 from chaos.results import ResultsStore, RunResult
 from chaos.runner import RunOptions
 from cluster.api import Backend
@@ -135,16 +136,6 @@ def lab_status_cmd() -> None:
 # --- runs ----------------------------------------------------------------------------
 
 
-@contextmanager
-def _status_line() -> Iterator[Callable[[str], None]]:
-    with console.status("starting") as status:
-
-        def update(message: str) -> None:
-            status.update(message)
-
-        yield update
-
-
 def _print_result(r: RunResult) -> None:
     colour = {"recovered": "green", "no_outage": "green", "not_recovered": "yellow"}.get(
         r.status.value, "red"
@@ -153,7 +144,8 @@ def _print_result(r: RunResult) -> None:
     out.print(
         f"[{colour}]{r.status.value}[/] {r.experiment} ({r.fault} {r.variant} {r.kind}, "
         f"{r.profile}, healers {','.join(r.healers) or 'none'}): RTO {rto}"
-        + (f" - {r.error}" if r.error else "")
+        + (f" - {r.error}" if r.error else ""),
+        highlight=False,
     )
 
 
@@ -205,13 +197,19 @@ def run_cmd(
 
         profile = lab_status().get("profile")
     store = ResultsStore(runs_dir)
-    with _status_line() as status:
+    with make_progress(console, spec.title, repeat) as progress:
         opts = OPTIONS_FACTORY()
-        opts.status = status
+        opts.status = progress.status
         for rep in range(repeat):
-            result = run_experiment(
-                spec, backend, store, repetition=rep, profile=profile, options=opts
-            )
+            progress.start_run(f"{file} #{rep}")
+            try:
+                result = run_experiment(
+                    spec, backend, store, repetition=rep, profile=profile, options=opts
+                )
+            except HarnessError as exc:
+                progress.end_run(f"aborted: {str(exc).splitlines()[0]}")
+                raise
+            progress.end_run(result_outcome(result))
             _print_result(result)
 
 
