@@ -7,6 +7,12 @@ Filled from the results store (``runs/results.jsonl``, rows of
 backend, profile, healers). Only cells measured with real platform timings
 (profile ``kubernetes-defaults`` or backend ``kube``) are judged against the
 documented seconds; ``fast``-profile cells are shown as scaled timings.
+
+A verdict is computed only from what was measured: a cell whose runs all
+aborted, or a same-behaviour claim whose other side aborted, did not recover or
+has no runs, is "not measured" and its detail names the side and why
+(:class:`Side`). Aborted runs are errors of the harness or the platform, not
+verdicts; ``failing_cells(..., {"aborted"})`` and the JUnit file report them.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 from chaos.errors import SpecError
 from chaos.results import ResultsStore, RunResult, RunStatus
+from chaos.timeline import EventKind
 from reports.expectations import (
     Expectations,
     MetricExpectation,
@@ -32,14 +39,18 @@ from reports.expectations import (
 )
 
 __all__ = [
+    "ABORTED",
     "CELL_KEYS",
+    "FAIL_ON_DEFAULT",
     "CellSummary",
     "FailingCell",
     "MetricFigures",
     "MetricVerdict",
     "ReportSummary",
     "RunMetricsRow",
+    "Side",
     "Verdict",
+    "accelerator_label",
     "failing_cells",
     "fmt_s",
     "healers_label",
@@ -74,6 +85,33 @@ class Verdict(StrEnum):
         return self in (Verdict.CONTRADICTED, Verdict.NO_RECOVERY)
 
 
+class Side(StrEnum):
+    """Whether one cell (one side of a pod-vs-VMI comparison) was measured, and if not, why."""
+
+    MEASURED = "measured"
+    ABORTED = "aborted"  # every run aborted (before or after the fault)
+    NO_RECOVERY = "no recovery"  # a run did not recover within the deadline: no RTO
+    NO_RTO = "no RTO"  # recovered runs without an RTO value
+    NO_RUNS = "no runs"
+
+
+_ACCELERATORS = {
+    "tcg": "TCG (software emulation)",
+    "kvm": "KVM (hardware virtualisation)",
+}
+
+
+def accelerator_label(accelerator: str | None) -> str:
+    """'tcg' -> 'TCG (software emulation)'; '' or None -> 'accelerator not recorded'.
+
+    ``accelerator`` may join several with '+' (a cell or a file mixing them).
+    """
+    if not accelerator:
+        return "accelerator not recorded"
+    names = [_ACCELERATORS.get(a, a.upper()) for a in accelerator.split("+")]
+    return names[0] if len(names) == 1 else "mixed: " + " and ".join(names)
+
+
 class CellSummary(BaseModel):
     """Statistics and verdict of one cell. Times in seconds; None when not measured."""
 
@@ -100,6 +138,13 @@ class CellSummary(BaseModel):
     detail: str
     documented: str = ""  # the handbook's claim text, "" without an entry
     run_ids: tuple[str, ...] = ()
+    side: Side = Side.MEASURED  # whether this cell was measured (see Side)
+    aborted_before_fault: int = 0  # aborted runs with no fault injected
+    abort_reasons: tuple[str, ...] = ()  # distinct errors of the aborted runs
+    # What ran the VMs of a vmi cell ("tcg", "kvm", "kvm+tcg"); "" for pods or
+    # rows that did not record it (RunResult.accelerator).
+    accelerator: str = ""
+    aborted_runs: tuple[tuple[str, str], ...] = ()  # (run_id, error) of each aborted run
 
     @property
     def key(self) -> tuple[str, str, str, str, str, str]:
@@ -218,6 +263,9 @@ _COLUMNS = [
     "healer_action_s",
     "outage_start_s",
     "same_instance",
+    "error",
+    "injected",
+    "accelerator",
 ]
 
 
@@ -252,6 +300,9 @@ def runs_frame(rows: Sequence[RunResult]) -> pd.DataFrame:
                 "healer_action_s": float("nan") if r.healer_action_s is None else r.healer_action_s,
                 "outage_start_s": float("nan") if r.outage_start_s is None else r.outage_start_s,
                 "same_instance": r.same_instance,
+                "error": r.error or "",
+                "injected": any(e.kind is EventKind.FAULT_INJECTED for e in r.timeline),
+                "accelerator": r.accelerator or "",
             }
         )
     return pd.DataFrame.from_records(records, columns=_COLUMNS)
@@ -277,12 +328,19 @@ class _Stats(TypedDict):
     healer_action_median_s: float | None
     same_instance_share: float | None
     run_ids: tuple[str, ...]
+    aborted_before_fault: int
+    abort_reasons: tuple[str, ...]
+    accelerator: str
+    aborted_runs: tuple[tuple[str, str], ...]
 
 
 def _stats(group: pd.DataFrame) -> _Stats:
     rto = group.loc[group["recovered"], "rto_s"].dropna()
     same = group["same_instance"].dropna()
     finished = group[group["status"] != RunStatus.ABORTED.value]
+    aborted = group[group["status"] == RunStatus.ABORTED.value]
+    reasons = [e or "no error recorded" for e in aborted["error"].tolist()]
+    accelerators = sorted({a for a in group["accelerator"].tolist() if a})
     return {
         "n": len(group),
         "recovered": int(group["recovered"].sum()),
@@ -296,7 +354,45 @@ def _stats(group: pd.DataFrame) -> _Stats:
         "healer_action_median_s": _num(group["healer_action_s"].median()),
         "same_instance_share": float(same.astype(bool).mean()) if len(same) else None,
         "run_ids": tuple(group["run_id"].tolist()),
+        "aborted_before_fault": int((~aborted["injected"].astype(bool)).sum()),
+        "abort_reasons": tuple(dict.fromkeys(reasons)),
+        "accelerator": "+".join(accelerators),
+        "aborted_runs": tuple(zip(aborted["run_id"].tolist(), reasons, strict=True)),
     }
+
+
+def _aborted_text(stats: _Stats) -> str:
+    """'3 run(s) aborted before the fault: <first reason>' (+ how many other reasons)."""
+    n, before = stats["aborted"], stats["aborted_before_fault"]
+    if before == n:
+        when = "before the fault"
+    elif before == 0:
+        when = "after the fault was injected"
+    else:
+        when = f"({before} before the fault, {n - before} after)"
+    reasons = stats["abort_reasons"]
+    more = f" (+{len(reasons) - 1} other error(s))" if len(reasons) > 1 else ""
+    return f"{n} run(s) aborted {when}: {reasons[0] if reasons else '-'}{more}"
+
+
+def _side(stats: _Stats | None) -> tuple[Side, str]:
+    """Whether a cell was measured; if not, why, in words for the report."""
+    if stats is None:
+        return Side.NO_RUNS, "no runs recorded"
+    finished = stats["n"] - stats["aborted"]
+    if finished == 0:
+        return Side.ABORTED, f"all {_aborted_text(stats)}; nothing was measured"
+    if stats["not_recovered"]:
+        median = stats["median_s"]
+        tail = f"; median of the recovered {fmt_s(median)}" if median is not None else ""
+        return Side.NO_RECOVERY, (
+            f"{stats['not_recovered']} of {finished} run(s) did not recover within the "
+            f"deadline{tail}"
+        )
+    if stats["median_s"] is None:
+        # Recovered runs without an RTO value: the recorder did not fill rto_s.
+        return Side.NO_RTO, f"{stats['recovered']} run(s) recovered but none has an RTO"
+    return Side.MEASURED, ""
 
 
 def _range_verdict(median: float, claim: RangeClaim, doc: str) -> tuple[Verdict, str]:
@@ -318,17 +414,15 @@ def _range_verdict(median: float, claim: RangeClaim, doc: str) -> tuple[Verdict,
 def _same_verdict(
     kind: str, median: float, other_kind: str, other: _Stats | None, claim: SameBehaviourClaim
 ) -> tuple[Verdict, str]:
-    if other is None:
+    side, why = _side(other)
+    if side is not Side.MEASURED or other is None or other["median_s"] is None:
+        # A relational claim needs both medians: an unmeasured side gives no
+        # verdict (its own cell says aborted / no recovery), never "contradicted".
         return Verdict.NOT_MEASURED, (
-            f"same-behaviour claim needs the {other_kind} cell with the same settings; "
-            f"it has no runs ({kind} median {fmt_s(median)})"
+            f"same-behaviour claim needs the {other_kind} side with the same settings, "
+            f"which is not measured ({side.value}: {why}); {kind} median {fmt_s(median)}"
         )
     other_median = other["median_s"]
-    if other_median is None:
-        return Verdict.CONTRADICTED, (
-            f"{kind} recovered (median {fmt_s(median)}) but {other_kind} did not "
-            "(documented: same behaviour)"
-        )
     lo, hi = sorted((median, other_median))
     diff = hi - lo
     ratio = math.inf if lo == 0 else hi / lo
@@ -349,18 +443,11 @@ def _judge(
     fault, variant, kind, backend, profile, _healers = key
     median = stats["median_s"]
     numbers = f"median {fmt_s(median)}, detection {fmt_s(stats['detection_median_s'])}"
-    finished = stats["n"] - stats["aborted"]
-    if finished == 0:
-        return Verdict.NOT_MEASURED, f"all {stats['n']} run(s) aborted; no measurement"
-    not_recovered = stats["not_recovered"]
-    if not_recovered:
-        tail = f"; median of the recovered {fmt_s(median)}" if median is not None else ""
-        return Verdict.NO_RECOVERY, (
-            f"{not_recovered} of {finished} run(s) did not recover within the deadline{tail}"
-        )
-    if median is None:
-        # Recovered runs without an RTO value: the recorder did not fill rto_s.
-        return Verdict.NOT_MEASURED, f"{stats['recovered']} run(s) recovered but none has an RTO"
+    side, why = _side(stats)
+    if side is Side.NO_RECOVERY:
+        return Verdict.NO_RECOVERY, why
+    if side is not Side.MEASURED or median is None:
+        return Verdict.NOT_MEASURED, why
     if expectation is None:
         return Verdict.INFORMATIONAL, f"no documented claim for {fault}/{kind}; {numbers}"
     if variant in expectation.not_for_variants:
@@ -399,6 +486,10 @@ def summarise(
         other_kind = "vmi" if kind == "pod" else "pod"
         sibling = stats.get((fault, variant, other_kind, backend, profile, healers))
         verdict, detail = _judge(key, st, expectation, sibling)
+        side, _why = _side(st)
+        if 0 < st["aborted"] < st["n"]:
+            # Measured from the runs that finished; the aborted ones are errors.
+            detail += f"; {_aborted_text(st)} (not counted)"
         cells.append(
             CellSummary(
                 fault=fault,
@@ -410,6 +501,7 @@ def summarise(
                 verdict=verdict,
                 detail=detail,
                 documented=expectation.claim_text if expectation else "",
+                side=side,
                 **st,
             )
         )
@@ -600,6 +692,13 @@ def _budget_for(cell: CellSummary, budgets: Mapping[str, float]) -> tuple[str, f
     return None
 
 
+# ``--fail-on`` names beyond the verdicts: a cell with an aborted run fails CI
+# (an abort is an error of the harness or the platform, not a measurement).
+ABORTED = "aborted"
+# What ``rto report`` fails on unless told otherwise: what a CI gate must see.
+FAIL_ON_DEFAULT: tuple[str, ...] = ("contradicted", "no-recovery", ABORTED)
+
+
 class HasCells(Protocol):
     """What :func:`failing_cells` needs of a summary (``reports.build.ReportSummary``)."""
 
@@ -616,7 +715,9 @@ def failing_cells(
 
     ``summary`` is a ``ReportSummary`` (anything with a ``cells`` attribute) or a
     sequence of :class:`CellSummary`. ``fail_on`` holds verdict names
-    ("contradicted", "no recovery"/"no-recovery", "holds", ...). ``budgets`` maps
+    ("contradicted", "no recovery"/"no-recovery", "holds", ...) and
+    ``"aborted"`` (a cell with any aborted run; :data:`FAIL_ON_DEFAULT` is what
+    ``rto report`` uses by default); ``"none"`` alone fails on nothing. ``budgets`` maps
     "fault/kind", "fault", "kind" or "*" to seconds: a cell fails when any of
     its runs took longer (its max RTO) or did not recover. Unknown verdict
     names raise :class:`SpecError`.
@@ -625,10 +726,14 @@ def failing_cells(
     by_name = {_normalise(v.value): v for v in Verdict}
     by_name[_normalise(Verdict.SCALED.label)] = Verdict.SCALED
     wanted: set[Verdict] = set()
+    on_aborted = False
     for name in fail_on:
+        if _normalise(name) in (ABORTED, "none"):
+            on_aborted |= _normalise(name) == ABORTED
+            continue
         verdict = by_name.get(_normalise(name))
         if verdict is None:
-            choices = ", ".join(v.value.replace(" ", "-") for v in Verdict)
+            choices = ", ".join([*(v.value.replace(" ", "-") for v in Verdict), ABORTED, "none"])
             raise SpecError(f"--fail-on {name!r} is not a verdict; choose from {choices}")
         wanted.add(verdict)
     for key, value in (budgets or {}).items():
@@ -641,6 +746,11 @@ def failing_cells(
         reasons = []
         if cell.verdict in wanted:
             reasons.append(f"verdict {cell.verdict.label}: {cell.detail}")
+        if on_aborted and cell.aborted:
+            reasons.append(
+                f"{cell.aborted} of {cell.n} run(s) aborted: {'; '.join(cell.abort_reasons)} "
+                f"(runs {', '.join(r for r, _ in cell.aborted_runs)})"
+            )
         budget = _budget_for(cell, budgets or {})
         if budget is not None:
             key, limit = budget

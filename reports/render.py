@@ -3,8 +3,10 @@
 Filled from a :class:`reports.analysis.ReportSummary`, the run rows and the PNG
 bytes of ``reports.plots``; read by people (HTML, Markdown in a PR comment or
 a job summary) and by CI systems (JUnit: one testcase per cell, a failure for
-"contradicted" and "no recovery"). Plain string building with escaping, no
-template engine: the pages are small and the dependency is not worth it.
+"contradicted" and "no recovery"; one testcase per aborted run, an error with
+its reason: an abort is the harness's or the platform's failure, and a CI
+gate must see it). Plain string building with escaping, no template engine:
+the pages are small and the dependency is not worth it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from collections.abc import Mapping, Sequence
 
 from chaos.results import RunResult, RunStatus
 from chaos.timeline import EventKind
-from reports.analysis import CellSummary, ReportSummary, Verdict, fmt_s
+from reports.analysis import (
+    CellSummary,
+    ReportSummary,
+    Side,
+    Verdict,
+    accelerator_label,
+    fmt_s,
+)
 from reports.expectations import FAULTS, RtoExpectation
 
 __all__ = ["VERDICT_COLOURS", "render_html", "render_junit", "render_markdown"]
@@ -74,7 +83,25 @@ def _measured(c: CellSummary | None) -> str:
         parts.append(f"{c.not_recovered} not recovered")
     if c.aborted:
         parts.append(f"{c.aborted} aborted")
+    if c.side is not Side.MEASURED:
+        parts.append(f"not measured: {c.side.value}")
+    if c.kind == "vmi":
+        parts.append(f"VMI figures: {accelerator_label(c.accelerator)}")
     return ", ".join(parts)
+
+
+def _accelerators_note(summary: ReportSummary) -> str:
+    """Which accelerator ran the VMs behind the VMI figures, over the whole report."""
+    vmi = [c for c in summary.cells if c.kind == "vmi"]
+    if not vmi:
+        return ""
+    counts: dict[str, int] = {}
+    for c in vmi:
+        label = accelerator_label(c.accelerator)
+        counts[label] = counts.get(label, 0) + 1
+    parts = ", ".join(f"{label} in {n} cell(s)" for label, n in counts.items())
+    tcg = " Figures under TCG measure software emulation and do not transfer to KVM hosts."
+    return f"VMI figures: {parts}." + (tcg if any("TCG" in k for k in counts) else "")
 
 
 def _documented(e: RtoExpectation | None) -> str:
@@ -194,6 +221,8 @@ def _cells_html(summary: ReportSummary) -> str:
             )
         )
         setting = _setting_text((c.variant, c.backend, c.profile, c.healers))
+        if c.kind == "vmi":
+            setting += f"; VMI figures: {accelerator_label(c.accelerator)}"
         rows.append(
             f"<tr><td>{_e(c.fault)}</td><td>{_e(c.kind)}</td><td>{_e(setting)}</td>{nums}"
             f'{_verdict_td(c.verdict)}<td class="why">{_e(c.detail)}'
@@ -302,7 +331,12 @@ def _run_html(run: RunResult, png: bytes | None) -> str:
         f"{run.repetition}, started {_e(run.started_at)}; detection {fmt_s(run.detection_s)}, "
         f"healer action {fmt_s(run.healer_action_s)}, outage start {fmt_s(run.outage_start_s)}, "
         f"same instance {_e(run.same_instance if run.same_instance is not None else '-')}, "
-        f"probes {run.probes_failed}/{run.probes_sent} failed"
+        + (
+            f"probes {run.probes_failed}/{run.probes_sent} failed"
+            if run.probes_sent
+            else "<b>no probe was sent: nothing about the workload's health was measured</b>"
+        )
+        + (f"; VMI figures: {_e(accelerator_label(run.accelerator))}" if run.kind == "vmi" else "")
         + (f"; error: {_e(run.error)}" if run.error else "")
         + "</p>"
     )
@@ -356,6 +390,8 @@ def render_html(
     ]
     if summary.message:
         parts.append(f'<p class="empty">{_e(summary.message)}</p>')
+    if _accelerators_note(summary):
+        parts.append(f'<p class="note"><b>{_e(_accelerators_note(summary))}</b></p>')
     parts += [
         "<p>Verdicts are given only for runs with real platform timings (profile "
         "<code>kubernetes-defaults</code> or backend <code>kube</code>), judged on the median "
@@ -406,6 +442,8 @@ def render_markdown(summary: ReportSummary) -> str:
     ]
     if summary.message:
         out += [f"> **{summary.message}**", ""]
+    if _accelerators_note(summary):
+        out += [f"**{_accelerators_note(summary)}**", ""]
     out += [
         "Verdicts only for real platform timings (profile `kubernetes-defaults` or backend "
         "`kube`), judged on the median RTO.",
@@ -431,7 +469,12 @@ def render_markdown(summary: ReportSummary) -> str:
             )
     if summary.cells:
         out += ["", "## Verdicts", "", "| cell | verdict | why |", "|---|---|---|"]
-        out += [f"| {_md(c.name)} | {c.verdict.label} | {_md(c.detail)} |" for c in summary.cells]
+        out += [
+            f"| {_md(c.name)}"
+            + (f" (VMI figures: {accelerator_label(c.accelerator)})" if c.kind == "vmi" else "")
+            + f" | {c.verdict.label} | {_md(c.detail)} |"
+            for c in summary.cells
+        ]
     out += ["", "## Metric claims", "", "| claim | verdict | why | note |", "|---|---|---|---|"]
     out += [
         f"| {_md(m.expectation.claim_text)} | {m.verdict.label} | {_md(m.detail)} "
@@ -452,9 +495,10 @@ def render_markdown(summary: ReportSummary) -> str:
 
 
 def render_junit(summary: ReportSummary) -> str:
-    """JUnit XML: one testcase per cell; failures for contradicted / no recovery."""
+    """JUnit XML: one testcase per cell (failures for contradicted / no recovery) and
+    one per aborted run (an error with the run's reason)."""
     suite = ET.Element("testsuite", name="rto-vs-documented")
-    failures = skipped = tests = 0
+    failures = skipped = tests = errors = 0
     for c in summary.cells:
         tests += 1
         case = ET.SubElement(
@@ -482,6 +526,18 @@ def render_junit(summary: ReportSummary) -> str:
             skipped += 1
             ET.SubElement(case, "skipped", message=f"{c.verdict.label}: {c.detail}")
         ET.SubElement(case, "system-out").text = c.detail
+        for run_id, reason in c.aborted_runs:
+            tests += 1
+            errors += 1
+            run_case = ET.SubElement(
+                suite,
+                "testcase",
+                classname=f"rto.{c.fault}.{c.kind}.aborted",
+                name=f"{run_id}: {c.name}",
+                time="0",
+            )
+            err = ET.SubElement(run_case, "error", message=reason, type="aborted")
+            err.text = f"run {run_id} of {c.name} aborted: {reason}"
     for m in summary.metrics:
         tests += 1
         skipped += 1
@@ -496,11 +552,11 @@ def render_junit(summary: ReportSummary) -> str:
         ET.SubElement(case, "skipped", message=summary.message or "no runs recorded")
     suite.set("tests", str(tests))
     suite.set("failures", str(failures))
-    suite.set("errors", "0")
+    suite.set("errors", str(errors))
     suite.set("skipped", str(skipped))
     suite.set("timestamp", summary.generated_at)
     root = ET.Element(
-        "testsuites", name="rto", tests=str(tests), failures=str(failures), errors="0"
+        "testsuites", name="rto", tests=str(tests), failures=str(failures), errors=str(errors)
     )
     root.append(suite)
     ET.indent(root)

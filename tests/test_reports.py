@@ -341,7 +341,10 @@ def test_build_report_writes_everything(tmp_path: Path) -> None:
     suite = root.find("testsuite")
     assert suite is not None
     cases = suite.findall("testcase")
-    assert len(cases) == len(summary.cells) + len(summary.metrics)
+    # One testcase per cell, per metric claim and per aborted run (an error).
+    assert len(cases) == len(summary.cells) + len(summary.metrics) + 1
+    [error] = suite.findall("testcase/error")
+    assert suite.get("errors") == "1" and error.get("type") == "aborted"
     failed = {c.get("name") for c in cases if c.find("failure") is not None}
     assert failed == {
         c.name for c in summary.cells if c.verdict in (Verdict.CONTRADICTED, Verdict.NO_RECOVERY)
