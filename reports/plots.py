@@ -5,18 +5,26 @@ single :class:`chaos.results.RunResult` rows; read by ``reports.render``, which
 embeds the bytes in the HTML page, and by ``reports.build``, which writes them
 to ``plots/*.png``. Uses matplotlib's object API on the Agg canvas (no pyplot,
 no global figure state), so it is safe in threads and on headless CI.
+
+Tick labels of the RTO plots are wrapped to their slot and the figure widened
+until no two overlap (measured with the renderer's text extents, as
+``tests/test_plots.py`` checks); a timeline of a run that never probed says so
+instead of drawing a healthy probe lane.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import textwrap
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: never try to open a display
 
 import pandas as pd
+from matplotlib.backend_bases import RendererBase
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from chaos.results import RunResult
@@ -24,7 +32,14 @@ from chaos.timeline import EventKind, TimelineEvent
 from reports.analysis import fmt_s, judged_with_real_timings
 from reports.expectations import Expectations, RangeClaim
 
-__all__ = ["KIND_COLOURS", "plot_rto", "plot_timeline"]
+__all__ = [
+    "KIND_COLOURS",
+    "overlapping_tick_labels",
+    "plot_rto",
+    "plot_timeline",
+    "rto_figure",
+    "timeline_figure",
+]
 
 KIND_COLOURS = {"pod": "#1f77b4", "vmi": "#e67e22"}
 _OFFSET = {"pod": -0.2, "vmi": 0.2}
@@ -38,12 +53,67 @@ def _png(fig: Figure, dpi: int = _DPI) -> bytes:
     return buf.getvalue()
 
 
+# Characters per tick-label line: about what fits the 1.9 in slot of a group at
+# 8 pt; longer healer lists ("eviction+migration+watchdog") wrap at "+".
+_LABEL_WIDTH = 22
+_SLOT_IN = 1.9
+
+
+def _wrap(text: str) -> list[str]:
+    # Break after "+" as well as at spaces: healer lists have no spaces.
+    return textwrap.wrap(text.replace("+", "+ "), _LABEL_WIDTH, break_on_hyphens=False) or [""]
+
+
 def _group_label(variant: str, backend: str, profile: str, healers: str) -> str:
-    head = f"[{variant}] " if variant else ""
-    return f"{head}healers: {healers}\n{backend} / {profile}"
+    lines = [f"[{variant}]"] if variant else []
+    lines += _wrap(f"healers: {healers}")
+    lines += _wrap(f"{backend} / {profile}")
+    return "\n".join(line.replace("+ ", "+") for line in lines)
+
+
+def _renderer(fig: Figure) -> RendererBase:
+    # A bare Figure has a base canvas, which cannot measure text: give it Agg's.
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()  # type: ignore[no-untyped-call]  # matplotlib's stubs leave it untyped
+    renderer: RendererBase = canvas.get_renderer()  # type: ignore[no-untyped-call]
+    return renderer
+
+
+def overlapping_tick_labels(fig: Figure) -> list[tuple[str, str]]:
+    """Pairs of x tick labels (on any axes of ``fig``) whose drawn extents overlap."""
+    renderer = _renderer(fig)
+    pairs: list[tuple[str, str]] = []
+    for ax in fig.axes:
+        labels = [t for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        for i in range(len(labels)):
+            for j in range(i + 1, len(labels)):
+                if boxes[i].overlaps(boxes[j]):
+                    pairs.append((labels[i].get_text(), labels[j].get_text()))
+    return pairs
+
+
+def _fit_tick_labels(fig: Figure, tries: int = 4) -> None:
+    """Widen ``fig`` until its x tick labels do not overlap (bounded tries)."""
+    for _ in range(tries):
+        renderer = _renderer(fig)
+        ax = fig.axes[0]
+        labels = [t for t in ax.get_xticklabels() if t.get_text()]
+        if len(labels) < 2 or not overlapping_tick_labels(fig):
+            return
+        # The widest label must fit the distance between two ticks.
+        widest = max(t.get_window_extent(renderer).width for t in labels)
+        x0, x1 = (ax.transData.transform((x, 0))[0] for x in (0, 1))
+        gap = abs(x1 - x0)
+        fig.set_figwidth(fig.get_figwidth() * max(1.1, widest * 1.15 / gap))
 
 
 def plot_rto(frame: pd.DataFrame, fault: str, expectations: Expectations) -> bytes:
+    """:func:`rto_figure` as PNG bytes."""
+    return _png(rto_figure(frame, fault, expectations))
+
+
+def rto_figure(frame: pd.DataFrame, fault: str, expectations: Expectations) -> Figure:
     """RTO of every run of one fault: pod next to vmi per setting, documented band behind.
 
     Dots are runs, a bar is the median; runs that did not recover sit on the
@@ -58,12 +128,12 @@ def plot_rto(frame: pd.DataFrame, fault: str, expectations: Expectations) -> byt
         .sort_values(["backend", "profile", "variant", "healers"])
         .itertuples(index=False, name=None)
     )
-    fig = Figure(figsize=(max(6.0, 1.9 * len(groups) + 2.0), 4.2))
+    fig = Figure(figsize=(max(6.0, _SLOT_IN * len(groups) + 2.0), 4.2))
     ax = fig.add_subplot()
     if not groups:
         ax.text(0.5, 0.5, f"{fault}: no runs recorded", ha="center", va="center")
         ax.set_axis_off()
-        return _png(fig)
+        return fig
 
     values = runs.loc[runs["recovered"], "rto_s"].dropna()
     finite_bounds: list[float] = []
@@ -178,7 +248,8 @@ def plot_rto(frame: pd.DataFrame, fault: str, expectations: Expectations) -> byt
     ax.set_title(f"{fault}: RTO per run (bar = median)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", framealpha=0.85)
-    return _png(fig)
+    _fit_tick_labels(fig)
+    return fig
 
 
 _LANES = {"probe": 3.0, "fault": 2.0, "healer": 1.0, "control": 0.0}
@@ -189,27 +260,60 @@ def _short(ev: TimelineEvent, width: int = 28) -> str:
     return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
+def _never_probed(run: RunResult) -> bool:
+    return run.probes_sent == 0 and not any(
+        e.kind in (EventKind.PROBE_OK, EventKind.PROBE_FAIL) for e in run.timeline
+    )
+
+
 def plot_timeline(run: RunResult) -> bytes:
+    """:func:`timeline_figure` as PNG bytes (a lower resolution: one per run in the page)."""
+    return _png(timeline_figure(run), dpi=80)
+
+
+def timeline_figure(run: RunResult) -> Figure:
     """One run on a time axis: probe up/down, fault window, healer actions, control events."""
     events = sorted(run.timeline, key=lambda e: e.t)
     end = max([e.t for e in events] + [1.0]) * 1.05
     fig = Figure(figsize=(10, 3.0))
     ax = fig.add_subplot()
 
-    # Probe lane: up until the first failure (probes start against a healthy
-    # workload), then alternate on every transition.
-    up, down, state, since = [], [], True, 0.0
-    for ev in events:
-        if ev.kind is EventKind.PROBE_FAIL and state:
-            up.append((since, ev.t - since))
-            state, since = False, ev.t
-        elif ev.kind is EventKind.PROBE_OK and not state:
-            down.append((since, ev.t - since))
-            state, since = True, ev.t
-    (up if state else down).append((since, end - since))
     y = _LANES["probe"]
-    ax.broken_barh(up, (y - 0.3, 0.6), facecolors="#27ae60", label="probe ok")
-    ax.broken_barh(down, (y - 0.3, 0.6), facecolors="#c0392b", label="probe failing")
+    if _never_probed(run):
+        # No probe was sent (the run aborted before its recorder started, e.g.
+        # the workload never became Ready): nothing is known about health, so
+        # draw no health at all.
+        ax.broken_barh(
+            [(0, end)],
+            (y - 0.3, 0.6),
+            facecolors="none",
+            edgecolors="#888888",
+            hatch="//",
+            label="not probed",
+        )
+        ax.text(
+            end / 2,
+            y,
+            f"no probe was sent (run {run.status.value.replace('_', ' ')}): health not measured",
+            ha="center",
+            va="center",
+            fontsize=8,
+            bbox={"facecolor": "white", "edgecolor": "#888888"},
+        )
+    else:
+        # Probe lane: up until the first failure (probes start against a healthy
+        # workload), then alternate on every transition.
+        up, down, state, since = [], [], True, 0.0
+        for ev in events:
+            if ev.kind is EventKind.PROBE_FAIL and state:
+                up.append((since, ev.t - since))
+                state, since = False, ev.t
+            elif ev.kind is EventKind.PROBE_OK and not state:
+                down.append((since, ev.t - since))
+                state, since = True, ev.t
+        (up if state else down).append((since, end - since))
+        ax.broken_barh(up, (y - 0.3, 0.6), facecolors="#27ae60", label="probe ok")
+        ax.broken_barh(down, (y - 0.3, 0.6), facecolors="#c0392b", label="probe failing")
 
     injected = next((e for e in events if e.kind is EventKind.FAULT_INJECTED), None)
     reverted = next((e for e in events if e.kind is EventKind.FAULT_REVERTED), None)
@@ -223,6 +327,8 @@ def plot_timeline(run: RunResult) -> bytes:
         )
         ax.axvline(injected.t, color="#c0392b", linestyle="--", linewidth=1, label="fault injected")
         ax.text(injected.t, _LANES["fault"], " " + _short(injected), fontsize=7, va="center")
+    else:
+        ax.text(0, _LANES["fault"], " no fault injected", fontsize=7, va="center", color="#888")
     if reverted is not None:
         ax.axvline(reverted.t, color="#27ae60", linestyle="--", linewidth=1, label="fault reverted")
 
@@ -286,5 +392,4 @@ def plot_timeline(run: RunResult) -> bytes:
     )
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    # One of these per run in the page: a lower resolution keeps the HTML small.
-    return _png(fig, dpi=80)
+    return fig
