@@ -171,7 +171,13 @@ def _kube_flags(backend_name: str, context: str | None, dry_run: bool) -> None:
 
 @cli.command("run", help="Run one experiment file.")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--runs-dir", default=Path("runs"), type=click.Path(path_type=Path))
+@click.option(
+    "--runs-dir",
+    default=Path("runs"),
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="the results store (results.jsonl); `chaos run` writes ./runs of its working directory",
+)
 @click.option("--repeat", default=1, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--backend", "backend_name", default="lab", type=click.Choice(BACKENDS))
 @click.option("--context", default=None, help="kube: kubeconfig context (must be allowlisted)")
@@ -215,7 +221,13 @@ def run_cmd(
 
 @cli.command("campaign", help="Run a campaign file (repetitions, overrides, profiles).")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--runs-dir", default=Path("runs"), type=click.Path(path_type=Path))
+@click.option(
+    "--runs-dir",
+    default=Path("runs"),
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="the results store (results.jsonl); `chaos run` writes ./runs of its working directory",
+)
 @click.option("--with-lab", is_flag=True, help="bring the lab up before and down after")
 @click.option("--report", "report_dir", default=None, type=click.Path(path_type=Path))
 @click.option("--context", default=None, help="kube: kubeconfig context (must be allowlisted)")
@@ -279,9 +291,21 @@ def parse_budgets(values: tuple[str, ...]) -> dict[str, float]:
 
 
 @cli.command("report", help="Build the RTO report from the results store.")
-@click.option("--runs-dir", default=Path("runs"), type=click.Path(path_type=Path))
+@click.option(
+    "--runs-dir",
+    default=Path("runs"),
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="the results store (results.jsonl); `chaos run` writes ./runs of its working directory",
+)
 @click.option("--out", "out_dir", default=Path("reports/latest"), type=click.Path(path_type=Path))
-@click.option("--fail-on", default="", help="verdicts that fail, e.g. contradicted,no-recovery")
+@click.option(
+    "--fail-on",
+    default="contradicted,no-recovery,aborted",  # reports.analysis.FAIL_ON_DEFAULT
+    show_default=True,
+    help="what exits 1: verdicts (contradicted, no-recovery, holds, ...), "
+    "aborted (a cell with an aborted run), or none",
+)
 @click.option("--budget", multiple=True, help="RTO budget fault:kind=seconds (repeatable)")
 def report_cmd(runs_dir: Path, out_dir: Path, fail_on: str, budget: tuple[str, ...]) -> None:
     from reports.analysis import failing_cells
