@@ -4,8 +4,9 @@ Referenced by ``experiments/**/*.yaml`` in ``steady-state-hypothesis``, ``method
 and ``rollbacks`` as python providers of module ``chaos.ctk``. They act on the
 run the ``chaos.ctk_control`` control opened in ``before_experiment_control``
 (the same ``chaos.runner.Run`` that ``rto run`` uses, so both paths record the
-same row). ``BACKEND_FACTORY`` and ``OPTIONS_FACTORY`` are the injection points
-tests override to run experiments on the FakeBackend.
+same row). ``BACKEND_FACTORY``, ``OPTIONS_FACTORY`` and ``PROFILE_OF`` (the
+platform profile a backend runs, recorded when the experiment names none) are
+the injection points tests override to run experiments on the FakeBackend.
 """
 
 from __future__ import annotations
@@ -22,15 +23,28 @@ __all__ = [
     "current_run",
     "hold_fault",
     "inject_fault",
+    "lab_profile",
     "revert_all",
     "revert_fault",
     "wait_recovered",
     "workload_answers",
 ]
 
+
+def lab_profile(backend: Backend) -> str | None:
+    """The profile the lab is up with (as ``rto run`` reads it); None off the lab."""
+    if backend.name != "lab":
+        return None
+    from cluster.lab.lifecycle import lab_status
+
+    profile = lab_status().get("profile")
+    return str(profile) if profile else None
+
+
 # Injection points (module level so a test can swap them; production never does).
 BACKEND_FACTORY: Callable[[str], Backend] = get_backend
 OPTIONS_FACTORY: Callable[[], RunOptions] = RunOptions
+PROFILE_OF: Callable[[Backend], str | None] = lab_profile
 
 _ACTIVE: list[Run] = []  # the run the control opened (at most one)
 

@@ -1,4 +1,6 @@
-"""Chaos Toolkit loads our experiment files and, run by chaoslib, records a row."""
+"""Chaos Toolkit loads our experiment files and, run by chaoslib, records a row:
+in ./runs of the working directory (the store `rto run` and `rto report` use),
+with the lab's profile, never in a second store named by the control."""
 
 from __future__ import annotations
 
@@ -19,21 +21,50 @@ ROOT = Path(__file__).resolve().parents[1]
 PODS = sorted((ROOT / "experiments" / "pods").glob("*.yaml"))
 
 
-def _load(path: Path, runs: Path) -> dict[str, object]:
+def _load(path: Path, runs: Path, runs_dir: str | None = None) -> dict[str, object]:
+    """The experiment as chaoslib reads it; ``runs`` is where its row must land."""
     doc = yaml.safe_load(path.read_text())
-    doc["controls"][0]["provider"]["arguments"]["runs_dir"] = str(runs)
     assert isinstance(doc, dict)
+    # The shipped files name ./runs; the tests run in tmp_path (see `fake`).
+    assert runs == Path.cwd() / doc["controls"][0]["provider"]["arguments"]["runs_dir"]
+    if runs_dir is not None:
+        doc["controls"][0]["provider"]["arguments"]["runs_dir"] = runs_dir
     return doc
 
 
 @pytest.mark.parametrize("path", PODS, ids=[p.stem for p in PODS])
-def test_chaoslib_validates_our_files(path: Path, tmp_path: Path) -> None:
-    ensure_experiment_is_valid(_load(path, tmp_path))
+def test_chaoslib_validates_our_files(
+    path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ensure_experiment_is_valid(_load(path, tmp_path / "runs"))
+
+
+class LabProfiles:
+    """Stands in for the lab's settings: the profile it is up with, and who asked."""
+
+    def __init__(self, profile: str | None) -> None:
+        self.profile = profile
+        self.asked: list[str] = []
+
+    def __call__(self, backend: object) -> str | None:
+        self.asked.append(getattr(backend, "name", "?"))
+        return self.profile
 
 
 @pytest.fixture
-def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeBackend:
+def profiles(monkeypatch: pytest.MonkeyPatch) -> LabProfiles:
+    lab = LabProfiles("kubernetes-defaults")
+    monkeypatch.setattr(ctk, "PROFILE_OF", lab)
+    return lab
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, profiles: LabProfiles) -> FakeBackend:
     monkeypatch.setenv("RTO_JOURNAL", str(tmp_path / "journal.jsonl"))
+    # chaos run writes chaostoolkit.log and journal.json, the control runs/, all
+    # into the working directory.
+    monkeypatch.chdir(tmp_path)
     clock = FakeClock(100.0)
     backend = FakeBackend(clock)
     monkeypatch.setattr(ctk, "BACKEND_FACTORY", lambda name: backend)
@@ -67,6 +98,31 @@ def test_chaos_run_records_the_same_row_as_rto_run(
     )
     assert row.rto_s is not None and row.rto_s > 0
     assert Journal().pending() == []
+
+
+def test_the_row_records_the_lab_profile_when_the_experiment_names_none(
+    fake: FakeBackend, profiles: LabProfiles, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    run_experiment(_load(ROOT / "experiments/pods/process-crash.yaml", runs))
+    [row] = ResultsStore(runs).load()
+    assert profiles.asked == ["fake"]
+    assert row.profile == "kubernetes-defaults"
+
+
+def test_a_control_naming_another_store_stops_before_anything(
+    fake: FakeBackend, tmp_path: Path
+) -> None:
+    doc = _load(ROOT / "experiments/pods/process-crash.yaml", tmp_path / "runs", "hidden-runs")
+    journal = run_experiment(doc)
+    assert journal["status"] in ("interrupted", "failed")
+    assert not (tmp_path / "hidden-runs").exists() and not (tmp_path / "runs").exists()
+    assert not any(c.startswith("create_workload") for c in fake.calls), fake.calls
+    # Naming the store itself, however spelt, is fine.
+    doc = _load(ROOT / "experiments/pods/process-crash.yaml", tmp_path / "runs", "./runs/")
+    assert run_experiment(doc)["status"] == "completed"
+    assert len(ResultsStore(tmp_path / "runs").load()) == 1
+    assert any(c.startswith("create_workload") for c in fake.calls)
 
 
 def test_failure_in_method_reverts_and_records_aborted(fake: FakeBackend, tmp_path: Path) -> None:
