@@ -40,6 +40,7 @@ from reports.expectations import (
 
 __all__ = [
     "ABORTED",
+    "CAMPAIGN_METRIC_FIGURES",
     "CELL_KEYS",
     "FAIL_ON_DEFAULT",
     "CellSummary",
@@ -56,6 +57,7 @@ __all__ = [
     "healers_label",
     "judge_metrics",
     "judged_with_real_timings",
+    "load_campaign_metric_figures",
     "load_metric_figures",
     "load_runs",
     "metrics_rows",
@@ -165,6 +167,10 @@ class MetricVerdict(BaseModel):
     expectation: MetricExpectation
     verdict: Verdict
     detail: str
+    # Where the figure came from: this store's campaign or a benchmark file,
+    # with date, machine and accelerator (MetricFigures.provenance); "" if none.
+    provenance: str = ""
+    from_this_run: bool = False
 
 
 class ReportSummary(BaseModel):
@@ -181,9 +187,10 @@ class ReportSummary(BaseModel):
     expectations: Expectations
     message: str = ""  # e.g. "no runs recorded in runs/results.jsonl"
     files: tuple[str, ...] = ()  # what build_report wrote, relative to out_dir
-    # Per-run resource metrics (pod vs VMI) and the pod-vs-VMI benchmark figures.
+    # Per-run resource metrics (pod vs VMI) and the pod-vs-VMI figures, in the
+    # order they are preferred (this store's campaign first, then the benchmark).
     run_metrics: tuple[RunMetricsRow, ...] = ()
-    metric_figures: MetricFigures | None = None
+    metric_figures: tuple[MetricFigures, ...] = ()
 
     def verdict_counts(self) -> dict[str, int]:
         counts = {v.value: 0 for v in Verdict}
@@ -528,15 +535,26 @@ _METRIC_RATIO = {
 _INFORMS_ONLY = {"disk_latency_tolerance_vm_over_pod"}
 
 
+# Written into the results store by a campaign with ``metric_claims: true``
+# (chaos.campaign.measure_metric_claims): figures measured in that campaign's run.
+CAMPAIGN_METRIC_FIGURES = "metric_claims.json"
+
+
 class MetricFigures(BaseModel):
-    """The part of ``benchmarks/results/net_compare.json`` a report reads."""
+    """The part of a ``benchmarks/net_compare.py`` result a report reads.
+
+    Either the committed benchmark file or a campaign's own measurement
+    (``campaign`` set), stored next to its results.
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     accelerator: str  # "tcg" | "kvm"
     caveat: str = ""
     generated_at: str = ""
+    host: dict[str, str] = {}  # platform.release()/machine() of the measuring host
     ratios: dict[str, float]
+    campaign: str = ""  # the campaign that measured them into this store; "" for a file
     source: str = ""  # the file it was read from (set by load_metric_figures)
 
     @property
@@ -544,6 +562,23 @@ class MetricFigures(BaseModel):
         if self.accelerator == "tcg":
             return "measured under QEMU TCG (software emulation; does not transfer to KVM)"
         return f"measured under {self.accelerator.upper()}"
+
+    @property
+    def provenance(self) -> str:
+        """Where, when, on what and how: 'from this run (campaign standard, ...)'."""
+        machine = " ".join(
+            v for v in (self.host.get("machine", ""), self.host.get("kernel", "")) if v
+        )
+        facts = ", ".join(
+            [
+                self.generated_at or "date not recorded",
+                f"host {machine}" if machine else "host not recorded",
+                f"VMI figures: {accelerator_label(self.accelerator)}",
+            ]
+        )
+        if self.campaign:
+            return f"from this run: campaign {self.campaign}, {self.source} ({facts})"
+        return f"from benchmark file {self.source} ({facts}), not from this run"
 
 
 def load_metric_figures(path: Path | None = None) -> MetricFigures | None:
@@ -564,28 +599,51 @@ def load_metric_figures(path: Path | None = None) -> MetricFigures | None:
     return figures.model_copy(update={"source": str(path)})
 
 
+def load_campaign_metric_figures(results: Path) -> MetricFigures | None:
+    """The figures a campaign measured into the store at ``results`` (its
+    ``results.jsonl`` or directory); None when no campaign did."""
+    path = (results if results.is_dir() else results.parent) / CAMPAIGN_METRIC_FIGURES
+    if not path.exists():
+        return None
+    figures = load_metric_figures(path)
+    assert figures is not None  # a given path never yields None
+    if not figures.campaign:
+        raise SpecError(f"{path}: no 'campaign' field; it is written by `rto campaign` only")
+    return figures
+
+
 def judge_metrics(
-    expectations: Expectations, figures: MetricFigures | None = None
+    expectations: Expectations,
+    figures: MetricFigures | Sequence[MetricFigures] | None = None,
 ) -> tuple[MetricVerdict, ...]:
     """Verdicts on the handbook's metric claims from measured ratios (VMI / pod).
 
+    ``figures`` is one source or several in order of preference (this store's
+    campaign, then the benchmark file): each claim takes its ratio from the
+    first source that has it, and says which (``provenance``).
     Without figures every claim is "not measured". Figures measured under TCG
     never give holds/contradicted: software emulation says nothing about a KVM
     host, so the verdict is informational and the detail says what the numbers
     would mean ("as measured ... contradicted").
     """
+    sources: list[MetricFigures] = (
+        [] if figures is None else [figures] if isinstance(figures, MetricFigures) else [*figures]
+    )
     out = []
     for m in expectations.metrics:
         key = _METRIC_RATIO.get(m.metric)
-        ratio = figures.ratios.get(key) if figures is not None and key else None
-        if figures is None or ratio is None or m.expected is None:
+        chosen = next((f for f in sources if key and key in f.ratios), None)
+        if chosen is None or key is None or m.expected is None:
             why = (
-                "no pod-vs-VMI figures (run benchmarks/net_compare.py)"
-                if figures is None
-                else f"{figures.source} has no figure for {m.metric}"
+                "no pod-vs-VMI figures (run benchmarks/net_compare.py, or a campaign "
+                "with metric_claims: true)"
+                if not sources
+                else f"{', '.join(f.source for f in sources)}: no figure for {m.metric}"
             )
             out.append(MetricVerdict(expectation=m, verdict=Verdict.NOT_MEASURED, detail=why))
             continue
+        figures_ = chosen
+        ratio = chosen.ratios[key]
         lo, hi = m.expected.min * (1 - METRIC_RTOL), m.expected.max * (1 + METRIC_RTOL)
         holds = lo <= ratio <= hi
         claimed = (
@@ -597,19 +655,25 @@ def judge_metrics(
         detail = f"VMI/pod {key} = {ratio:.2f} (claim {claimed}, +-{METRIC_RTOL:.0%})"
         if m.metric in _INFORMS_ONLY:
             verdict = Verdict.INFORMATIONAL
-            direct = figures.ratios.get("disk_direct_latency_vm_over_pod")
+            direct = figures_.ratios.get("disk_direct_latency_vm_over_pod")
             detail += (
                 "; this is the baseline fsync-write latency ratio"
                 + (f" (O_DIRECT writes: {direct:.2f})" if direct is not None else "")
                 + ", not the latency each tolerates: the claim itself is not measured"
             )
-        elif figures.accelerator != "kvm":
+        elif figures_.accelerator != "kvm":
             verdict = Verdict.INFORMATIONAL
             detail = f"{detail}; as measured: {as_measured}"
         else:
             verdict = Verdict.HOLDS if holds else Verdict.CONTRADICTED
         out.append(
-            MetricVerdict(expectation=m, verdict=verdict, detail=f"{detail} [{figures.label}]")
+            MetricVerdict(
+                expectation=m,
+                verdict=verdict,
+                detail=f"{detail} [{figures_.label}]",
+                provenance=figures_.provenance,
+                from_this_run=bool(figures_.campaign),
+            )
         )
     return tuple(out)
 

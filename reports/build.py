@@ -4,7 +4,10 @@ Filled from ``runs/results.jsonl`` (one :class:`chaos.results.RunResult` per
 line) and an expectations file; read by the ``rto report`` CLI, by CI (the
 JUnit file and :func:`reports.analysis.failing_cells` on the returned
 summary) and by people (``index.html``, ``summary.md``). A report is rebuilt
-from the store alone; nothing else is consulted.
+from the store alone (its rows, and the metric figures a campaign with
+``metric_claims: true`` measured into it), plus the benchmark file
+``benchmarks/results/net_compare.json`` for the metric claims the store has no
+figure for, each claim labelled with where its figure came from.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from chaos.errors import HarnessError
 from reports.analysis import (
     ReportSummary,
     judge_metrics,
+    load_campaign_metric_figures,
     load_metric_figures,
     load_runs,
     metrics_rows,
@@ -58,8 +62,13 @@ def build_report(
     runs = load_runs(results)
     frame = runs_frame(runs)
     cells = summarise(frame, exp)
-    # Pod-vs-VMI figures: the given file, else benchmarks/results/net_compare.json if any.
-    figures = load_metric_figures(metric_figures)
+    # Pod-vs-VMI figures: a campaign's own (metric_claims.json in the store) first,
+    # then the given file, else benchmarks/results/net_compare.json if any.
+    figures = tuple(
+        f
+        for f in (load_campaign_metric_figures(results), load_metric_figures(metric_figures))
+        if f is not None
+    )
     message = "" if runs else f"no runs recorded in {results}: nothing to compare yet"
 
     plots_dir = out_dir / "plots"

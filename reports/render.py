@@ -252,10 +252,15 @@ def _documented_html(summary: ReportSummary) -> str:
 
 
 def _metrics_html(summary: ReportSummary) -> str:
-    head = "<tr><th>area</th><th>claim</th><th>verdict</th><th>why</th><th>note</th></tr>"
+    head = (
+        "<tr><th>area</th><th>claim</th><th>verdict</th><th>why</th><th>figure from</th>"
+        "<th>note</th></tr>"
+    )
     rows = "".join(
         f"<tr><td>{_e(m.expectation.area)}</td><td>{_e(m.expectation.claim_text)}</td>"
         f"{_verdict_td(m.verdict)}<td>{_e(m.detail)}</td>"
+        f"<td>{'<b>' if m.from_this_run else ''}{_e(m.provenance or '-')}"
+        f"{'</b>' if m.from_this_run else ''}</td>"
         f'<td class="note">{_e(m.expectation.note or "-")}</td></tr>'
         for m in summary.metrics
     )
@@ -286,10 +291,15 @@ def _metric_cell(value: object) -> str:
 
 
 def _figures_note(summary: ReportSummary) -> str:
-    f = summary.metric_figures
-    if f is None:
-        return "No pod-vs-VMI figures: run benchmarks/net_compare.py."
-    return f"Pod-vs-VMI figures from {f.source} ({f.generated_at}): {f.label}. {f.caveat}"
+    if not summary.metric_figures:
+        return (
+            "No pod-vs-VMI figures: run benchmarks/net_compare.py, or a campaign with "
+            "metric_claims: true."
+        )
+    return " ".join(
+        f"Pod-vs-VMI figures {f.provenance}: {f.label}. {f.caveat}".strip()
+        for f in summary.metric_figures
+    )
 
 
 def _run_metrics_html(summary: ReportSummary) -> list[str]:
@@ -475,10 +485,16 @@ def render_markdown(summary: ReportSummary) -> str:
             + f" | {c.verdict.label} | {_md(c.detail)} |"
             for c in summary.cells
         ]
-    out += ["", "## Metric claims", "", "| claim | verdict | why | note |", "|---|---|---|---|"]
+    out += [
+        "",
+        "## Metric claims",
+        "",
+        "| claim | verdict | why | figure from | note |",
+        "|---|---|---|---|---|",
+    ]
     out += [
         f"| {_md(m.expectation.claim_text)} | {m.verdict.label} | {_md(m.detail)} "
-        f"| {_md(m.expectation.note)} |"
+        f"| {_md(m.provenance or '-')} | {_md(m.expectation.note)} |"
         for m in summary.metrics
     ]
     out += _run_metrics_md(summary)

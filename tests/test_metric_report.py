@@ -172,7 +172,8 @@ def test_report_shows_metric_verdicts_and_resource_metrics(tmp_path: Path) -> No
         tmp_path, "tcg", network_throughput_vm_over_pod=0.1, network_latency_vm_over_pod=9.0
     )
     summary = build_report(store.path, tmp_path / "out", metric_figures=figures)
-    assert summary.metric_figures is not None and summary.metric_figures.accelerator == "tcg"
+    [source] = summary.metric_figures
+    assert source.accelerator == "tcg" and not source.campaign
     assert len(summary.run_metrics) == 2
     md = (tmp_path / "out" / "summary.md").read_text()
     html = (tmp_path / "out" / "index.html").read_text()
@@ -181,3 +182,56 @@ def test_report_shows_metric_verdicts_and_resource_metrics(tmp_path: Path) -> No
         assert "QEMU overhead MiB" in text
         assert "software emulation" in text
     assert "| process-crash | vmi | 1 | 0.4 | 0.6 | 30 | 160 |" in md
+
+
+def _campaign_figures(store: Path, accelerator: str, **ratios: float) -> Path:
+    """What chaos.campaign.measure_metric_claims leaves in a store."""
+    store.mkdir(parents=True, exist_ok=True)
+    path = store / "metric_claims.json"
+    path.write_text(
+        json.dumps(
+            {
+                "benchmark": "net_compare",
+                "generated_at": "2026-12-01T12:00:00+00:00",
+                "host": {"kernel": "6.1.0-test", "machine": "x86_64"},
+                "accelerator": accelerator,
+                "campaign": "standard",
+                "ratios": ratios,
+            }
+        )
+    )
+    return path
+
+
+def test_each_claim_says_whether_its_figure_is_from_this_run_or_a_benchmark_file(
+    tmp_path: Path,
+) -> None:
+    runs = tmp_path / "runs"
+    store = ResultsStore(runs)
+    store.append(_run(0, "pod", _POD))
+    # The campaign measured latency only (under KVM); throughput comes from the file.
+    _campaign_figures(runs, "kvm", network_latency_vm_over_pod=1.1)
+    bench = _figures(tmp_path, "tcg", network_throughput_vm_over_pod=0.1)
+    summary = build_report(runs, tmp_path / "out", metric_figures=bench)
+    assert [f.campaign for f in summary.metric_figures] == ["standard", ""]
+    by_metric = {m.expectation.metric: m for m in summary.metrics}
+    latency = by_metric["network_latency_vm_over_pod"]
+    assert latency.from_this_run and latency.provenance.startswith("from this run: campaign")
+    assert "2026-12-01" in latency.provenance and "x86_64 6.1.0-test" in latency.provenance
+    assert "KVM (hardware virtualisation)" in latency.provenance
+    throughput = by_metric["network_throughput_vm_over_pod"]
+    assert not throughput.from_this_run
+    assert throughput.provenance.startswith(f"from benchmark file {bench}")
+    assert "not from this run" in throughput.provenance and "TCG" in throughput.provenance
+    assert throughput.verdict is Verdict.INFORMATIONAL  # TCG figures never judge
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "| claim | verdict | why | figure from | note |" in md
+    assert "from this run: campaign standard" in md and "from benchmark file" in md
+
+
+def test_a_campaign_file_without_its_campaign_is_refused(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    path = _campaign_figures(runs, "kvm", network_latency_vm_over_pod=1.1)
+    path.write_text(path.read_text().replace('"campaign": "standard"', '"campaign": ""'))
+    with pytest.raises(SpecError, match="rto campaign"):
+        build_report(runs, tmp_path / "out")
