@@ -7,11 +7,16 @@ sets the lab's timing profile per entry, runs each repetition with
 With ``lab_lifecycle`` it brings the lab up before (with VMs when the campaign
 says ``vms: true``) and always down after. ``dry_run_campaign`` (``rto campaign
 --dry-run``, kube only) prints every run's plan on a dry-run backend instead:
-nothing is changed, journaled or stored.
+nothing is changed, journaled or stored. A campaign with ``metric_claims:
+true`` also measures the handbook's metric claims after its runs
+(:func:`measure_metric_claims`), so the report can judge them from this run.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +31,19 @@ from chaos.runner import RunOptions, run_experiment
 from chaos.spec import CampaignSpec, ExperimentSpec, load_campaign
 from cluster.api import Backend, WorkloadKind
 
-__all__ = ["CampaignPlan", "dry_run_campaign", "plan_campaign", "result_outcome", "run_campaign"]
+__all__ = [
+    "METRIC_CLAIMS_FILE",
+    "CampaignPlan",
+    "dry_run_campaign",
+    "measure_metric_claims",
+    "plan_campaign",
+    "result_outcome",
+    "run_campaign",
+]
+
+# Read by reports.analysis (CAMPAIGN_METRIC_FIGURES), next to results.jsonl.
+METRIC_CLAIMS_FILE = "metric_claims.json"
+NET_COMPARE = Path(__file__).resolve().parents[1] / "benchmarks" / "net_compare.py"
 
 
 @dataclass(frozen=True)
@@ -98,6 +115,45 @@ def result_outcome(r: RunResult) -> str:
     return f"{r.status.value}, RTO {rto}" + (f" - {r.error}" if r.error else "")
 
 
+def measure_metric_claims(
+    store_dir: Path, campaign: str, *, script: Path = NET_COMPARE, timeout_s: float = 3600
+) -> Path:
+    """Run ``benchmarks/net_compare.py`` and store its figures as this campaign's.
+
+    A child process, not an import: the benchmark points the lab's module-level
+    state at its own private one-node lab, which must not leak into this
+    process's lab. Writes ``store_dir/metric_claims.json`` (the benchmark's
+    result, with date, host and accelerator, plus ``campaign``) and returns its
+    path; a failed benchmark raises :class:`HarnessError` with its last lines.
+    """
+    store_dir.mkdir(parents=True, exist_ok=True)
+    out = store_dir / METRIC_CLAIMS_FILE
+    partial = store_dir / f".{METRIC_CLAIMS_FILE}.partial"
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script), "--out", str(partial)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise HarnessError(f"{script.name} did not finish within {timeout_s:.0f} s") from exc
+    if proc.returncode != 0:
+        tail = "\n    ".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        raise HarnessError(f"{script.name} failed (exit {proc.returncode}):\n    {tail}")
+    try:
+        figures = json.loads(partial.read_text(encoding="utf-8"))
+        if not isinstance(figures, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"{script.name} wrote no readable result to {partial}: {exc}") from exc
+    figures["campaign"] = campaign
+    out.write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
+    partial.unlink()
+    return out
+
+
 def run_campaign(
     plan: CampaignPlan,
     store: ResultsStore,
@@ -108,12 +164,15 @@ def run_campaign(
     console: Console | None = None,
     lab_up: Callable[[str, int, bool], None] = _lab_up,
     lab_down: Callable[[], None] = _lab_down,
+    measure_claims: Callable[[Path, str], Path] = measure_metric_claims,
 ) -> list[RunResult]:
     """Run every entry of ``plan``.
 
     A run that aborts (an error; the runner has reverted its fault and stored
     it as aborted) does not stop the campaign; once every run was tried a
-    ``HarnessError`` lists the aborted ones. Ctrl-C stops at once.
+    ``HarnessError`` lists the aborted ones. Ctrl-C stops at once. With
+    ``metric_claims: true`` the metric claims are measured after the runs
+    (``measure_claims``, after the lab is down: the benchmark brings up its own).
     """
     spec = plan.spec
     first_profile = next(
@@ -168,12 +227,21 @@ def run_campaign(
     finally:
         if lab_lifecycle and spec.backend == "lab":
             lab_down()
+    claims_error = ""
+    if spec.metric_claims:
+        try:
+            measure_claims(store.root, spec.name)
+        except HarnessError as exc:
+            claims_error = f"the metric claims were not measured: {exc}"
     if aborted:
         raise HarnessError(
             f"campaign {spec.name}: {len(aborted)} of {plan.total_runs} runs aborted "
             "(recorded as aborted in the results store, faults reverted):\n  "
             + "\n  ".join(aborted)
+            + (f"\n{claims_error}" if claims_error else "")
         )
+    if claims_error:
+        raise HarnessError(f"campaign {spec.name}: {claims_error}")
     return results
 
 

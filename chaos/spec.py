@@ -282,7 +282,21 @@ class CampaignSpec(_Frozen):
     # Delete each entry's workload after its runs (unless the next entry uses it):
     # one workload alive at a time, so idle VMIs do not skew the measured one.
     delete_workloads: bool = False
+    # Also measure the handbook's metric claims (pod vs VMI latency, throughput,
+    # disk) in this campaign's run, after its experiments: benchmarks/net_compare.py
+    # on its own private one-node lab (needs vms), stored next to the results as
+    # metric_claims.json (chaos.campaign.measure_metric_claims). Lab only.
+    metric_claims: bool = False
     experiments: list[CampaignEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _metric_claims_on_the_lab(self) -> CampaignSpec:
+        if self.metric_claims and (self.backend != "lab" or not self.vms):
+            raise ValueError(
+                "metric_claims: true measures pods against VMIs on the lab: it needs "
+                "backend: lab and vms: true"
+            )
+        return self
 
     _profile = field_validator("profile")(_check_profile)
 
