@@ -229,9 +229,11 @@ def rto_figure(frame: pd.DataFrame, fault: str, expectations: Expectations) -> F
                     fontsize=7,
                     color="#c0392b",
                 )
-            if len(k) == 0:
+            n_aborted = int((k["status"] == "aborted").sum())
+            if len(k) == 0 or (n_aborted and not len(ok)):
+                # Aborted runs measured nothing: say so where their RTO would be.
                 ax.annotate(
-                    "no runs",
+                    "no runs" if len(k) == 0 else f"{n_aborted} aborted",
                     (x + dx, 0),
                     textcoords="offset points",
                     xytext=(0, 4),
