@@ -140,6 +140,9 @@ class FakeCluster:
     def metrics(self, workload: str) -> None:
         return None  # the healers never read metrics
 
+    def vm_accelerator(self) -> None:
+        return None  # nor what runs the VMs
+
     # --- Backend: actions the healers use --------------------------------------
     def set_restart_healing(self, enabled: bool) -> None:
         self.actions.append(("set_restart_healing", str(enabled)))

@@ -403,7 +403,10 @@ def stop_node_libvirtd(
             )(lambda: _alive(pid))
         except tenacity.RetryError:
             _kill(pid, signal.SIGKILL)
-        _reap(node, pid)
+    # Also when the daemon was already dead (killed with its node at a
+    # power-off): its Popen must collect the exit status, or the process stays
+    # a zombie and Popen warns at exit that it "is still running".
+    _reap(node, pid)
     _pid_file(node).unlink(missing_ok=True)
     # The guests' leftover pid files would make the next start look busy.
     # SIGKILL is asynchronous: give the guests a moment to be gone.
@@ -423,13 +426,20 @@ def _kill(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
-def _reap(node: str, pid: int) -> None:
+def _reap(node: str, pid: int | None) -> None:
     proc = _children.pop(node, None)
-    if proc is not None and proc.pid == pid:
-        proc.wait(timeout=5)  # dead already: collects the exit status
-        return
-    with contextlib.suppress(ChildProcessError):  # not our child (another harness)
-        os.waitpid(pid, os.WNOHANG)
+    if proc is not None:
+        if proc.poll() is None:
+            # The daemon this Popen started is gone or being killed; a wrapper
+            # still standing goes with it.
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        proc.wait(timeout=5)  # dead by now: collects the exit status
+        if pid is None or proc.pid == pid:
+            return
+    if pid is not None:
+        with contextlib.suppress(ChildProcessError):  # not our child (another harness)
+            os.waitpid(pid, os.WNOHANG)
 
 
 def purge_node_libvirtd(node: str) -> None:
