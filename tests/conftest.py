@@ -66,3 +66,26 @@ def _no_lab_leftovers() -> Iterator[None]:
             + format_leftovers(left, unchecked=after[UNCHECKED]),
             pytrace=False,
         )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a ``Popen`` of this process was never waited for.
+
+    Python would otherwise end the run with "ResourceWarning: subprocess N is
+    still running" from ``Popen.__del__``, naming no owner; this names the
+    command line, so the code that started it can be found and fixed.
+    """
+    import gc
+    import subprocess
+
+    unwaited = [
+        p for p in gc.get_objects() if isinstance(p, subprocess.Popen) and p.returncode is None
+    ]
+    if not unwaited:
+        return
+    lines = []
+    for p in unwaited:
+        state = "still running" if p.poll() is None else "exited, never waited for"
+        lines.append(f"  pid {p.pid} ({state}): {p.args!r}"[:300])
+    print("\nsubprocesses this test run started and never waited for:\n" + "\n".join(lines))
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

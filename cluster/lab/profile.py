@@ -2,7 +2,7 @@
 
 Read by the lab's control plane (node monitor, toleration eviction) and node
 agents (heartbeat, restart back-off); chosen at ``rto lab up`` and per run.
-``kubernetes-defaults`` reproduces the real timings (FACTS.md); ``fast`` scales
+``kubernetes-defaults`` reproduces the real timings (docs/FACTS.md); ``fast`` scales
 them down so tests and demos finish quickly. The harness's own healers are
 measured against both.
 """
