@@ -12,7 +12,7 @@ import nox
 nox.options.default_venv_backend = "none"
 nox.options.sessions = ["lint", "typecheck", "tests"]
 
-PACKAGES = ["cluster", "chaos", "healers", "reports"]
+PACKAGES = ["core", "cluster", "chaos", "healers", "reports"]
 
 
 @nox.session

@@ -31,10 +31,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
-from chaos.clock import RealClock  # noqa: E402
-from chaos.errors import LabError  # noqa: E402
 from cluster.lab.guest.build import GuestImage, build_guest  # noqa: E402
 from cluster.lab.guest.qemu import GuestOptions, QemuGuest  # noqa: E402
+from core.clock import RealClock  # noqa: E402
+from core.errors import LabError  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "guest_boot.json"
 BOOT_TARGET_S = 6.0

@@ -43,13 +43,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
-from chaos.clock import RealClock  # noqa: E402
 from chaos.netns import enter_netns  # noqa: E402
 from chaos.prober import Prober, Transition  # noqa: E402
-from chaos.timeline import EventKind  # noqa: E402
 from cluster.api import ProbeTarget  # noqa: E402
 from cluster.lab import state  # noqa: E402
 from cluster.lab.accel import accelerator  # noqa: E402
+from core.clock import RealClock  # noqa: E402
+from core.timeline import EventKind  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "migration.json"
 VMI = "vb-mig"

@@ -54,12 +54,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
-from chaos.clock import RealClock  # noqa: E402
-from chaos.errors import HarnessError  # noqa: E402
 from chaos.recorder import Recorder  # noqa: E402
-from chaos.timeline import EventKind, Timeline, TimelineEvent  # noqa: E402
 from cluster.api import WorkloadKind  # noqa: E402
 from cluster.lab import lifecycle, net, state  # noqa: E402
+from core.clock import RealClock  # noqa: E402
+from core.errors import HarnessError  # noqa: E402
+from core.timeline import EventKind, Timeline, TimelineEvent  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "migration_lab.json"
 STATE = Path("/var/lib/rto-lab-migbench")

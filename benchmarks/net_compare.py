@@ -47,12 +47,12 @@ from typing import Any, TypeVar
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
-from chaos.errors import HarnessError  # noqa: E402
-from chaos.metrics import MetricSample  # noqa: E402
 from chaos.netns import enter_netns  # noqa: E402
 from cluster.api import WorkloadKind  # noqa: E402
 from cluster.lab import lifecycle, net, runtime, state  # noqa: E402
 from cluster.lab.accel import accelerator  # noqa: E402
+from core.errors import HarnessError  # noqa: E402
+from core.samples import MetricSample  # noqa: E402
 
 __all__ = ["main", "measure"]
 

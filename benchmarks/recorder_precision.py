@@ -42,8 +42,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from chaos.prober import Prober, Transition  # noqa: E402
 from chaos.rto import measure  # noqa: E402
-from chaos.timeline import EventKind, Timeline  # noqa: E402
 from cluster.api import ProbeTarget  # noqa: E402
+from core.timeline import EventKind, Timeline  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "recorder_precision.json"
 LOOPBACK_MODES = ("503", "refuse", "hang", "freeze")

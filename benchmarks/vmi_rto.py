@@ -35,7 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from chaos.backends import apply_profile  # noqa: E402
-from chaos.errors import BackendError  # noqa: E402
 from chaos.journal import Journal  # noqa: E402
 from chaos.results import ResultsStore, RunResult  # noqa: E402
 from chaos.runner import RunOptions, run_experiment  # noqa: E402
@@ -43,6 +42,7 @@ from chaos.spec import ExperimentSpec, load_experiment  # noqa: E402
 from cluster.api import WorkloadKind  # noqa: E402
 from cluster.lab.backend import LabBackend  # noqa: E402
 from cluster.lab.lifecycle import lab_down, lab_up  # noqa: E402
+from core.errors import BackendError  # noqa: E402
 
 __all__ = ["main"]
 

@@ -9,8 +9,8 @@ embedded lab; ``kube`` is a real cluster (cluster/kube, configured by
 
 from __future__ import annotations
 
-from chaos.errors import BackendError
 from cluster.api import Backend
+from core.errors import BackendError
 
 __all__ = ["BACKENDS", "apply_profile", "get_backend"]
 

@@ -24,12 +24,12 @@ from pathlib import Path
 from rich.console import Console
 
 from chaos.backends import apply_profile, get_backend
-from chaos.errors import HarnessError
 from chaos.progress import make_progress
 from chaos.results import ResultsStore, RunResult
 from chaos.runner import RunOptions, run_experiment
 from chaos.spec import CampaignSpec, ExperimentSpec, load_campaign
 from cluster.api import Backend, WorkloadKind
+from core.errors import HarnessError
 
 __all__ = [
     "METRIC_CLAIMS_FILE",

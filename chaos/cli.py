@@ -20,12 +20,12 @@ from rich.console import Console
 
 from chaos.backends import BACKENDS, apply_profile, get_backend
 from chaos.campaign import result_outcome
-from chaos.errors import HarnessError, SpecError
 from chaos.journal import Journal
 from chaos.progress import make_progress
 from chaos.results import ResultsStore, RunResult
 from chaos.runner import RunOptions
 from cluster.api import Backend
+from core.errors import HarnessError, SpecError
 
 __all__ = ["cli", "main", "parse_budgets"]
 

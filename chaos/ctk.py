@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from chaos.backends import get_backend
-from chaos.errors import HarnessError
 from chaos.journal import Journal
 from chaos.runner import Run, RunOptions
 from cluster.api import Backend
+from core.errors import HarnessError
 
 __all__ = [
     "current_run",

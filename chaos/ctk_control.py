@@ -21,10 +21,10 @@ from chaoslib.exceptions import InterruptExecution
 
 from chaos import ctk
 from chaos.backends import apply_profile
-from chaos.errors import HarnessError
 from chaos.results import ResultsStore
 from chaos.runner import Run
 from chaos.spec import load_experiment_document
+from core.errors import HarnessError
 
 __all__ = [
     "RUNS_DIR",

@@ -24,7 +24,7 @@ from typing import IO, TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from chaos.errors import HarnessError, JournalError
+from core.errors import HarnessError, JournalError
 
 if TYPE_CHECKING:
     from cluster.api import Backend

@@ -31,8 +31,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from chaos.clock import Clock, RealClock
-from chaos.timeline import EventKind, Timeline
+from core.clock import Clock, RealClock
+from core.timeline import EventKind, Timeline
 
 __all__ = ["DEFAULT_KEEP", "LogFollower"]
 

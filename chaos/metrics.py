@@ -1,7 +1,7 @@
 """Per-workload resource metrics: one schema for pods and VMIs, a sampler, a summary.
 
 Filled by the backends (``Backend.metrics(workload)`` returns one
-:class:`MetricSample`: the lab reads cgroup v1 files and the pod's network
+:class:`core.samples.MetricSample`: the lab reads cgroup v1 files and the pod's network
 counters for a pod, libvirt's bulk statistics plus QEMU's RSS for a VMI) and by
 :class:`MetricsSampler`, a thread the runner starts beside the recorder. Read by
 the runner, which stores the sampler's :class:`MetricsSummary` in the run's row
@@ -26,58 +26,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from chaos.clock import Clock, RealClock
-from chaos.errors import BackendError, HarnessError
+from core.clock import Clock, RealClock
+from core.errors import BackendError, HarnessError
+from core.samples import COUNTERS, MetricSample
 
 __all__ = [
-    "COUNTERS",
-    "MetricSample",
     "MetricsAccumulator",
     "MetricsSampler",
     "MetricsSource",
     "MetricsSummary",
-    "sample_fields",
 ]
-
-# Monotonic counters of a sample (summarised as deltas); the rest are gauges.
-COUNTERS: tuple[str, ...] = (
-    "cpu_s",
-    "host_cpu_s",
-    "disk_rd_bytes",
-    "disk_wr_bytes",
-    "disk_rd_ops",
-    "disk_wr_ops",
-    "net_rx_bytes",
-    "net_tx_bytes",
-    "net_rx_packets",
-    "net_tx_packets",
-)
-
-
-@dataclass(frozen=True)
-class MetricSample:
-    """One reading of one workload's resources at ``t`` (monotonic seconds)."""
-
-    t: float
-    workload: str
-    kind: str  # "pod" | "vmi"
-    cpu_s: float  # container CPU / sum of guest vCPU time, seconds
-    host_cpu_s: float  # QEMU's host CPU incl. overhead (VMI); = cpu_s (pod)
-    mem_bytes: int  # cgroup usage (pod) / guest memory per the balloon (VMI)
-    overhead_bytes: int = 0  # QEMU RSS minus guest memory (VMI); 0 for pods
-    disk_rd_bytes: int = 0
-    disk_wr_bytes: int = 0
-    disk_rd_ops: int = 0
-    disk_wr_ops: int = 0
-    net_rx_bytes: int = 0
-    net_tx_bytes: int = 0
-    net_rx_packets: int = 0
-    net_tx_packets: int = 0
 
 
 class MetricsSummary(BaseModel):
@@ -287,8 +249,3 @@ class MetricsSampler:
     def summary(self) -> MetricsSummary:
         with self._lock:
             return self._acc.summary()
-
-
-def sample_fields() -> tuple[str, ...]:
-    """Field names of :class:`MetricSample`, in order (for tables and CSV)."""
-    return tuple(f.name for f in fields(MetricSample))

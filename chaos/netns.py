@@ -16,7 +16,7 @@ import ctypes.util
 import os
 from pathlib import Path
 
-from chaos.errors import LabError
+from core.errors import LabError
 
 __all__ = ["NETNS_DIR", "current_netns_fd", "enter_netns", "enter_netns_fd"]
 

@@ -46,11 +46,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from chaos.clock import Clock, RealClock
-from chaos.errors import HarnessError
 from chaos.netns import current_netns_fd, enter_netns, enter_netns_fd
-from chaos.timeline import EventKind
 from cluster.api import ProbeTarget
+from core.clock import Clock, RealClock
+from core.errors import HarnessError
+from core.timeline import EventKind
 
 __all__ = [
     "ProbeOutcome",

@@ -19,7 +19,7 @@ from typing import IO, Protocol
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from chaos.clock import Clock, RealClock
+from core.clock import Clock, RealClock
 
 __all__ = [
     "HEARTBEAT_S",

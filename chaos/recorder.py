@@ -34,12 +34,12 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from chaos.clock import Clock, RealClock
-from chaos.errors import HarnessError
 from chaos.logs import LogFollower
 from chaos.prober import Prober, ProbeState, Transition
-from chaos.timeline import EventKind, Timeline
 from cluster.api import Event, ProbeTarget, WorkloadStatus
+from core.clock import Clock, RealClock
+from core.errors import HarnessError
+from core.timeline import EventKind, Timeline
 
 __all__ = ["ObservedBackend", "Recorder"]
 

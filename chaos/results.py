@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from chaos.metrics import MetricsSummary
-from chaos.timeline import TimelineEvent
+from core.timeline import TimelineEvent
 
 __all__ = ["ResultsStore", "RunResult", "RunStatus"]
 
@@ -86,7 +86,7 @@ class ResultsStore:
             try:
                 rows.append(RunResult.model_validate(json.loads(line)))
             except ValueError as exc:  # pydantic ValidationError is a ValueError
-                from chaos.errors import SpecError
+                from core.errors import SpecError
 
                 raise SpecError(f"{self.path}: line {n} is not a valid run result: {exc}") from exc
         return rows

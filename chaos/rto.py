@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from chaos.results import RunStatus
-from chaos.timeline import EventKind, TimelineEvent
+from core.timeline import EventKind, TimelineEvent
 
 __all__ = ["Measures", "measure"]
 

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from chaos.clock import Clock, RealClock
-from chaos.errors import BackendError, FaultError, HarnessError
 from chaos.faults import Fault, build_fault
 from chaos.faults.harness_state import RestartHealingOff
 from chaos.journal import Journal
@@ -33,8 +31,10 @@ from chaos.spec import (
     RecoverySpec,
     fault_variant,
 )
-from chaos.timeline import EventKind, Timeline
 from cluster.api import Backend, Phase, WorkloadKind
+from core.clock import Clock, RealClock
+from core.errors import BackendError, FaultError, HarnessError
+from core.timeline import EventKind, Timeline
 
 __all__ = [
     "HealerFactory",

@@ -18,8 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from chaos.documents import read_document
-from chaos.errors import SpecError
+from core.documents import read_document
+from core.errors import SpecError
 
 __all__ = [
     "KNOWN_HEALERS",

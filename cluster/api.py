@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from chaos.metrics import MetricSample
+    from core.samples import MetricSample
 
 __all__ = [
     "Backend",

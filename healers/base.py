@@ -25,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from chaos.clock import Clock
-from chaos.errors import HarnessError
 from chaos.journal import Journal
 from cluster.api import Backend
+from core.clock import Clock
+from core.errors import HarnessError
 
 __all__ = ["Healer", "HealerContext", "LoopHealer", "Recorder"]
 

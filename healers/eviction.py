@@ -25,10 +25,10 @@ missed in a row do): 0.7 s with ``fast``, 35 s with ``kubernetes-defaults``.
 
 from __future__ import annotations
 
-from chaos.errors import HarnessError
 from chaos.faults.harness_state import NodeFence
 from cluster.api import NodeStatus, WorkloadStatus
 from cluster.lab.profile import TimingProfile
+from core.errors import HarnessError
 from healers.base import LoopHealer
 
 __all__ = ["EvictionHealer", "default_confirm_after"]

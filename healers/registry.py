@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chaos.errors import SpecError
 from cluster.lab.profile import TimingProfile, get_profile
+from core.errors import SpecError
 from healers.base import Healer
 from healers.eviction import EvictionHealer
 from healers.migration import MigrationHealer

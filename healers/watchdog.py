@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from chaos.errors import BackendError
 from cluster.api import Backend, WorkloadKind, WorkloadStatus
+from core.errors import BackendError
 from healers.base import HealerContext, LoopHealer
 
 __all__ = ["KindWatcher", "PodWatcher", "VmiWatcher", "Watchdog", "restart_healing_state"]

@@ -27,9 +27,9 @@ from typing import Protocol, TypedDict
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from chaos.errors import SpecError
 from chaos.results import ResultsStore, RunResult, RunStatus
-from chaos.timeline import EventKind
+from core.errors import SpecError
+from core.timeline import EventKind
 from reports.expectations import (
     Expectations,
     MetricExpectation,

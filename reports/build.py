@@ -16,7 +16,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from chaos.errors import HarnessError
+from core.errors import HarnessError
 from reports.analysis import (
     ReportSummary,
     judge_metrics,
@@ -55,7 +55,7 @@ def build_report(
     ``results`` is the ``results.jsonl`` file or the directory holding it. An
     empty or missing store is not an error: the report says "no runs recorded"
     and still shows the documented table. A malformed store or expectations
-    file raises :class:`chaos.errors.SpecError`.
+    file raises :class:`core.errors.SpecError`.
     """
     exp_path = expectations or DEFAULT_EXPECTATIONS
     exp = load_expectations(exp_path)

@@ -3,7 +3,7 @@
 Filled from ``reports/expectations.yaml`` (shipped with the package; a team may
 pass its own file); read by ``reports.analysis`` to give every measured cell a
 verdict and by ``reports.render`` to print the documented table next to the
-measured one. A bad file raises :class:`chaos.errors.SpecError` with one
+measured one. A bad file raises :class:`core.errors.SpecError` with one
 paragraph naming the file, the field and what is wrong.
 """
 
@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from chaos.errors import SpecError
+from core.errors import SpecError
 
 __all__ = [
     "DEFAULT_EXPECTATIONS",

@@ -28,7 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from chaos.results import RunResult
-from chaos.timeline import EventKind, TimelineEvent
+from core.timeline import EventKind, TimelineEvent
 from reports.analysis import fmt_s, judged_with_real_timings
 from reports.expectations import Expectations, RangeClaim
 

@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 
 from chaos.results import RunResult, RunStatus
-from chaos.timeline import EventKind
+from core.timeline import EventKind
 from reports.analysis import (
     CellSummary,
     ReportSummary,

@@ -17,7 +17,7 @@ from typing import Literal
 from chaos.campaign import plan_campaign
 from chaos.results import RunResult, RunStatus
 from chaos.spec import fault_variant
-from chaos.timeline import EventKind, TimelineEvent
+from core.timeline import EventKind, TimelineEvent
 
 __all__ = ["STANDARD", "VMI_NOT_READY", "campaign_rows"]
 

@@ -17,11 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from chaos.clock import Clock, FakeClock
-from chaos.errors import BackendError
-from chaos.metrics import MetricSample
 from chaos.spec import RecoverySpec
-from chaos.timeline import EventKind, Timeline
 from cluster.api import (
     Condition,
     Event,
@@ -32,6 +28,10 @@ from cluster.api import (
     WorkloadKind,
     WorkloadStatus,
 )
+from core.clock import Clock, FakeClock
+from core.errors import BackendError
+from core.samples import MetricSample
+from core.timeline import EventKind, Timeline
 
 __all__ = ["FakeBackend", "FakeHealer", "FakeRecorder", "fake_recorder_factory"]
 

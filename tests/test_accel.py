@@ -16,11 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 from chaos import cli
-from chaos.errors import LabError
 from cluster.lab import accel, lifecycle
 from cluster.lab.accel import KvmProbe, choose_accelerator, probe_kvm
 from cluster.lab.guest.build import build_guest
 from cluster.lab.guest.qemu import GuestOptions, QemuGuest
+from core.errors import LabError
 
 
 class CountingProbe:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.clock import FakeClock
 from cluster.lab.backoff import RestartBackoff
 from cluster.lab.profile import get_profile
+from core.clock import FakeClock
 
 
 def _crash_loop(b: RestartBackoff, clock: FakeClock, n: int, run_for: float) -> list[float]:

@@ -12,12 +12,12 @@ import yaml
 from fakes import FakeBackend, FakeHealer, fake_recorder_factory
 
 from chaos.campaign import plan_campaign, run_campaign
-from chaos.clock import FakeClock
-from chaos.errors import SpecError
 from chaos.journal import Journal
 from chaos.results import ResultsStore, RunStatus
 from chaos.runner import RunOptions
 from chaos.spec import fault_variant, load_experiment
+from core.clock import FakeClock
+from core.errors import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 VMIS = sorted((ROOT / "experiments" / "vmis").glob("*.yaml"))

@@ -9,11 +9,11 @@ from click.testing import CliRunner
 from fakes import FakeBackend, FakeHealer, fake_recorder_factory
 
 from chaos import cli
-from chaos.clock import FakeClock
 from chaos.faults import NodePowerOff
 from chaos.journal import Journal
 from chaos.results import ResultsStore, RunStatus
 from chaos.runner import RunOptions
+from core.clock import FakeClock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -207,8 +207,8 @@ def test_a_file_too_large_to_be_an_experiment_is_refused_unread(fake: FakeBacken
 
 
 def test_an_undecodable_kube_config_is_one_spec_error(tmp_path: Path) -> None:
-    from chaos.errors import SpecError
     from cluster.kube.config import load_kube_config
+    from core.errors import SpecError
 
     bad = tmp_path / "rto-kube.yaml"
     bad.write_bytes(b"contexts: [\xff\xfe]\n")

@@ -12,10 +12,10 @@ from chaoslib.experiment import ensure_experiment_is_valid, run_experiment
 from fakes import FakeBackend, FakeHealer, fake_recorder_factory
 
 from chaos import ctk
-from chaos.clock import FakeClock
 from chaos.journal import Journal
 from chaos.results import ResultsStore, RunStatus
 from chaos.runner import RunOptions
+from core.clock import FakeClock
 
 ROOT = Path(__file__).resolve().parents[1]
 PODS = sorted((ROOT / "experiments" / "pods").glob("*.yaml"))
@@ -154,7 +154,7 @@ def test_no_steady_state_stops_before_injecting(fake: FakeBackend, tmp_path: Pat
 
 
 def test_functions_without_a_control_say_what_to_do() -> None:
-    from chaos.errors import HarnessError
+    from core.errors import HarnessError
 
     with pytest.raises(HarnessError, match=r"chaos\.ctk_control"):
         ctk.inject_fault()

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from chaos import cli
-from chaos.errors import LabError
 from cluster.lab.doctor import Check, format_checks, run_checks
+from core.errors import LabError
 
 
 @pytest.mark.lab

@@ -21,16 +21,16 @@ from pathlib import Path
 import pytest
 from private_lab import PrivateLab
 
-from chaos.errors import FaultError
 from chaos.journal import Journal
 from chaos.results import ResultsStore, RunResult, RunStatus
 from chaos.runner import RunOptions, run_experiment
 from chaos.spec import ExperimentSpec, load_experiment
-from chaos.timeline import EventKind, TimelineEvent
 from cluster.api import WorkloadKind
 from cluster.lab import net, volumes
 from cluster.lab.backend import LabBackend
 from cluster.lab.profile import get_profile
+from core.errors import FaultError
+from core.timeline import EventKind, TimelineEvent
 
 __all__: list[str] = []
 

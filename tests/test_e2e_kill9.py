@@ -26,11 +26,11 @@ import pytest
 import yaml
 from private_lab import PrivateLab
 
-from chaos.errors import BackendError
 from chaos.journal import FaultRecord, Journal
 from cluster.lab import lifecycle, net, volumes
 from cluster.lab.backend import LabBackend
 from cluster.lab.profile import get_profile
+from core.errors import BackendError
 
 __all__: list[str] = []
 

@@ -20,15 +20,15 @@ from pathlib import Path
 import pytest
 from private_lab import PrivateLab
 
-from chaos.clock import Clock
 from chaos.journal import Journal
 from chaos.recorder import Recorder
 from chaos.results import ResultsStore, RunResult, RunStatus
 from chaos.runner import RecorderLike, RunOptions, run_experiment
 from chaos.spec import ExperimentSpec, RecoverySpec, load_experiment
-from chaos.timeline import EventKind, Timeline, TimelineEvent
 from cluster.api import Backend
 from cluster.lab import net, volumes
+from core.clock import Clock
+from core.timeline import EventKind, Timeline, TimelineEvent
 
 pytest.importorskip("libvirt", reason="libvirt-python (extra 'vm') is not installed")
 

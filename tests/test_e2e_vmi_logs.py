@@ -21,7 +21,7 @@ from chaos.journal import Journal
 from chaos.results import ResultsStore, RunStatus
 from chaos.runner import RunOptions, run_experiment
 from chaos.spec import load_experiment
-from chaos.timeline import EventKind
+from core.timeline import EventKind
 
 pytest.importorskip("libvirt", reason="libvirt-python (extra 'vm') is not installed")
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from fakes import FakeBackend
 
-from chaos.errors import FaultError
 from chaos.faults import (
     Compose,
     NetworkPartition,
@@ -21,6 +20,7 @@ from chaos.faults import (
 from chaos.journal import Journal
 from chaos.spec import NodeDrainSpec, NodePowerOffSpec, TargetSpec
 from cluster.api import VolumeFailure, WorkloadKind
+from core.errors import FaultError
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from tenacity import (
     wait_fixed,
 )
 
-from chaos.errors import LabError
 from chaos.prober import http_probe
 from cluster.api import ProbeTarget
 from cluster.lab.guest import build as guest_build
@@ -40,6 +39,7 @@ from cluster.lab.guest.build import (
 )
 from cluster.lab.guest.qemu import GuestOptions, QemuGuest, free_loopback_port
 from cluster.lab.volumes import EXT4_GOING_FLAGS_NOLOGFLUSH, EXT4_IOC_SHUTDOWN
+from core.errors import LabError
 
 FAKE_ELF = b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 64
 JUNK = b"MZ\x00\x00 setup code " * 100

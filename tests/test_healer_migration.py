@@ -12,10 +12,10 @@ from typing import cast
 import pytest
 from fakes import FakeBackend
 
-from chaos.clock import FakeClock
-from chaos.errors import HarnessError
 from cluster.api import Backend, NodeStatus, WorkloadKind
 from cluster.lab.profile import get_profile
+from core.clock import FakeClock
+from core.errors import HarnessError
 from healers.base import HealerContext
 from healers.migration import MigrationHealer, default_warn_after
 from healers.registry import build_healers
@@ -113,7 +113,7 @@ def test_failure_is_recorded_and_retried_after_the_pause() -> None:
 
     def flaky(workload: str, node: str | None = None) -> dict[str, str]:
         if "migrate" in be.fail_on:
-            from chaos.errors import BackendError
+            from core.errors import BackendError
 
             raise BackendError(be.fail_on["migrate"])
         return real_migrate(workload, node)

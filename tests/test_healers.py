@@ -15,8 +15,6 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from chaos.clock import FakeClock
-from chaos.errors import BackendError, HarnessError, SpecError
 from cluster.api import (
     Backend,
     Event,
@@ -28,6 +26,8 @@ from cluster.api import (
     WorkloadStatus,
 )
 from cluster.lab.profile import get_profile
+from core.clock import FakeClock
+from core.errors import BackendError, HarnessError, SpecError
 from healers.base import Healer, HealerContext, LoopHealer
 from healers.eviction import EvictionHealer, default_confirm_after
 from healers.registry import HEALERS, build_healers

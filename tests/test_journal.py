@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from fakes import FakeBackend
 
-from chaos.errors import JournalError
 from chaos.faults import NodePowerOff, StorageLost
 from chaos.journal import FaultRecord, Journal
 from cluster.api import VolumeFailure, WorkloadKind
+from core.errors import JournalError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +93,7 @@ _CHILD = textwrap.dedent(
     import sys, time
     from pathlib import Path
     sys.path.insert(0, {tests!r})
-    from chaos.clock import RealClock
+    from core.clock import RealClock
     from chaos.faults import NetworkPartition, NodePowerOff, Compose
     from chaos.journal import Journal
     from fakes import FakeBackend

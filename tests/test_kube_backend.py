@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from kube_emulator import KubeEmulator, emulator, eventually, write_kubeconfig
 
-from chaos.errors import BackendError, SpecError
 from cluster.api import VolumeFailure, WorkloadKind
 from cluster.kube.backend import OUT_OF_SERVICE, KubeBackend
 from cluster.kube.config import KubeConfig, load_kube_config
 from cluster.kube.watch import ResourceRef, WatchFollower
+from core.errors import BackendError, SpecError
 
 NS = "rto"
 TARGET = {"rto.harness/target": "true"}

@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 from kube_emulator import KubeEmulator, emulator, eventually, write_kubeconfig
 
-from chaos.clock import FakeClock
-from chaos.errors import BackendError
 from chaos.logs import LogFollower
 from chaos.metrics import MetricsSampler
-from chaos.timeline import EventKind, Timeline
 from cluster.kube.backend import KubeBackend
 from cluster.kube.config import KubeConfig
 from cluster.kube.observe import PodLogFollower, cpu_cores, memory_bytes
+from core.clock import FakeClock
+from core.errors import BackendError
+from core.timeline import EventKind, Timeline
 
 NS = "rto"
 TARGET = {"rto.harness/target": "true"}

@@ -18,13 +18,13 @@ import pytest
 from kube_emulator import KubeEmulator, emulator, write_kubeconfig
 from loopback_target import LoopbackTarget
 
-from chaos.clock import RealClock
-from chaos.errors import BackendError
 from chaos.recorder import Recorder
-from chaos.timeline import EventKind, Timeline
 from cluster.api import WorkloadKind
 from cluster.kube.backend import KubeBackend
 from cluster.kube.config import KubeConfig
+from core.clock import RealClock
+from core.errors import BackendError
+from core.timeline import EventKind, Timeline
 
 NS = "rto"
 TARGET = {"rto.harness/target": "true"}

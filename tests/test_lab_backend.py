@@ -16,11 +16,11 @@ from collections.abc import Iterator
 import pytest
 from private_lab import PrivateLab
 
-from chaos.errors import BackendError, SpecError
 from cluster.api import Backend, Phase, VolumeFailure, WorkloadKind
 from cluster.lab import lifecycle
 from cluster.lab.backend import LabBackend
 from cluster.lab.profile import get_profile
+from core.errors import BackendError, SpecError
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 

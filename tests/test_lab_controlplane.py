@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from chaos.clock import FakeClock
-from chaos.errors import BackendError
 from cluster.api import Phase, WorkloadKind
 from cluster.lab.controlplane import (
     Controller,
@@ -25,6 +23,8 @@ from cluster.lab.controlplane import (
 )
 from cluster.lab.profile import get_profile
 from cluster.lab.store import NodeRow, PodReport, Store
+from core.clock import FakeClock
+from core.errors import BackendError
 
 FAST = get_profile("fast")
 

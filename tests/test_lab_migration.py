@@ -18,12 +18,12 @@ from typing import NamedTuple
 import pytest
 from private_lab import PrivateLab
 
-from chaos.clock import RealClock
-from chaos.errors import BackendError
 from chaos.faults.node_drain import NodeDrain
 from chaos.recorder import Recorder
-from chaos.timeline import EventKind, Timeline
 from cluster.api import WorkloadKind, WorkloadStatus
+from core.clock import RealClock
+from core.errors import BackendError
+from core.timeline import EventKind, Timeline
 
 pytest.importorskip("libvirt", reason="libvirt-python (extra 'vm') is not installed")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from chaos.errors import LabError
 from chaos.netns import enter_netns
 from cluster.lab import state
+from core.errors import LabError
 
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python (extra 'vm') is not installed")
 

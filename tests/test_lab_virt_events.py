@@ -17,10 +17,10 @@ from collections.abc import Iterator
 import pytest
 from private_lab import PrivateLab
 
-from chaos.errors import BackendError
 from chaos.recorder import Recorder
-from chaos.timeline import EventKind, Timeline
 from cluster.api import Event, WorkloadKind, WorkloadStatus
+from core.errors import BackendError
+from core.timeline import EventKind, Timeline
 
 pytest.importorskip("libvirt", reason="libvirt-python (extra 'vm') is not installed")
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from private_lab import PrivateLab
 
-from chaos.errors import BackendError
 from cluster.api import Phase, WorkloadKind, WorkloadStatus
 from cluster.lab import cgroups, net
+from core.errors import BackendError
 
 pytest.importorskip("libvirt", reason="libvirt-python (extra 'vm') is not installed")
 

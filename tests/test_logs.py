@@ -13,12 +13,12 @@ from pathlib import Path
 
 from fakes import FakeBackend
 
-from chaos.clock import FakeClock
 from chaos.logs import LogFollower
 from chaos.recorder import Recorder
 from chaos.results import ResultsStore, RunResult, RunStatus
-from chaos.timeline import EventKind, Timeline
 from cluster.api import WorkloadKind
+from core.clock import FakeClock
+from core.timeline import EventKind, Timeline
 from reports.build import build_report
 
 

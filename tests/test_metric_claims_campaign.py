@@ -11,10 +11,10 @@ import pytest
 from fakes import FakeBackend, FakeHealer, fake_recorder_factory
 
 from chaos.campaign import METRIC_CLAIMS_FILE, measure_metric_claims, plan_campaign, run_campaign
-from chaos.clock import FakeClock
-from chaos.errors import HarnessError, SpecError
 from chaos.results import ResultsStore, RunStatus
 from chaos.runner import RunOptions
+from core.clock import FakeClock
+from core.errors import HarnessError, SpecError
 from reports.analysis import CAMPAIGN_METRIC_FIGURES, load_campaign_metric_figures
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from chaos.errors import SpecError
 from chaos.metrics import MetricsSummary
 from chaos.results import ResultsStore, RunResult, RunStatus
+from core.errors import SpecError
 from reports.analysis import (
     Verdict,
     judge_metrics,

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 from fakes import FakeBackend, fake_recorder_factory
 
-from chaos.clock import FakeClock
-from chaos.errors import BackendError, HarnessError
 from chaos.journal import Journal
-from chaos.metrics import MetricsAccumulator, MetricSample, MetricsSampler, MetricsSummary
+from chaos.metrics import MetricsAccumulator, MetricsSampler, MetricsSummary
 from chaos.results import ResultsStore, RunResult
 from chaos.runner import RunOptions, run_experiment
 from cluster.api import WorkloadKind
+from core.clock import FakeClock
+from core.errors import BackendError, HarnessError
+from core.samples import MetricSample
 
 
 def _s(t: float, cpu: float, mem: int = 100, wr: int = 0, ovh: int = 0) -> MetricSample:

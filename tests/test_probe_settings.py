@@ -10,10 +10,10 @@ import pydantic
 import pytest
 from fakes import FakeBackend
 
-from chaos.clock import FakeClock
 from chaos.runner import default_recorder
 from chaos.spec import RecoverySpec
-from chaos.timeline import Timeline
+from core.clock import FakeClock
+from core.timeline import Timeline
 
 __all__: list[str] = []
 

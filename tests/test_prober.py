@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from loopback_target import LoopbackTarget
 
-from chaos.errors import HarnessError, LabError
 from chaos.netns import enter_netns
 from chaos.prober import (
     Prober,
@@ -28,8 +27,9 @@ from chaos.prober import (
     _parse,
     http_probe,
 )
-from chaos.timeline import EventKind
 from cluster.api import ProbeTarget
+from core.errors import HarnessError, LabError
+from core.timeline import EventKind
 
 OK, FAIL = EventKind.PROBE_OK, EventKind.PROBE_FAIL
 

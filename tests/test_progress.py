@@ -16,8 +16,8 @@ from rich.console import Console
 from test_cli import ROOT, fake  # noqa: F401  (the CLI fixture)
 
 from chaos import cli
-from chaos.clock import FakeClock
 from chaos.progress import NullProgress, PlainProgress, RichProgress, make_progress
+from core.clock import FakeClock
 
 
 def _plain(clock: FakeClock) -> tuple[PlainProgress, io.StringIO]:
@@ -76,6 +76,8 @@ def test_campaign_without_a_terminal_prints_each_run(
     starts = [line for line in lines if " start: " in line]
     ends = [line for line in lines if " end: " in line]
     assert [s.split(" start: ")[0] for s in starts] == [f"smoke: run {i}/3" for i in (1, 2, 3)]
-    assert starts[0].endswith("process-crash.yaml #0 (process-crash on pod web-crash, profile fast, "
-                              "healers watchdog,eviction)")  # fmt: skip
+    assert starts[0].endswith(
+        "process-crash.yaml #0 (process-crash on pod web-crash, profile fast, "
+        "healers watchdog,eviction)"
+    )
     assert all(" end: recovered, RTO " in e for e in ends) and len(ends) == 3

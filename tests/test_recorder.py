@@ -9,13 +9,13 @@ from collections.abc import Iterator
 import pytest
 from loopback_target import LoopbackTarget
 
-from chaos.clock import FakeClock, RealClock
-from chaos.errors import BackendError
 from chaos.recorder import Recorder
 from chaos.results import RunStatus
 from chaos.rto import measure
-from chaos.timeline import EventKind, Timeline
 from cluster.api import Condition, Event, Phase, ProbeTarget, WorkloadKind, WorkloadStatus
+from core.clock import FakeClock, RealClock
+from core.errors import BackendError
+from core.timeline import EventKind, Timeline
 
 
 class FakeBackend:

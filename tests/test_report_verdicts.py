@@ -9,9 +9,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from chaos.errors import SpecError
 from chaos.results import RunResult, RunStatus
-from chaos.timeline import EventKind, TimelineEvent
+from core.errors import SpecError
+from core.timeline import EventKind, TimelineEvent
 from reports.analysis import (
     FAIL_ON_DEFAULT,
     CellSummary,

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from chaos.errors import SpecError
 from chaos.results import ResultsStore, RunResult, RunStatus
-from chaos.timeline import EventKind, TimelineEvent
+from core.errors import SpecError
+from core.timeline import EventKind, TimelineEvent
 from reports.analysis import CellSummary, Verdict, failing_cells, runs_frame, summarise
 from reports.build import build_report
 from reports.expectations import DEFAULT_EXPECTATIONS, load_expectations

@@ -6,7 +6,7 @@ import pytest
 
 from chaos.results import RunStatus
 from chaos.rto import measure
-from chaos.timeline import EventKind, TimelineEvent
+from core.timeline import EventKind, TimelineEvent
 
 OK, FAIL = EventKind.PROBE_OK, EventKind.PROBE_FAIL
 

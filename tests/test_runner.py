@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 from fakes import FakeBackend, FakeHealer, fake_recorder_factory
 
-from chaos.clock import FakeClock
-from chaos.errors import FaultError
 from chaos.journal import Journal
 from chaos.results import ResultsStore, RunStatus
 from chaos.runner import RunOptions, run_experiment
 from chaos.spec import ExperimentSpec, RtoSpec
-from chaos.timeline import EventKind
 from cluster.api import WorkloadKind
+from core.clock import FakeClock
+from core.errors import FaultError
+from core.timeline import EventKind
 
 
 def spec(

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chaos.errors import SpecError
 from chaos.spec import (
     NetworkPartitionSpec,
     StorageLostSpec,
     load_campaign,
     load_experiment,
 )
+from core.errors import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 PODS = sorted((ROOT / "experiments" / "pods").glob("*.yaml"))

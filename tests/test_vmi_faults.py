@@ -17,12 +17,12 @@ import pytest
 import yaml
 from fakes import FakeBackend
 
-from chaos.clock import FakeClock
-from chaos.errors import BackendError, FaultError, SpecError
 from chaos.faults import ProcessCrash, StorageLost, build_fault, from_record
 from chaos.journal import Journal
 from chaos.spec import ExperimentSpec, load_experiment
 from cluster.api import VolumeFailure, WorkloadKind
+from core.clock import FakeClock
+from core.errors import BackendError, FaultError, SpecError
 from healers.base import HealerContext
 from healers.watchdog import Watchdog
 

@@ -19,9 +19,9 @@ pytest.importorskip("libvirt", reason="libvirt-python (extra 'vm') is not instal
 
 import libvirt
 
-from chaos.clock import FakeClock
 from cluster.lab.profile import get_profile
 from cluster.lab.vmis import VmiHandler, VmiRun
+from core.clock import FakeClock
 
 
 class _Dom:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from chaos.errors import FaultError
 from chaos.faults.base import Compose, Fault, FaultLike
 from chaos.faults.harness_state import NodeFence, RestartHealingOff
 from chaos.faults.network_partition import NetworkPartition
@@ -20,6 +19,7 @@ from chaos.faults.process_crash import ProcessCrash
 from chaos.faults.storage import StorageLost
 from chaos.journal import FaultRecord, Journal
 from cluster.api import Backend, VolumeFailure
+from core.errors import FaultError
 
 if TYPE_CHECKING:
     from chaos.spec import FaultSpec, TargetSpec

@@ -13,9 +13,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, Literal, Protocol, Self
 
-from chaos.errors import FaultError, HarnessError
 from chaos.journal import FaultRecord, Journal, JsonScalar, new_fault_id
 from cluster.api import Backend
+from core.errors import FaultError, HarnessError
 
 __all__ = ["Compose", "Fault", "FaultLike", "LocalState", "NodeFault"]
 

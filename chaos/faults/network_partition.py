@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal, Self
 
-from chaos.errors import FaultError
 from chaos.faults.base import Fault
 from chaos.journal import Journal, JsonScalar
 from cluster.api import Backend
+from core.errors import FaultError
 
 __all__ = ["NetworkPartition"]
 

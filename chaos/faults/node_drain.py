@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Self
 
-from chaos.errors import BackendError
 from chaos.faults.base import Fault
 from chaos.journal import Journal, JsonScalar
 from cluster.api import Backend
+from core.errors import BackendError
 
 __all__ = ["NodeDrain"]
 

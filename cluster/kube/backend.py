@@ -35,9 +35,6 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from chaos.clock import Clock, RealClock
-from chaos.errors import BackendError
-from chaos.metrics import MetricSample
 from cluster.api import (
     Condition,
     Event,
@@ -54,6 +51,9 @@ from cluster.kube.observe import LogSource, PodLogFollower, PodMetricsReader
 from cluster.kube.power import PowerDriver, get_power_driver
 from cluster.kube.timeline import KubeTimeline
 from cluster.kube.watch import ResourceRef, WatchFollower, raw_request, resource_path
+from core.clock import Clock, RealClock
+from core.errors import BackendError
+from core.samples import MetricSample
 
 __all__ = ["OUT_OF_SERVICE", "Executor", "KubeBackend", "kube_exec"]
 

@@ -24,8 +24,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from chaos.documents import read_document
-from chaos.errors import SpecError
+from core.documents import read_document
+from core.errors import SpecError
 
 __all__ = ["DEFAULT_PATH", "KubeConfig", "load_kube_config"]
 

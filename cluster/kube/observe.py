@@ -39,8 +39,8 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.utils import parse_quantity
 from tenacity import Retrying, retry_if_exception, wait_exponential
 
-from chaos.errors import BackendError
 from cluster.kube.watch import raw_request, shutdown_stream
+from core.errors import BackendError
 
 __all__ = [
     "LogSource",

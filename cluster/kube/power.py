@@ -15,7 +15,7 @@ import subprocess
 from importlib.metadata import entry_points
 from typing import Protocol
 
-from chaos.errors import BackendError
+from core.errors import BackendError
 
 __all__ = ["ENTRY_POINT_GROUP", "KindDriver", "LibvirtDriver", "PowerDriver", "get_power_driver"]
 

@@ -37,10 +37,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from chaos.errors import HarnessError, LabError
 from cluster.lab import state
 from cluster.lab.guest.build import READY_MARKER, build_guest
 from cluster.lab.guest.qemu import GuestOptions, QemuGuest
+from core.errors import HarnessError, LabError
 
 __all__ = [
     "ACCEL_ENV",

@@ -38,12 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from chaos.clock import Clock, RealClock
-from chaos.errors import HarnessError, LabError
 from cluster.lab import net, runtime, state, volumes
 from cluster.lab.backoff import RestartBackoff
 from cluster.lab.profile import TimingProfile, get_profile
 from cluster.lab.vmis import VmiHandler
+from core.clock import Clock, RealClock
+from core.errors import HarnessError, LabError
 
 __all__ = ["Agent", "PodRun", "enter_host_mount_ns", "enter_node_netns", "main"]
 

@@ -32,9 +32,6 @@ from tenacity import (
     wait_fixed,
 )
 
-from chaos.clock import Clock, RealClock
-from chaos.errors import BackendError, LabError
-from chaos.metrics import MetricSample
 from cluster.api import (
     Condition,
     Event,
@@ -47,6 +44,9 @@ from cluster.api import (
 )
 from cluster.lab import cgroups, net, runtime, state, vmi_faults, vmis, volumes
 from cluster.lab.store import NodeRow, Store, WorkloadRow
+from core.clock import Clock, RealClock
+from core.errors import BackendError, LabError
+from core.samples import MetricSample
 
 if TYPE_CHECKING:  # libvirt-python is the optional 'vm' extra: imported where used
     import libvirt

@@ -3,7 +3,7 @@
 Filled by the node agent (``started`` when it launches a container, ``exited``
 when the container dies); read by the agent's main loop (``may_start``,
 ``wait_left``) to decide when the next start may happen. Pure: time comes
-from a ``chaos.clock.Clock``, so tests drive it on a ``FakeClock``.
+from a ``core.clock.Clock``, so tests drive it on a ``FakeClock``.
 
 Rule (LAB-CONTRACT.md): the first restart is immediate; after that the delay
 is ``initial``, doubling up to ``maximum``; once a container has run for
@@ -12,8 +12,8 @@ is ``initial``, doubling up to ``maximum``; once a container has run for
 
 from __future__ import annotations
 
-from chaos.clock import Clock
 from cluster.lab.profile import TimingProfile
+from core.clock import Clock
 
 __all__ = ["RestartBackoff"]
 

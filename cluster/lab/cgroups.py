@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from chaos.errors import LabError
+from core.errors import LabError
 
 __all__ = [
     "CGROUP_ROOT",

@@ -25,12 +25,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from chaos.clock import Clock, RealClock
-from chaos.errors import HarnessError, SpecError
 from cluster.api import Condition, Phase
 from cluster.lab import state
 from cluster.lab.profile import TimingProfile, get_profile
 from cluster.lab.store import NodeRow, PodReport, Store
+from core.clock import Clock, RealClock
+from core.errors import HarnessError, SpecError
 
 __all__ = [
     "SCHEDULE_PERIOD",

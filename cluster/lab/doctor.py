@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from chaos.errors import HarnessError
 from cluster.lab import accel, cgroups, state
+from core.errors import HarnessError
 
 __all__ = ["Check", "format_checks", "run_checks"]
 

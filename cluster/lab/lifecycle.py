@@ -28,11 +28,11 @@ from typing import Any
 
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from chaos.errors import HarnessError, LabError
 from cluster.lab import accel, cgroups, net, rootfs, runtime, state, volumes
 from cluster.lab.accel import AccelChoice
 from cluster.lab.profile import get_profile
 from cluster.lab.store import NodeRow, Store, db_path
+from core.errors import HarnessError, LabError
 
 __all__ = [
     "agent_alive",

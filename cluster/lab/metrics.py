@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chaos.errors import LabError
-from chaos.metrics import MetricSample
 from cluster.lab import cgroups, runtime, vmis
+from core.errors import LabError
+from core.samples import MetricSample
 
 __all__ = ["guest_ram_split", "pod_sample", "vmi_sample"]
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from pyroute2 import NetNS, netns
 
-from chaos.errors import LabError
 from cluster.lab.state import HUB_IP, node_ip, node_pod_subnet
+from core.errors import LabError
 
 __all__ = [
     "HUB_NS",

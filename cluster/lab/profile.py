@@ -64,7 +64,7 @@ def get_profile(name: str) -> TimingProfile:
     try:
         return PROFILES[name]
     except KeyError:
-        from chaos.errors import SpecError
+        from core.errors import SpecError
 
         raise SpecError(
             f"unknown timing profile {name!r}; choose one of {', '.join(sorted(PROFILES))}"

@@ -21,8 +21,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from chaos.errors import LabError
 from cluster.lab import state
+from core.errors import LabError
 
 __all__ = ["BUSYBOX", "HEALTHZ_PATH", "ensure_rootfs", "rootfs_dir"]
 

@@ -18,9 +18,9 @@ import subprocess
 from pathlib import Path
 from typing import IO, Any
 
-from chaos.errors import LabError
 from cluster.lab import cgroups, net, state, volumes
 from cluster.lab.rootfs import ensure_rootfs
+from core.errors import LabError
 
 __all__ = [
     "RUNC",

@@ -19,10 +19,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from chaos.clock import Clock, RealClock
-from chaos.errors import BackendError
 from cluster.api import Condition, Phase, WorkloadKind
 from cluster.lab import state
+from core.clock import Clock, RealClock
+from core.errors import BackendError
 
 __all__ = [
     "FIRST_SLOT",

@@ -35,9 +35,9 @@ from xml.sax.saxutils import escape, quoteattr
 import libvirt
 import tenacity
 
-from chaos.clock import Clock, RealClock
-from chaos.errors import LabError
 from cluster.lab import accel, state
+from core.clock import Clock, RealClock
+from core.errors import LabError
 
 __all__ = [
     "BootableGuest",

@@ -45,9 +45,9 @@ from pathlib import Path
 
 import tenacity
 
-from chaos.errors import LabError
 from cluster.lab import state
 from cluster.lab.state import node_ip
+from core.errors import LabError
 
 __all__ = [
     "LIBVIRT_TCP_PORT",

@@ -22,8 +22,8 @@ from typing import Any
 
 import tenacity
 
-from chaos.errors import LabError
 from cluster.lab import net
+from core.errors import LabError
 
 __all__ = [
     "DATA_DISK",

@@ -43,11 +43,11 @@ from typing import TYPE_CHECKING, Any
 
 import tenacity
 
-from chaos.clock import Clock
-from chaos.errors import HarnessError, LabError
 from cluster.lab import net, volumes
 from cluster.lab.backoff import RestartBackoff
 from cluster.lab.profile import TimingProfile
+from core.clock import Clock
+from core.errors import HarnessError, LabError
 
 if TYPE_CHECKING:
     from cluster.lab.guest.build import GuestImage

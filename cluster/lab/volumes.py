@@ -25,8 +25,8 @@ import struct
 import subprocess
 from pathlib import Path
 
-from chaos.errors import LabError
 from cluster.lab import state
+from core.errors import LabError
 
 __all__ = [
     "EXT4_GOING_FLAGS_NOLOGFLUSH",

@@ -34,8 +34,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from chaos.errors import LabError
 from cluster.lab.state import STATE_DIR
+from core.errors import LabError
 
 __all__ = [
     "DEFAULT_GUEST_GW",

@@ -27,9 +27,9 @@ from typing import TypeVar
 
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from chaos.clock import Clock, RealClock
-from chaos.errors import LabError
 from cluster.lab.guest.build import DEFAULT_GUEST_GW, DEFAULT_GUEST_IP, READY_MARKER, GuestImage
+from core.clock import Clock, RealClock
+from core.errors import LabError
 
 __all__ = ["GuestOptions", "QemuGuest", "Ready", "free_loopback_port", "qemu_argv"]
 

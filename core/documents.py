@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from chaos.errors import SpecError
+from core.errors import SpecError
 
 __all__ = ["MAX_DOCUMENT_BYTES", "read_document"]
 
