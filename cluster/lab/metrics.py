@@ -1,4 +1,4 @@
-"""Resource readings of lab workloads, as ``chaos.metrics.MetricSample``.
+"""Resource readings of lab workloads, as ``core.samples.MetricSample``.
 
 Called by ``LabBackend.metrics`` (and so by the runner's metrics sampler and
 ``benchmarks/net_compare.py``); reads the real counters of the lab's parts:
