@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import re
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +32,11 @@ from typing import Any, NamedTuple, Protocol
 from xml.sax.saxutils import escape, quoteattr
 
 import libvirt
-import tenacity
 
 from cluster.lab import accel, state
 from core.clock import Clock, RealClock
 from core.errors import LabError
+from core.wait import WaitTimeout, poll_until
 
 __all__ = [
     "BootableGuest",
@@ -279,12 +278,13 @@ def wait_console(
     *,
     after: int = 0,
     timeout: float = 60.0,
-    sleep: Callable[[float], None] = time.sleep,
+    clock: Clock | None = None,
 ) -> str:
     """First console line containing ``marker`` past byte offset ``after``.
 
     Pass ``after=console_log(name).stat().st_size`` taken before a (re)start
-    so an older boot's line does not count.
+    so an older boot's line does not count. ``clock`` is slept on and read for
+    the timeout (a ``FakeClock`` in tests).
     """
     path = console_log(name)
 
@@ -298,18 +298,11 @@ def wait_console(
         return next((ln.strip() for ln in text.splitlines() if marker in ln), None)
 
     try:
-        line = tenacity.Retrying(
-            stop=tenacity.stop_after_delay(timeout),
-            wait=tenacity.wait_fixed(0.1),
-            retry=tenacity.retry_if_result(lambda found: found is None),
-            sleep=sleep,
-        )(find)
-    except tenacity.RetryError:
+        return poll_until(find, timeout, f"VMI {name} to print {marker!r}", clock, interval=0.1)
+    except WaitTimeout:
         raise LabError(
             f"VMI {name} did not print {marker!r} within {timeout:.0f} s; see {path}"
         ) from None
-    assert line is not None
-    return line
 
 
 # --- events ----------------------------------------------------------------------
