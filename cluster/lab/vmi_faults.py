@@ -20,10 +20,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import tenacity
-
 from cluster.lab import net
 from core.errors import LabError
+from core.wait import WaitTimeout, poll_until
 
 __all__ = [
     "DATA_DISK",
@@ -112,13 +111,9 @@ def has_data_disk(node: str, name: str) -> bool:
 
 def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
     try:
-        tenacity.Retrying(
-            stop=tenacity.stop_after_delay(timeout),
-            wait=tenacity.wait_fixed(0.1),
-            retry=tenacity.retry_if_result(lambda ok: not ok),
-        )(check)
-    except tenacity.RetryError:
-        raise LabError(f"timed out after {timeout:g} s waiting for {what}") from None
+        poll_until(check, timeout, what, interval=0.1)
+    except WaitTimeout as exc:
+        raise LabError(str(exc)) from None  # callers handle LabError
 
 
 def unplug_disk(node: str, name: str, timeout: float = 20.0) -> None:

@@ -41,13 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import tenacity
-
 from cluster.lab import net, volumes
 from cluster.lab.backoff import RestartBackoff
 from cluster.lab.profile import TimingProfile
 from core.clock import Clock
 from core.errors import HarnessError, LabError
+from core.wait import WaitTimeout, poll_until
 
 if TYPE_CHECKING:
     from cluster.lab.guest.build import GuestImage
@@ -159,11 +158,9 @@ def guest_command(name: str, cmd: str, timeout: float = 10.0) -> str:
             return read_line(s, 0.5) == "pong"
 
         try:
-            tenacity.Retrying(
-                stop=tenacity.stop_after_delay(timeout),
-                retry=tenacity.retry_if_result(lambda ok: not ok),
-            )(ping)
-        except tenacity.RetryError:
+            # No pause between pings: each one already waits 0.5 s for its pong.
+            poll_until(ping, timeout, f"VMI {name} to answer ping", interval=0.0)
+        except WaitTimeout:
             raise LabError(f"VMI {name} does not answer ping within {timeout} s") from None
         if cmd == "ping":
             return "pong"
