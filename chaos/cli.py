@@ -20,6 +20,7 @@ from rich.console import Console
 
 from chaos.backends import BACKENDS, apply_profile, get_backend
 from chaos.campaign import result_outcome
+from chaos.faults import revert_pending
 from chaos.journal import Journal
 from chaos.progress import make_progress
 from chaos.results import ResultsStore, RunResult
@@ -74,7 +75,7 @@ def lab() -> None:
 @click.option("--vms", is_flag=True, help="also a libvirtd per node, so VMIs can run")
 def lab_up_cmd(profile: str, nodes: int, vms: bool) -> None:
     from cluster.lab.lifecycle import lab_up
-    from cluster.lab.profile import get_profile
+    from cluster.profiles import get_profile
 
     get_profile(profile)  # bad input fails before anything is created
     what = "with VMs" if vms else "pods only"
@@ -332,7 +333,7 @@ def _revert_journal() -> None:
     if not pending:
         out.print(f"nothing to revert ({journal.path})")
         return
-    done = journal.revert_pending(_backend)
+    done = revert_pending(journal, _backend)
     for rec in done:
         out.print(f"[green]reverted[/] {rec.fault} on {rec.target} ({rec.id})")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from chaos.backends import get_backend
+from chaos.faults import revert_pending
 from chaos.journal import Journal
 from chaos.runner import Run, RunOptions
 from cluster.api import Backend
@@ -101,4 +102,4 @@ def wait_recovered() -> bool:
 
 def revert_all() -> int:
     """Revert every fault still pending in the journal; returns how many."""
-    return len(Journal().revert_pending(BACKEND_FACTORY))
+    return len(revert_pending(Journal(), BACKEND_FACTORY))

@@ -4,7 +4,8 @@ Filled by the faults (``chaos.faults``): a record is written and fsync'd in stat
 ``injecting`` BEFORE the fault touches the cluster, then ``injected``, then
 ``reverted`` or ``revert_failed``. Read by ``rto revert`` / ``rto lab down`` and the
 Chaos Toolkit rollback, which rebuild each pending fault from its record and revert
-it, so a harness killed mid-fault (SIGKILL, power cut) never leaves a fault behind.
+it (``chaos.faults.revert_pending``: the journal stores, the faults replay), so
+a harness killed mid-fault (SIGKILL, power cut) never leaves a fault behind.
 
 One JSON line per state change; the last line of an id is its state. Writers take
 an exclusive ``flock`` so concurrent harness processes never interleave lines.
@@ -16,18 +17,15 @@ import fcntl
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Literal
+from typing import IO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.errors import HarnessError, JournalError
-
-if TYPE_CHECKING:
-    from cluster.api import Backend
+from core.errors import JournalError
 
 __all__ = [
     "DEFAULT_JOURNAL",
@@ -151,30 +149,3 @@ class Journal:
     def pending(self) -> list[FaultRecord]:
         """Faults that may still be acting: injecting, injected or revert_failed."""
         return [r for r in self.records() if r.state in _PENDING]
-
-    def revert_pending(self, backend_factory: Callable[[str], Backend]) -> list[FaultRecord]:
-        """Rebuild every pending fault from its record and revert it, newest first.
-
-        Idempotent: reverting an already healed node is a no-op on every backend.
-        Tries every record; raises ``JournalError`` listing the ones that failed.
-        """
-        from chaos.faults import from_record
-
-        backends: dict[str, Backend] = {}
-        done: list[FaultRecord] = []
-        failures: list[str] = []
-        for rec in reversed(self.pending()):
-            try:
-                if rec.backend not in backends:
-                    backends[rec.backend] = backend_factory(rec.backend)
-                from_record(rec, backends[rec.backend], self).revert()
-                done.append(rec)
-            except HarnessError as exc:  # try the others; report every failure below
-                failures.append(f"{rec.fault} on {rec.target} ({rec.id}): {exc}")
-        if failures:
-            raise JournalError(
-                f"{len(failures)} fault(s) in {self.path} could not be reverted: "
-                + "; ".join(failures)
-                + ". Fix the cause and run `rto revert` again."
-            )
-        return done

@@ -26,8 +26,6 @@ from chaos.metrics import MetricsSampler, MetricsSummary
 from chaos.results import ResultsStore, RunResult, RunStatus
 from chaos.spec import (
     ExperimentSpec,
-    NodeDrainSpec,
-    ProcessCrashSpec,
     RecoverySpec,
     fault_variant,
 )
@@ -263,14 +261,14 @@ class Run:
 
     def hold(self) -> None:
         """Keep the fault: ``duration_s``, or until recovery for crash and drain."""
-        fault = self.spec.rto.fault
+        held_for = self.spec.rto.fault.held_for()
         assert self.recorder is not None and self.injected_at is not None
-        if isinstance(fault, ProcessCrashSpec | NodeDrainSpec):
+        if held_for is None:
             self.opts.status(f"{self.spec.title}: waiting for recovery")
             self.recorder.wait_until_recovered(self.injected_at, self._remaining())
         else:
-            self.opts.status(f"{self.spec.title}: holding the fault {fault.duration_s:g} s")
-            self.clock.sleep(fault.duration_s)
+            self.opts.status(f"{self.spec.title}: holding the fault {held_for:g} s")
+            self.clock.sleep(held_for)
 
     def revert(self) -> None:
         if self.fault is None or self.fault.state in ("new", "reverted"):

@@ -14,12 +14,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from chaos.faults import FAULT_TYPES, FaultSpecModel
 from core.documents import read_document
 from core.errors import SpecError
+from healers.registry import known_healers
 
 __all__ = [
     "KNOWN_HEALERS",
@@ -27,22 +29,17 @@ __all__ = [
     "CampaignSpec",
     "ExperimentSpec",
     "FaultSpec",
-    "NetworkPartitionSpec",
-    "NodeDrainSpec",
-    "NodePowerOffSpec",
-    "ProcessCrashSpec",
     "RecoverySpec",
     "RtoSpec",
-    "StorageLostSpec",
     "TargetSpec",
     "fault_variant",
     "load_campaign",
     "load_experiment",
 ]
 
-# The healers the harness ships (healers.registry builds them); checked here so a
-# typo fails at load time instead of half-way through a campaign.
-KNOWN_HEALERS: frozenset[str] = frozenset({"watchdog", "eviction", "migration"})
+# The healers the harness ships (healers.registry declares and builds them);
+# checked here so a typo fails at load time instead of half-way through a campaign.
+KNOWN_HEALERS: frozenset[str] = frozenset(known_healers())
 
 # Provider modules whose functions we check exist: a typo in an experiment's
 # ``func`` would otherwise only show up when Chaos Toolkit reaches that activity.
@@ -78,67 +75,21 @@ class TargetSpec(_Frozen):
         return self
 
 
-class ProcessCrashSpec(_Frozen):
-    type: Literal["process-crash"]
-    # kill: SIGKILL the main process (container pid 1 / QEMU). hang (VMI only):
-    # the guest's userland stops through its control channel, so nothing feeds
-    # the i6300esb any more and the watchdog fires.
-    mode: Literal["kill", "hang"] = "kill"
+# The fault: one model per fault module (chaos.faults.FAULT_TYPES), told apart
+# by ``type``. mypy sees the common base; pydantic validates the union.
+if TYPE_CHECKING:
+    FaultSpec = FaultSpecModel
+else:
+    FaultSpec = Annotated[
+        Union[tuple(t.spec for t in FAULT_TYPES.values())],  # noqa: UP007 - built at runtime
+        Field(discriminator="type"),
+    ]
 
 
-class NodeDrainSpec(_Frozen):
-    type: Literal["node-drain"]
-    respect_pdb: bool = True
-
-
-class NodePowerOffSpec(_Frozen):
-    type: Literal["node-power-off"]
-    duration_s: float = Field(default=30.0, gt=0, le=3600)
-
-
-class NetworkPartitionSpec(_Frozen):
-    type: Literal["network-partition"]
-    scope: Literal["node", "workload"] = "node"
-    duration_s: float = Field(default=30.0, gt=0, le=3600)
-
-
-class StorageLostSpec(_Frozen):
-    type: Literal["storage-lost"]
-    # unplug (VMI only): hot-unplug the data disk; the revert plugs it back.
-    mode: Literal["hang", "eio", "unplug"] = "hang"
-    duration_s: float = Field(default=30.0, gt=0, le=3600)
-
-
-FaultSpec = Annotated[
-    ProcessCrashSpec | NodeDrainSpec | NodePowerOffSpec | NetworkPartitionSpec | StorageLostSpec,
-    Field(discriminator="type"),
-]
-
-
-_FAULT_TYPES = (
-    "process-crash",
-    "node-drain",
-    "node-power-off",
-    "network-partition",
-    "storage-lost",
-)
-
-
-def fault_variant(fault: FaultSpec, target: TargetSpec | None = None) -> str:
-    """The sub-kind a report groups by: partition scope, storage mode, crash
-    mode, or a VMI drained without live migration (``evictionStrategy=None``:
-    shut down and booted elsewhere, another mechanism than the claim's)."""
-    if isinstance(fault, NodeDrainSpec):
-        if target is not None and target.kind == "vmi" and target.eviction_strategy == "None":
-            return "evictionStrategy=None"
-        return ""
-    if isinstance(fault, NetworkPartitionSpec):
-        return fault.scope
-    if isinstance(fault, StorageLostSpec):
-        return fault.mode
-    if isinstance(fault, ProcessCrashSpec) and fault.mode != "kill":
-        return fault.mode  # "" for kill keeps older result rows comparable
-    return ""
+def fault_variant(fault: FaultSpecModel, target: TargetSpec | None = None) -> str:
+    """The sub-kind a report groups by (partition scope, storage mode, crash mode,
+    a VMI drained without live migration...): the fault module says."""
+    return FAULT_TYPES[fault.type].variant(fault, target or TargetSpec(workload="any"))
 
 
 class RecoverySpec(_Frozen):
@@ -164,7 +115,7 @@ def _check_healers(names: list[str]) -> list[str]:
 def _check_profile(name: str | None) -> str | None:
     if name is None:
         return None
-    from cluster.lab.profile import PROFILES
+    from cluster.profiles import PROFILES
 
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; allowed: {', '.join(sorted(PROFILES))}")
@@ -186,23 +137,14 @@ class RtoSpec(_Frozen):
 
     @model_validator(mode="after")
     def _fault_fits_kind(self) -> RtoSpec:
-        kind = self.target.kind
-        fault = self.fault
-        if kind != "vmi" and isinstance(fault, ProcessCrashSpec) and fault.mode == "hang":
-            raise ValueError(
-                f"fault.mode: hang applies to kind vmi only (it hangs the guest so its "
-                f"watchdog fires); a {kind} has no watchdog: use mode: kill"
-            )
-        if kind != "vmi" and isinstance(fault, StorageLostSpec) and fault.mode == "unplug":
-            raise ValueError(
-                f"fault.mode: unplug applies to kind vmi only (disk hot-unplug); "
-                f"for a {kind} use hang or eio"
-            )
+        problem = FAULT_TYPES[self.fault.type].fits(self.fault, self.target.kind)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")
     def _fault_fits_deadline(self) -> RtoSpec:
-        duration = getattr(self.fault, "duration_s", None)
+        duration = self.fault.held_for()
         if duration is not None and duration >= self.recovery.deadline_s:
             raise ValueError(
                 f"fault.duration_s ({duration:g}) must be shorter than recovery.deadline_s "
@@ -236,7 +178,7 @@ class ExperimentSpec(_Frozen):
         if healers is not None:
             data["healers"] = healers
         if duration_s is not None:
-            if "duration_s" not in data["fault"]:
+            if FAULT_TYPES[self.rto.fault.type].held_until_recovery:
                 raise SpecError(
                     f"{self.path}: override duration_s: fault {self.rto.fault.type} has no "
                     "duration (it is held until recovery)"
@@ -325,13 +267,13 @@ def _explain(path: Path, exc: ValidationError, prefix: str) -> str:
     for err in exc.errors(include_url=False):
         # Discriminated unions put the tag in the location; drop it so the path
         # reads like the file ("fault.duration_s", not "fault.node-power-off...").
-        loc = [p for p in err["loc"] if p not in _FAULT_TYPES]
+        loc = [p for p in err["loc"] if p not in FAULT_TYPES]
         msg = err["msg"]
         if err["type"] == "union_tag_invalid":
             bad = err.get("ctx", {}).get("tag", "")
-            msg = f"unknown fault type {bad!r}; allowed: {', '.join(_FAULT_TYPES)}"
+            msg = f"unknown fault type {bad!r}; allowed: {', '.join(FAULT_TYPES)}"
         elif err["type"] == "union_tag_not_found":
-            msg = f"missing 'type'; allowed: {', '.join(_FAULT_TYPES)}"
+            msg = f"missing 'type'; allowed: {', '.join(FAULT_TYPES)}"
         elif err["type"] == "extra_forbidden":
             msg = "unknown field (not allowed here; check the spelling)"
         elif err["type"] == "value_error":

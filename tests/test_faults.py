@@ -17,8 +17,10 @@ from chaos.faults import (
     build_fault,
     from_record,
 )
+from chaos.faults.node_drain import NodeDrainSpec
+from chaos.faults.node_power import NodePowerOffSpec
 from chaos.journal import Journal
-from chaos.spec import NodeDrainSpec, NodePowerOffSpec, TargetSpec
+from chaos.spec import TargetSpec
 from cluster.api import VolumeFailure, WorkloadKind
 from core.errors import FaultError
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from fakes import FakeBackend
 
+from chaos.faults import revert_pending
 from chaos.faults.harness_state import NodeFence, RestartHealingOff
 from chaos.journal import Journal
 
@@ -27,7 +28,7 @@ def test_restart_off_and_fence_left_by_a_dead_harness_are_reverted(tmp_path: Pat
     assert fresh.node("node2").fenced
     assert {r.fault for r in journal.pending()} == {"restart-healing-off", "node-fence"}
     # ...and `rto revert` repairs it from the journal alone.
-    Journal(tmp_path / "journal.jsonl").revert_pending(lambda _name: FakeBackend(state_file=state))
+    revert_pending(Journal(tmp_path / "journal.jsonl"), lambda _name: FakeBackend(state_file=state))
     after = FakeBackend(state_file=state)
     assert after.restart_healing() is True
     assert not after.node("node2").fenced

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fakes import FakeBackend
 
-from chaos.faults import NodePowerOff, StorageLost
+from chaos.faults import NodePowerOff, StorageLost, revert_pending
 from chaos.journal import FaultRecord, Journal
 from cluster.api import VolumeFailure, WorkloadKind
 from core.errors import JournalError
@@ -67,12 +67,12 @@ def test_revert_pending_reports_failures_and_keeps_them(tmp_path: Path) -> None:
     NodePowerOff(backend, "node3", journal).inject()
     backend.fail_on["repair_volume"] = "volume server down"
     with pytest.raises(JournalError, match="volume server down"):
-        journal.revert_pending(lambda name: backend)
+        revert_pending(journal, lambda name: backend)
     # The power-off was reverted anyway; the storage fault stays pending.
     assert [(r.fault, r.state) for r in journal.pending()] == [("storage-lost", "revert_failed")]
     assert backend.node_state("node3")["powered"] is True
     del backend.fail_on["repair_volume"]
-    assert [r.fault for r in journal.revert_pending(lambda name: backend)] == ["storage-lost"]
+    assert [r.fault for r in revert_pending(journal, lambda name: backend)] == ["storage-lost"]
     assert journal.pending() == []
 
 
@@ -133,10 +133,10 @@ def test_process_killed_mid_fault_then_revert_pending_restores(tmp_path: Path) -
         built.append(name)
         return FakeBackend(state_file=state)
 
-    journal.revert_pending(factory)
+    revert_pending(journal, factory)
     assert built == ["fake"]
     assert backend.node_state("node1")["powered"] is True
     assert backend.node_state("node2")["partitioned"] is False
     assert journal.pending() == []
     # Idempotent: nothing left, nothing done.
-    assert journal.revert_pending(factory) == []
+    assert revert_pending(journal, factory) == []

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from fakes import FakeBackend, FakeHealer, fake_recorder_factory
 
+from chaos.faults import revert_pending
 from chaos.journal import Journal
 from chaos.results import ResultsStore, RunStatus
 from chaos.runner import RunOptions, run_experiment
@@ -162,7 +163,7 @@ def test_revert_failure_is_recorded_journaled_and_raised(env) -> None:  # type: 
     assert pending.state == "revert_failed" and pending.target == "node1"
     # Once the cause is fixed, the journal reverts it.
     del backend.fail_on["power_on"]
-    journal.revert_pending(lambda name: backend)
+    revert_pending(journal, lambda name: backend)
     assert journal.pending() == []
     assert backend.node_state("node1")["powered"] is True
 

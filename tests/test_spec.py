@@ -7,12 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chaos.spec import (
-    NetworkPartitionSpec,
-    StorageLostSpec,
-    load_campaign,
-    load_experiment,
-)
+from chaos.faults.network_partition import NetworkPartitionSpec
+from chaos.faults.storage import StorageLostSpec
+from chaos.spec import load_campaign, load_experiment
 from core.errors import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,16 +1,32 @@
-"""The faults: small journaled objects with ``inject()`` / ``revert()``.
+"""The faults: small journaled objects with ``inject()`` / ``revert()``, one module each.
 
-``build_fault`` turns a validated spec into a fault on the target's current node
-(read by the runner and the Chaos Toolkit functions); ``from_record`` rebuilds a
-fault from its journal record (read by ``Journal.revert_pending``). ``FAULT_TYPES``
-is the one registry of fault types.
+Every module of this package that declares ``FAULT = FaultType(...)`` is a
+fault users can name in an experiment: this package finds them (so adding a
+fault is adding its module) and ``FAULT_TYPES`` is the one registry, from which
+``chaos.spec`` derives the experiment schema and ``reports.expectations`` the
+report's fault list. ``build_fault`` turns a validated spec into a fault aimed
+at the target as it is now (read by the runner and the Chaos Toolkit
+functions); ``from_record`` rebuilds any journaled fault from its record and
+``revert_pending`` replays what a journal still holds (``rto revert``, ``rto
+lab down``, the Chaos Toolkit rollback).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Any
 
-from chaos.faults.base import Compose, Fault, FaultLike
+from chaos.faults.base import (
+    KINDS,
+    Compose,
+    Fault,
+    FaultLike,
+    FaultSpecModel,
+    FaultType,
+    Target,
+)
 from chaos.faults.harness_state import NodeFence, RestartHealingOff
 from chaos.faults.network_partition import NetworkPartition
 from chaos.faults.node_drain import NodeDrain
@@ -18,47 +34,74 @@ from chaos.faults.node_power import NodePowerOff
 from chaos.faults.process_crash import ProcessCrash
 from chaos.faults.storage import StorageLost
 from chaos.journal import FaultRecord, Journal
-from cluster.api import Backend, VolumeFailure
-from core.errors import FaultError
-
-if TYPE_CHECKING:
-    from chaos.spec import FaultSpec, TargetSpec
+from cluster.api import Backend
+from core.errors import FaultError, HarnessError, JournalError
 
 __all__ = [
     "FAULT_TYPES",
+    "KINDS",
     "Compose",
     "Fault",
     "FaultLike",
+    "FaultSpecModel",
+    "FaultType",
     "NetworkPartition",
     "NodeDrain",
+    "NodeFence",
     "NodePowerOff",
     "ProcessCrash",
+    "RestartHealingOff",
     "StorageLost",
     "build_fault",
     "from_record",
+    "revert_pending",
 ]
 
-FAULT_TYPES: dict[str, type[Fault]] = {
-    cls.type: cls
-    for cls in (
-        ProcessCrash,
-        NodeDrain,
-        NodePowerOff,
-        NetworkPartition,
-        StorageLost,
-        RestartHealingOff,
-        NodeFence,
-    )
+
+def _discover() -> dict[str, FaultType[Any]]:
+    """Every ``FAULT`` declared by a module of this package, in module order."""
+    found: dict[str, FaultType[Any]] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        declared = getattr(module, "FAULT", None)
+        if declared is None:
+            continue  # the contract and the harness's own journaled state
+        if not isinstance(declared, FaultType):
+            raise FaultError(f"{module.__name__}.FAULT is not a FaultType")
+        if declared.name in found:
+            raise FaultError(f"fault {declared.name!r} is declared twice ({module.__name__})")
+        found[declared.name] = declared
+    return found
+
+
+# The order the report lists faults in: the handbook's rows first, then any
+# fault added since, by name.
+_HANDBOOK = ("process-crash", "node-drain", "node-power-off", "network-partition", "storage-lost")
+_found = _discover()
+FAULT_TYPES: dict[str, FaultType[Any]] = {
+    name: _found[name]
+    for name in sorted(_found, key=lambda n: (_HANDBOOK.index(n) if n in _HANDBOOK else 99, n))
 }
+
+
+def build_fault(
+    spec: FaultSpecModel, target: Target, backend: Backend, journal: Journal | None
+) -> Fault:
+    """The fault for ``spec``, aimed at the target's node as it is *now*."""
+    try:
+        declared = FAULT_TYPES[spec.type]
+    except KeyError:
+        raise FaultError(f"no fault implements {spec!r}") from None
+    return declared.build(spec, target, backend, journal)
 
 
 def from_record(record: FaultRecord, backend: Backend, journal: Journal | None = None) -> Fault:
     try:
-        cls = FAULT_TYPES[record.fault]
+        cls = Fault.journaled[record.fault]
     except KeyError:
         raise FaultError(
             f"journal record {record.id} has unknown fault type {record.fault!r}; "
-            f"known: {', '.join(sorted(FAULT_TYPES))}"
+            f"known: {', '.join(sorted(Fault.journaled))}"
         ) from None
     try:
         return cls.rebuild(record, backend, journal)
@@ -66,35 +109,29 @@ def from_record(record: FaultRecord, backend: Backend, journal: Journal | None =
         raise FaultError(f"journal record {record.id} lacks parameter {exc}") from None
 
 
-def _node_of(backend: Backend, workload: str) -> str:
-    node = backend.workload(workload).node
-    if node is None:
-        raise FaultError(f"workload {workload} is not on any node (Pending): nothing to hit")
-    return node
+def revert_pending(
+    journal: Journal, backend_factory: Callable[[str], Backend]
+) -> list[FaultRecord]:
+    """Rebuild every pending fault of ``journal`` from its record and revert it, newest first.
 
-
-def build_fault(
-    spec: FaultSpec, target: TargetSpec, backend: Backend, journal: Journal | None
-) -> Fault:
-    """The fault for ``spec``, aimed at the target's node as it is *now*."""
-    from chaos.spec import (
-        NetworkPartitionSpec,
-        NodeDrainSpec,
-        NodePowerOffSpec,
-        ProcessCrashSpec,
-        StorageLostSpec,
-    )
-
-    wl = target.workload
-    if isinstance(spec, ProcessCrashSpec):
-        return ProcessCrash(backend, wl, journal, mode=spec.mode)
-    if isinstance(spec, NodeDrainSpec):
-        return NodeDrain(backend, _node_of(backend, wl), spec.respect_pdb, journal)
-    if isinstance(spec, NodePowerOffSpec):
-        return NodePowerOff(backend, _node_of(backend, wl), journal)
-    if isinstance(spec, NetworkPartitionSpec):
-        name = _node_of(backend, wl) if spec.scope == "node" else wl
-        return NetworkPartition(backend, spec.scope, name, journal)
-    if isinstance(spec, StorageLostSpec):
-        return StorageLost(backend, wl, VolumeFailure(spec.mode), journal)
-    raise FaultError(f"no fault implements {spec!r}")
+    Idempotent: reverting an already healed node is a no-op on every backend.
+    Tries every record; raises ``JournalError`` listing the ones that failed.
+    """
+    backends: dict[str, Backend] = {}
+    done: list[FaultRecord] = []
+    failures: list[str] = []
+    for rec in reversed(journal.pending()):
+        try:
+            if rec.backend not in backends:
+                backends[rec.backend] = backend_factory(rec.backend)
+            from_record(rec, backends[rec.backend], journal).revert()
+            done.append(rec)
+        except HarnessError as exc:  # try the others; report every failure below
+            failures.append(f"{rec.fault} on {rec.target} ({rec.id}): {exc}")
+    if failures:
+        raise JournalError(
+            f"{len(failures)} fault(s) in {journal.path} could not be reverted: "
+            + "; ".join(failures)
+            + ". Fix the cause and run `rto revert` again."
+        )
+    return done

@@ -8,12 +8,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal, Self
 
-from chaos.faults.base import Fault
+from pydantic import Field
+
+from chaos.faults.base import Fault, FaultSpecModel, FaultType, Target, node_of
 from chaos.journal import Journal, JsonScalar
 from cluster.api import Backend
 from core.errors import FaultError
 
-__all__ = ["NetworkPartition"]
+__all__ = ["FAULT", "NetworkPartition", "NetworkPartitionSpec"]
 
 Scope = Literal["node", "workload"]
 
@@ -56,3 +58,25 @@ class NetworkPartition(Fault):
             self.backend.heal_node_partition(self.name)
         else:
             self.backend.heal_workload_partition(self.name)
+
+
+class NetworkPartitionSpec(FaultSpecModel):
+    type: Literal["network-partition"]
+    scope: Scope = "node"
+    duration_s: float = Field(default=30.0, gt=0, le=3600)
+
+
+def _build(
+    spec: NetworkPartitionSpec, target: Target, backend: Backend, journal: Journal | None
+) -> NetworkPartition:
+    name = node_of(backend, target.workload) if spec.scope == "node" else target.workload
+    return NetworkPartition(backend, spec.scope, name, journal)
+
+
+FAULT = FaultType(
+    spec=NetworkPartitionSpec,
+    build=_build,
+    summary="cut the target's node (or the workload alone) off the network for duration_s",
+    variant=lambda spec, target: spec.scope,
+    variants=("node", "workload"),
+)

@@ -8,14 +8,14 @@ force-rescheduled (what ``kubectl drain --disable-eviction`` does). Revert uncor
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Self
+from typing import Literal, Self
 
-from chaos.faults.base import Fault
+from chaos.faults.base import Fault, FaultSpecModel, FaultType, Target, node_of
 from chaos.journal import Journal, JsonScalar
 from cluster.api import Backend
 from core.errors import BackendError
 
-__all__ = ["NodeDrain"]
+__all__ = ["FAULT", "NodeDrain", "NodeDrainSpec"]
 
 
 class NodeDrain(Fault):
@@ -56,3 +56,31 @@ class NodeDrain(Fault):
     def _undo(self) -> None:
         # Evicted workloads stay where they were rescheduled, as after a real drain.
         self.backend.uncordon(self.node)
+
+
+class NodeDrainSpec(FaultSpecModel):
+    type: Literal["node-drain"]
+    respect_pdb: bool = True
+
+
+def _build(
+    spec: NodeDrainSpec, target: Target, backend: Backend, journal: Journal | None
+) -> NodeDrain:
+    return NodeDrain(backend, node_of(backend, target.workload), spec.respect_pdb, journal)
+
+
+def _variant(spec: NodeDrainSpec, target: Target) -> str:
+    # A VMI drained without live migration is shut down and booted elsewhere:
+    # another mechanism than the claim's, so its own cell.
+    if target.kind == "vmi" and target.eviction_strategy == "None":
+        return "evictionStrategy=None"
+    return ""
+
+
+FAULT = FaultType(
+    spec=NodeDrainSpec,
+    build=_build,
+    summary="cordon the node and evict what runs on it (Eviction API, PDB-aware)",
+    variant=_variant,
+    variants=("", "evictionStrategy=None"),
+)

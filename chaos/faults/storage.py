@@ -1,19 +1,21 @@
 """Storage lost: the workload's volume hangs (freeze) or fails with EIO; revert repairs.
 
-Built for ``type: storage-lost``; held for ``duration_s``.
+Declared as ``FAULT`` for ``type: storage-lost``; held for ``duration_s``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Self
+from typing import Literal, Self
 
-from chaos.faults.base import Fault
+from pydantic import Field
+
+from chaos.faults.base import Fault, FaultSpecModel, FaultType, Target
 from chaos.journal import Journal, JsonScalar
 from cluster.api import Backend, VolumeFailure
 from core.errors import FaultError
 
-__all__ = ["StorageLost"]
+__all__ = ["FAULT", "StorageLost", "StorageLostSpec"]
 
 
 class StorageLost(Fault):
@@ -53,3 +55,35 @@ class StorageLost(Fault):
 
     def _undo(self) -> None:
         self.backend.repair_volume(self.workload, self.mode)
+
+
+class StorageLostSpec(FaultSpecModel):
+    type: Literal["storage-lost"]
+    # unplug (VMI only): hot-unplug the data disk; the revert plugs it back.
+    mode: Literal["hang", "eio", "unplug"] = "hang"
+    duration_s: float = Field(default=30.0, gt=0, le=3600)
+
+
+def _check(spec: StorageLostSpec, kind: str) -> str | None:
+    if kind != "vmi" and spec.mode == "unplug":
+        return (
+            f"fault.mode: unplug applies to kind vmi only (disk hot-unplug); "
+            f"for a {kind} use hang or eio"
+        )
+    return None
+
+
+def _build(
+    spec: StorageLostSpec, target: Target, backend: Backend, journal: Journal | None
+) -> StorageLost:
+    return StorageLost(backend, target.workload, VolumeFailure(spec.mode), journal)
+
+
+FAULT = FaultType(
+    spec=StorageLostSpec,
+    build=_build,
+    summary="the workload's volume hangs (freeze) or fails (EIO), or a VMI's disk is unplugged",
+    variant=lambda spec, target: spec.mode,
+    variants=("hang", "eio", "unplug"),
+    check=_check,
+)
