@@ -20,9 +20,8 @@ import os
 import signal
 from pathlib import Path
 
-from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
-
 from core.errors import LabError
+from core.wait import WaitTimeout, poll_until
 
 __all__ = [
     "CGROUP_ROOT",
@@ -174,24 +173,10 @@ def _state(cg: Path) -> str:
     return (cg / "freezer.state").read_text().strip()
 
 
-class _NotYet(Exception):
-    """A wait condition is not met yet (tenacity retries on it)."""
-
-
 def _wait_frozen(cg: Path, timeout: float) -> None:
-    @retry(
-        retry=retry_if_exception_type(_NotYet),
-        stop=stop_after_delay(timeout),
-        wait=wait_fixed(0.005),
-        reraise=True,
-    )
-    def check() -> None:
-        if _state(cg) != "FROZEN":
-            raise _NotYet
-
     try:
-        check()
-    except _NotYet:
+        poll_until(lambda: _state(cg) == "FROZEN", timeout, f"{cg} to freeze", interval=0.005)
+    except WaitTimeout:
         raise LabError(f"cgroup {cg} did not freeze within {timeout} s") from None
 
 
@@ -225,19 +210,9 @@ def kill_node(node: str) -> int:
 
 
 def _wait_empty(node: str, timeout: float) -> None:
-    @retry(
-        retry=retry_if_exception_type(_NotYet),
-        stop=stop_after_delay(timeout),
-        wait=wait_fixed(0.005),
-        reraise=True,
-    )
-    def check() -> None:
-        if cgroup_pids(node):
-            raise _NotYet
-
     try:
-        check()
-    except _NotYet:
+        poll_until(lambda: not cgroup_pids(node), timeout, f"{node} to be empty", interval=0.005)
+    except WaitTimeout:
         raise LabError(f"processes of node {node} survived SIGKILL: {cgroup_pids(node)}") from None
 
 
