@@ -37,17 +37,15 @@ import shutil
 import signal
 import subprocess
 import textwrap
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import tenacity
-
 from cluster.lab import state
 from cluster.lab.state import node_ip
+from core.clock import Clock
 from core.errors import LabError
+from core.wait import WaitTimeout, poll_until
 
 __all__ = [
     "LIBVIRT_TCP_PORT",
@@ -259,14 +257,15 @@ def start_node_libvirtd(
     netns: str | None = None,
     cgroup: bool = True,
     timeout: float = 30.0,
-    sleep: Callable[[float], None] = time.sleep,
+    clock: Clock | None = None,
 ) -> str:
     """Start (or find running) the node's libvirtd; return the harness URI.
 
     ``listen_ip`` defaults to the node's lab address 198.18.0.(10+index),
     ``netns`` to the node's lab netns; ``cgroup=False`` leaves the daemon out of
     the lab's node cgroups (scratch nodes that a lab power-off must not touch).
-    Raises LabError naming the log files if the daemon does not answer.
+    Raises LabError naming the log files if the daemon does not answer within
+    ``timeout`` s of ``clock`` (default: the real one).
     """
     uri = node_uri(node)
     ns = netns or node_netns(node)
@@ -276,11 +275,11 @@ def start_node_libvirtd(
     running = libvirtd_pid(node)
     if running is not None:
         if _netns_inode(running) == ns_path.stat().st_ino:
-            _wait_answering(node, None, timeout, sleep)
+            _wait_answering(node, None, timeout, clock)
             return uri
         # The node's netns was re-created under a live daemon: it listens on
         # a dead network, so replace it.
-        stop_node_libvirtd(node, timeout=timeout, sleep=sleep)
+        stop_node_libvirtd(node, timeout=timeout, clock=clock)
     old = _children.pop(node, None)
     if old is not None:
         # A daemon killed with its node (power-off): collect its exit status
@@ -317,7 +316,7 @@ def start_node_libvirtd(
     _pid_file(node).write_text(f"{proc.pid}\n")
     if cgroup:
         _attach_cgroup(proc.pid, node)
-    _wait_answering(node, proc, timeout, sleep)
+    _wait_answering(node, proc, timeout, clock)
     _save_caps_cache(node)
     return uri
 
@@ -326,13 +325,13 @@ def _wait_answering(
     node: str,
     proc: subprocess.Popen[bytes] | None,
     timeout: float,
-    sleep: Callable[[float], None],
+    clock: Clock | None,
 ) -> None:
     import libvirt
 
     from cluster.lab import virt  # noqa: F401  (silences libvirt's stderr printing)
 
-    def check() -> None:
+    def check() -> bool:
         if proc is not None and proc.poll() is not None:
             raise _Died(proc.returncode)
         conn = libvirt.open(node_uri(node))
@@ -340,26 +339,28 @@ def _wait_answering(
             conn.getVersion()
         finally:
             conn.close()
+        return True
 
-    retry = tenacity.Retrying(
-        stop=tenacity.stop_after_delay(timeout),
-        wait=tenacity.wait_fixed(0.1),
-        retry=tenacity.retry_if_exception_type(libvirt.libvirtError),
-        sleep=sleep,
-        reraise=True,
-    )
     try:
-        retry(check)
+        poll_until(
+            check,
+            timeout,
+            f"libvirtd of node {node} to answer",
+            clock,
+            interval=0.1,
+            retry_on=(libvirt.libvirtError,),
+        )
     except _Died as exc:
         raise LabError(
             f"libvirtd of node {node} exited with status {exc.status} while starting; "
             f"see {_stderr_log(node)} and {libvirtd_log(node)}"
         ) from None
-    except libvirt.libvirtError as exc:
+    except WaitTimeout as exc:
+        last = exc.__cause__  # the libvirtError of the last try
         raise LabError(
             f"libvirtd of node {node} does not answer on {node_socket(node)} after "
-            f"{timeout:.0f} s ({exc}); see {_stderr_log(node)} and {libvirtd_log(node)}"
-        ) from exc
+            f"{timeout:.0f} s ({last}); see {_stderr_log(node)} and {libvirtd_log(node)}"
+        ) from last
 
 
 class _Died(Exception):
@@ -381,9 +382,7 @@ def _qemu_pids(node: str) -> list[int]:
     return pids
 
 
-def stop_node_libvirtd(
-    node: str, *, timeout: float = 10.0, sleep: Callable[[float], None] = time.sleep
-) -> None:
+def stop_node_libvirtd(node: str, *, timeout: float = 10.0, clock: Clock | None = None) -> None:
     """Stop the node's guests and its libvirtd (idempotent).
 
     QEMU outlives libvirtd by design, so guests are killed first from libvirt's
@@ -395,13 +394,8 @@ def stop_node_libvirtd(
     if pid is not None:
         _kill(pid, signal.SIGTERM)
         try:
-            tenacity.Retrying(
-                stop=tenacity.stop_after_delay(timeout),
-                wait=tenacity.wait_fixed(0.05),
-                retry=tenacity.retry_if_result(lambda alive: alive),
-                sleep=sleep,
-            )(lambda: _alive(pid))
-        except tenacity.RetryError:
+            poll_until(lambda: not _alive(pid), timeout, f"libvirtd {pid} to exit", clock)
+        except WaitTimeout:
             _kill(pid, signal.SIGKILL)
     # Also when the daemon was already dead (killed with its node at a
     # power-off): its Popen must collect the exit status, or the process stays
@@ -410,13 +404,9 @@ def stop_node_libvirtd(
     _pid_file(node).unlink(missing_ok=True)
     # The guests' leftover pid files would make the next start look busy.
     # SIGKILL is asynchronous: give the guests a moment to be gone.
-    survivors = tenacity.Retrying(
-        stop=tenacity.stop_after_delay(timeout),
-        wait=tenacity.wait_fixed(0.05),
-        retry=tenacity.retry_if_result(bool),
-        retry_error_callback=lambda rs: rs.outcome.result() if rs.outcome else [],
-        sleep=sleep,
-    )(lambda: _qemu_pids(node))
+    with contextlib.suppress(WaitTimeout):  # who survived is said just below
+        poll_until(lambda: not _qemu_pids(node), timeout, f"QEMUs of {node} to exit", clock)
+    survivors = _qemu_pids(node)
     if survivors:
         raise LabError(f"QEMU pids {survivors} of node {node} survived SIGKILL; kill them by hand")
 
