@@ -19,22 +19,18 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
-
-from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from cluster.lab.guest.build import DEFAULT_GUEST_GW, DEFAULT_GUEST_IP, READY_MARKER, GuestImage
 from core.clock import Clock, RealClock
 from core.errors import LabError
+from core.wait import WaitTimeout, poll_until
 
 __all__ = ["GuestOptions", "QemuGuest", "Ready", "free_loopback_port", "qemu_argv"]
 
 QEMU = "qemu-system-x86_64"
-_T = TypeVar("_T")
 _READY_RE = re.compile(rf"{READY_MARKER} (\S+) boot=(\d+)")
 
 
@@ -221,14 +217,13 @@ class QemuGuest:
             return lines[count - 1] if len(lines) >= count else None
 
         try:
-            result = self._poll(attempt, timeout, interval=0.05)
-        except RetryError:
+            return poll_until(attempt, timeout, f"READY marker #{count}", self.clock)
+        except WaitTimeout:
             tail = self.console_log.read_text(errors="replace")[-800:]
             raise LabError(
                 f"guest {self.options.name} printed no READY marker #{count} within "
                 f"{timeout} s; console tail:\n{tail}"
             ) from None
-        return result
 
     # -- HTTP -------------------------------------------------------------------
 
@@ -259,13 +254,12 @@ class QemuGuest:
             return body
 
         try:
-            result = self._poll(attempt, timeout, interval=interval)
-        except RetryError:
+            return poll_until(attempt, timeout, "/healthz", self.clock, interval=interval)
+        except WaitTimeout:
             raise LabError(
                 f"guest {self.options.name} /healthz not good within {timeout} s "
                 f"(port {self.http_port})"
             ) from None
-        return result
 
     # -- control channel --------------------------------------------------------
 
@@ -309,8 +303,9 @@ class QemuGuest:
             return self._read_line(0.5) == "pong"
 
         try:
-            self._poll(lambda: True if ping() else None, timeout, interval=0.0)
-        except RetryError:
+            # No pause between pings: each one already waits 0.5 s for its pong.
+            poll_until(ping, timeout, "pong", self.clock, interval=0.0)
+        except WaitTimeout:
             raise LabError(
                 f"guest {self.options.name} does not answer ping on its control channel "
                 f"within {timeout} s"
@@ -322,17 +317,3 @@ class QemuGuest:
         if reply is None:
             raise LabError(f"guest {self.options.name} did not acknowledge {cmd!r}")
         return reply
-
-    # -- waits ------------------------------------------------------------------
-
-    def _poll(self, attempt: Callable[[], _T | None], timeout: float, *, interval: float) -> _T:
-        """Retry ``attempt`` until it returns non-None; RetryError after ``timeout``."""
-        retrying = Retrying(
-            stop=stop_after_delay(timeout),
-            wait=wait_fixed(interval),
-            retry=retry_if_result(lambda r: r is None),
-            sleep=self.clock.sleep,
-        )
-        result = retrying(attempt)
-        assert result is not None  # the retry condition let only non-None through
-        return result
