@@ -26,13 +26,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
-
 from cluster.lab import accel, cgroups, net, rootfs, runtime, state, volumes
 from cluster.lab.accel import AccelChoice
 from cluster.lab.profile import get_profile
 from cluster.lab.store import NodeRow, Store, db_path
+from core.clock import Clock
 from core.errors import HarnessError, LabError
+from core.wait import WaitTimeout, poll_until
 
 __all__ = [
     "agent_alive",
@@ -292,27 +292,6 @@ def _stop_virt(node: str) -> None:
     virtd.stop_node_libvirtd(node)
 
 
-# --- waits ---------------------------------------------------------------------
-class _NotYet(Exception):
-    pass
-
-
-def _wait(check: Callable[[], bool], timeout: float, sleep: Callable[[float], None]) -> bool:
-    try:
-        for att in Retrying(
-            retry=retry_if_exception_type(_NotYet),
-            stop=stop_after_delay(timeout),
-            wait=wait_fixed(0.05),
-            sleep=sleep,
-        ):
-            with att:
-                if not check():
-                    raise _NotYet
-    except RetryError:
-        return False
-    return True
-
-
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -329,7 +308,7 @@ def lab_up(
     restart_healing: bool = True,
     vms: bool = False,
     timeout: float | None = None,
-    sleep: Callable[[float], None] | None = None,
+    clock: Clock | None = None,
 ) -> AccelChoice | None:
     """Create the lab and return once every node is Ready.
 
@@ -351,7 +330,6 @@ def lab_up(
         raise LabError("the lab is already up; run `rto lab down` first")
     if leftovers():
         lab_down()  # a previous lab died without its down: start clean
-    do_sleep = sleep or time.sleep
     choice = accel.accelerator() if vms else None
     try:
         rootfs.ensure_rootfs()
@@ -378,15 +356,18 @@ def lab_up(
         for name in names:
             _start_agent(store, name)
         limit = timeout if timeout is not None else max(20.0, 5 * prof.heartbeat_interval + 10)
-        ok = _wait(lambda: all(n.ready for n in store.nodes()), limit, do_sleep)
-        if not ok:
+        try:
+            poll_until(lambda: all(n.ready for n in store.nodes()), limit, "nodes Ready", clock)
+        except WaitTimeout:
             late = [n.name for n in store.nodes() if not n.ready]
             logs = "\n".join(
                 f"--- {p.name}:\n{_tail(p)}"
                 for p in [_log_dir() / "controlplane.log"]
                 + [_log_dir() / f"{n}-agent.log" for n in late]
             )
-            raise LabError(f"lab nodes {', '.join(late)} not Ready after {limit} s\n{logs}")
+            raise LabError(
+                f"lab nodes {', '.join(late)} not Ready after {limit} s\n{logs}"
+            ) from None
         store.close()
         return choice
     except BaseException:
@@ -661,10 +642,12 @@ def set_profile(name: str) -> None:
                 if n.ready and n.powered
             )
 
-        if not _wait(fresh, timeout=10.0, sleep=time.sleep):
+        try:
+            poll_until(fresh, 10.0, f"heartbeats under profile {prof.name}")
+        except WaitTimeout:
             raise LabError(
                 f"profile {prof.name} set, but not every Ready node beat under it within "
                 f"10 s; see the agent logs in {Path(state.STATE_DIR) / 'logs'}"
-            )
+            ) from None
     finally:
         store.close()
