@@ -24,14 +24,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from tenacity import (
-    RetryError,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_fixed,
-)
-
 from cluster.api import (
     Condition,
     Event,
@@ -47,6 +39,7 @@ from cluster.lab.store import NodeRow, Store, WorkloadRow
 from core.clock import Clock, RealClock
 from core.errors import BackendError, LabError
 from core.samples import MetricSample
+from core.wait import WaitTimeout, poll_until
 
 if TYPE_CHECKING:  # libvirt-python is the optional 'vm' extra: imported where used
     import libvirt
@@ -73,10 +66,6 @@ T = TypeVar("T")
 _VIRT_BUFFER = 4096
 # How often a node whose libvirtd does not answer (powered off, starting) is retried.
 _VIRT_RETRY_S = 2.0
-
-
-class _NotYet(Exception):
-    """A wait condition does not hold yet (tenacity retries on it)."""
 
 
 class LabBackend:
@@ -118,26 +107,14 @@ class LabBackend:
     def wait_until(
         self, check: Callable[[], T | None], timeout: float, what: str, period: float = 0.05
     ) -> T:
-        """Call ``check`` until it returns something other than None/False."""
-
-        def attempt() -> T:
-            value = check()
-            if value is None or value is False:
-                raise _NotYet
-            return value
+        """Call ``check`` until it returns something other than None/False.
 
         try:
-            for att in Retrying(
-                retry=retry_if_exception_type(_NotYet),
-                stop=stop_after_delay(timeout),
-                wait=wait_fixed(period),
-                sleep=self._sleep,
-            ):
-                with att:
-                    return attempt()
-        except RetryError:
-            raise BackendError(f"timed out after {timeout} s waiting for {what}") from None
-        raise AssertionError("unreachable")  # pragma: no cover
+        Sleeps on and times out by the backend's clock (``core.wait.poll_until``).
+        """
+            return poll_until(check, timeout, what, self.clock, interval=period)
+        except WaitTimeout as exc:
+            raise BackendError(str(exc)) from None  # callers handle BackendError
 
     def _bound(self, workload: str) -> tuple[WorkloadRow, str]:
         w = self.store.workload(workload)
