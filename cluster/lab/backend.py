@@ -109,9 +109,9 @@ class LabBackend:
     ) -> T:
         """Call ``check`` until it returns something other than None/False.
 
-        try:
         Sleeps on and times out by the backend's clock (``core.wait.poll_until``).
         """
+        try:
             return poll_until(check, timeout, what, self.clock, interval=period)
         except WaitTimeout as exc:
             raise BackendError(str(exc)) from None  # callers handle BackendError
