@@ -33,7 +33,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+from tenacity import Retrying, retry_if_exception, wait_exponential
 
 from cluster.api import (
     Condition,
@@ -54,6 +54,7 @@ from cluster.kube.watch import ResourceRef, WatchFollower, raw_request, resource
 from core.clock import Clock, RealClock
 from core.errors import BackendError
 from core.samples import MetricSample
+from core.wait import stop_after
 
 __all__ = ["OUT_OF_SERVICE", "Executor", "KubeBackend", "kube_exec"]
 
@@ -783,7 +784,7 @@ class KubeBackend:
         # 429 = a PodDisruptionBudget says not now: wait and ask again, as kubectl drain does.
         retrying = Retrying(
             retry=retry_if_exception(blocked),
-            stop=stop_after_delay(patience),
+            stop=stop_after(self.clock, patience),
             wait=wait_exponential(multiplier=0.5, max=5),
             sleep=self.sleep,
             reraise=True,
