@@ -1,15 +1,19 @@
-"""Timing profiles: the platform behaviour Kubernetes/KubeVirt would supply.
+"""Timing profiles: the platform behaviour Kubernetes/KubeVirt supply, as data.
 
-Read by the lab's control plane (node monitor, toleration eviction) and node
-agents (heartbeat, restart back-off); chosen at ``rto lab up`` and per run.
-``kubernetes-defaults`` reproduces the real timings (docs/FACTS.md); ``fast`` scales
-them down so tests and demos finish quickly. The harness's own healers are
-measured against both.
+Backend-neutral: read by the healers (periods and thresholds scale with the
+profile a run names), by ``chaos.spec`` (a profile name is checked at load) and
+by the lab, whose control plane (node monitor, toleration eviction) and node
+agents (heartbeat, restart back-off) run on it; chosen at ``rto lab up`` and per
+run. ``kubernetes-defaults`` reproduces the real timings (docs/FACTS.md);
+``fast`` scales them down so tests and demos finish quickly. The harness's own
+healers are measured against both.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+
+from core.errors import SpecError
 
 __all__ = ["PROFILES", "TimingProfile", "get_profile"]
 
@@ -64,8 +68,6 @@ def get_profile(name: str) -> TimingProfile:
     try:
         return PROFILES[name]
     except KeyError:
-        from core.errors import SpecError
-
         raise SpecError(
             f"unknown timing profile {name!r}; choose one of {', '.join(sorted(PROFILES))}"
         ) from None

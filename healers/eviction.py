@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from chaos.faults.harness_state import NodeFence
 from cluster.api import NodeStatus, WorkloadStatus
-from cluster.lab.profile import TimingProfile
+from cluster.profiles import TimingProfile
 from core.errors import HarnessError
 from healers.base import LoopHealer
 

@@ -27,7 +27,7 @@ VMIs whose phase is not Running are left alone: there is nothing to keep.
 from __future__ import annotations
 
 from cluster.api import NodeStatus, Phase, WorkloadKind, WorkloadStatus
-from cluster.lab.profile import TimingProfile
+from cluster.profiles import TimingProfile
 from core.errors import BackendError, HarnessError
 from healers.base import LoopHealer
 from healers.eviction import default_confirm_after

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cluster.lab.profile import TimingProfile, get_profile
+from cluster.profiles import TimingProfile, get_profile
 from core.errors import SpecError
 from healers.base import Healer
 from healers.eviction import EvictionHealer

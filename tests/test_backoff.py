@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cluster.lab.backoff import RestartBackoff
-from cluster.lab.profile import get_profile
+from cluster.profiles import get_profile
 from core.clock import FakeClock
 
 

@@ -28,7 +28,7 @@ from chaos.spec import ExperimentSpec, load_experiment
 from cluster.api import WorkloadKind
 from cluster.lab import net, volumes
 from cluster.lab.backend import LabBackend
-from cluster.lab.profile import get_profile
+from cluster.profiles import get_profile
 from core.errors import FaultError
 from core.timeline import EventKind, TimelineEvent
 

@@ -29,7 +29,7 @@ from private_lab import PrivateLab
 from chaos.journal import FaultRecord, Journal
 from cluster.lab import lifecycle, net, volumes
 from cluster.lab.backend import LabBackend
-from cluster.lab.profile import get_profile
+from cluster.profiles import get_profile
 from core.errors import BackendError
 
 __all__: list[str] = []

@@ -13,7 +13,7 @@ import pytest
 from fakes import FakeBackend
 
 from cluster.api import Backend, NodeStatus, WorkloadKind
-from cluster.lab.profile import get_profile
+from cluster.profiles import get_profile
 from core.clock import FakeClock
 from core.errors import HarnessError
 from healers.base import HealerContext

@@ -25,7 +25,7 @@ from cluster.api import (
     WorkloadKind,
     WorkloadStatus,
 )
-from cluster.lab.profile import get_profile
+from cluster.profiles import get_profile
 from core.clock import FakeClock
 from core.errors import BackendError, HarnessError, SpecError
 from healers.base import Healer, HealerContext, LoopHealer

@@ -19,7 +19,7 @@ from private_lab import PrivateLab
 from cluster.api import Backend, Phase, VolumeFailure, WorkloadKind
 from cluster.lab import lifecycle
 from cluster.lab.backend import LabBackend
-from cluster.lab.profile import get_profile
+from cluster.profiles import get_profile
 from core.errors import BackendError, SpecError
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]

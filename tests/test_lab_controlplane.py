@@ -21,8 +21,8 @@ from cluster.lab.controlplane import (
     parse_heartbeat,
     should_evict,
 )
-from cluster.lab.profile import get_profile
 from cluster.lab.store import NodeRow, PodReport, Store
+from cluster.profiles import get_profile
 from core.clock import FakeClock
 from core.errors import BackendError
 

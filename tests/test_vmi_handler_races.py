@@ -19,8 +19,8 @@ pytest.importorskip("libvirt", reason="libvirt-python (extra 'vm') is not instal
 
 import libvirt
 
-from cluster.lab.profile import get_profile
 from cluster.lab.vmis import VmiHandler, VmiRun
+from cluster.profiles import get_profile
 from core.clock import FakeClock
 
 

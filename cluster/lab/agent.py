@@ -40,8 +40,8 @@ from types import FrameType
 
 from cluster.lab import net, runtime, state, volumes
 from cluster.lab.backoff import RestartBackoff
-from cluster.lab.profile import TimingProfile, get_profile
 from cluster.lab.vmis import VmiHandler
+from cluster.profiles import TimingProfile, get_profile
 from core.clock import Clock, RealClock
 from core.errors import HarnessError, LabError
 

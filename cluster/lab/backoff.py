@@ -12,7 +12,7 @@ is ``initial``, doubling up to ``maximum``; once a container has run for
 
 from __future__ import annotations
 
-from cluster.lab.profile import TimingProfile
+from cluster.profiles import TimingProfile
 from core.clock import Clock
 
 __all__ = ["RestartBackoff"]

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from cluster.api import Condition, Phase
 from cluster.lab import state
-from cluster.lab.profile import TimingProfile, get_profile
 from cluster.lab.store import NodeRow, PodReport, Store
+from cluster.profiles import TimingProfile, get_profile
 from core.clock import Clock, RealClock
 from core.errors import HarnessError, SpecError
 

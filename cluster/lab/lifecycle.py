@@ -28,8 +28,8 @@ from typing import Any
 
 from cluster.lab import accel, cgroups, net, rootfs, runtime, state, volumes
 from cluster.lab.accel import AccelChoice
-from cluster.lab.profile import get_profile
 from cluster.lab.store import NodeRow, Store, db_path
+from cluster.profiles import get_profile
 from core.clock import Clock
 from core.errors import HarnessError, LabError
 from core.wait import WaitTimeout, poll_until

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from cluster.lab import net, volumes
 from cluster.lab.backoff import RestartBackoff
-from cluster.lab.profile import TimingProfile
+from cluster.profiles import TimingProfile
 from core.clock import Clock
 from core.errors import HarnessError, LabError
 from core.wait import WaitTimeout, poll_until
