@@ -38,6 +38,7 @@ def test_vmi_experiments_cover_every_fault_with_their_own_workloads() -> None:
         ("storage-lost", "eio"),
         ("storage-lost", "hang"),
         ("storage-lost", "unplug"),
+        ("network-flap", "workload"),
     }
     assert specs["node-drain"].rto.target.eviction_strategy == "LiveMigrate"
     assert specs["node-drain-no-migrate"].rto.target.eviction_strategy == "None"

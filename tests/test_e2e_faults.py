@@ -291,3 +291,22 @@ def test_storage_eio_503_then_recovers_after_repair(lab: Lab, cleanup: list[str]
     assert first.data.get("reason") == "http 503", first
     assert result.same_instance is False  # repaired = container restarted on the new mount
     _assert_clean(lab, wl)
+
+
+# --- network flap (a fault added as one module) ----------------------------------------
+
+
+def test_network_flap_cuts_the_pod_off_repeatedly_then_it_stays_up(
+    lab: Lab, cleanup: list[str]
+) -> None:
+    spec = _spec("network-flap", healers=["watchdog", "eviction"], duration_s=6, deadline_s=20)
+    wl = spec.rto.target.workload
+    cleanup.append(wl)
+    result = _run(lab, spec)
+    assert result.status is RunStatus.RECOVERED, result.error
+    outages = _events(result, EventKind.PROBE_FAIL)
+    assert len(outages) >= 2, [e.message for e in outages]  # a cut at 0 s and at 5 s
+    assert result.rto_s is not None and 5.0 < result.rto_s < 12.0  # first cut .. last heal
+    assert result.same_instance is True  # only the network went, never the pod
+    assert not _events(result, EventKind.HEALER_ACTION)
+    _assert_clean(lab, wl)

@@ -24,7 +24,7 @@ GREEN = (0x27 / 255, 0xAE / 255, 0x60 / 255)
 def test_all_vmi_runs_aborted_gives_no_vmi_dependent_verdict(tmp_path: Path) -> None:
     rows = campaign_rows(STANDARD, vmi="aborted")
     aborted = [r for r in rows if r.status is RunStatus.ABORTED]
-    assert len(aborted) == 21 and {r.kind for r in aborted} == {"vmi"}
+    assert len(aborted) == 23 and {r.kind for r in aborted} == {"vmi"}
     store = ResultsStore(tmp_path / "runs")
     for r in rows:
         store.append(r)
@@ -42,9 +42,9 @@ def test_all_vmi_runs_aborted_gives_no_vmi_dependent_verdict(tmp_path: Path) -> 
     assert hang.verdict is Verdict.NOT_MEASURED and "vmi side" in hang.detail
 
     suite = ET.parse(tmp_path / "report" / "junit.xml").getroot().find("testsuite")
-    assert suite is not None and suite.get("errors") == "21"
+    assert suite is not None and suite.get("errors") == "23"
     failing = failing_cells(summary, set(FAIL_ON_DEFAULT))
-    assert sum(f.cell.aborted for f in failing if f.cell.kind == "vmi") == 21
+    assert sum(f.cell.aborted for f in failing if f.cell.kind == "vmi") == 23
 
     page = (tmp_path / "report" / "index.html").read_text()
     assert "VMI figures: TCG (software emulation)" in page

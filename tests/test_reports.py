@@ -129,7 +129,7 @@ def _cell(cells: Cells, fault: str, kind: str, **match: str) -> CellSummary:
 
 def test_shipped_expectations_cover_every_fault_and_kind() -> None:
     exp = load_expectations()
-    assert len(exp.rto) == 10
+    assert len(exp.rto) == 12  # the handbook's 5 faults and network-flap, pod and vmi
     vmi_crash = exp.get("process-crash", "vmi")
     assert vmi_crash is not None and vmi_crash.claim_text == "30 s+"
     # The handbook's "node down" row is carried by both the drain and the power-off rows.

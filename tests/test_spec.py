@@ -24,6 +24,7 @@ def test_every_pod_experiment_loads() -> None:
         "node-power-off",
         "network-partition",
         "storage-lost",
+        "network-flap",
     }
     assert isinstance(specs["storage-eio"].rto.fault, StorageLostSpec)
     assert specs["storage-eio"].rto.fault.mode == "eio"
