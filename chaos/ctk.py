@@ -21,10 +21,10 @@ from cluster.api import Backend
 from core.errors import HarnessError
 
 __all__ = [
+    "backend_profile",
     "current_run",
     "hold_fault",
     "inject_fault",
-    "lab_profile",
     "revert_all",
     "revert_fault",
     "wait_recovered",
@@ -32,20 +32,16 @@ __all__ = [
 ]
 
 
-def lab_profile(backend: Backend) -> str | None:
-    """The profile the lab is up with (as ``rto run`` reads it); None off the lab."""
-    if backend.name != "lab":
-        return None
-    from cluster.lab.lifecycle import lab_status
-
-    profile = lab_status().get("profile")
-    return str(profile) if profile else None
+def backend_profile(backend: Backend) -> str | None:
+    """The profile the backend says it runs (as ``rto run`` records it); None when
+    it cannot tell (a real cluster)."""
+    return backend.profile
 
 
 # Injection points (module level so a test can swap them; production never does).
 BACKEND_FACTORY: Callable[[str], Backend] = get_backend
 OPTIONS_FACTORY: Callable[[], RunOptions] = RunOptions
-PROFILE_OF: Callable[[Backend], str | None] = lab_profile
+PROFILE_OF: Callable[[Backend], str | None] = backend_profile
 
 _ACTIVE: list[Run] = []  # the run the control opened (at most one)
 

@@ -65,7 +65,7 @@ def before_experiment_control(
         store = results_store(runs_dir)
         be = ctk.BACKEND_FACTORY(backend)
         apply_profile(be, spec.rto.profile)
-        # The lab's current profile when the experiment names none, as `rto run`
+        # The backend's current profile (the lab's) when the experiment names none, as `rto run`
         # records it; never "unknown" for a lab that says what it runs.
         profile = spec.rto.profile or ctk.PROFILE_OF(be)
         run = Run(spec, be, store, ctk.OPTIONS_FACTORY(), profile=profile)

@@ -31,33 +31,22 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from typing import Protocol
+from collections.abc import Callable
 
 from chaos.logs import LogFollower
 from chaos.prober import Prober, ProbeState, Transition
-from cluster.api import Event, ProbeTarget, WorkloadStatus
+from cluster.api import Event, Observed, WorkloadStatus
 from core.clock import Clock, RealClock
 from core.errors import HarnessError
 from core.timeline import EventKind, Timeline
 
-__all__ = ["ObservedBackend", "Recorder"]
+__all__ = ["Recorder"]
 
 log = logging.getLogger(__name__)
 
 # Events may be written a little after the time they carry (another process
 # stamps, then commits): re-read this far back and drop what was already seen.
 _EVENT_SLACK_S = 1.0
-
-
-class ObservedBackend(Protocol):
-    """The part of ``cluster.api.Backend`` the recorder reads (any Backend fits)."""
-
-    def workload(self, name: str) -> WorkloadStatus: ...
-
-    def probe_target(self, workload: str) -> ProbeTarget | None: ...
-
-    def events(self, since: float) -> Iterator[Event]: ...
 
 
 def _status_key(st: WorkloadStatus) -> tuple[object, ...]:
@@ -84,7 +73,7 @@ class Recorder:
 
     def __init__(
         self,
-        backend: ObservedBackend,
+        backend: Observed,
         workload: str,
         timeline: Timeline,
         clock: Clock | None = None,
@@ -122,12 +111,9 @@ class Recorder:
             clock=self.clock,
             name=f"prober-{workload}",
         )
-        # Backends without a log file (or fakes without the method) record no LOG events.
-        log_path = getattr(backend, "log_path", None)
-        self.logs: LogFollower | None = (
-            LogFollower(lambda: log_path(workload), timeline, workload=workload, clock=self.clock)
-            if callable(log_path)
-            else None
+        # A backend without a log file for the workload answers None: no LOG events.
+        self.logs = LogFollower(
+            lambda: backend.log_path(workload), timeline, workload=workload, clock=self.clock
         )
 
     # --- lifecycle ----------------------------------------------------------------
@@ -146,8 +132,7 @@ class Recorder:
                 "good_needed": str(self.prober.machine.good_needed),
             },
         )
-        if self.logs is not None:
-            self._read("log", self.logs.start)
+        self._read("log", self.logs.start)
         self.poll_control()  # the status before anything happens
         self._follower = threading.Thread(
             target=self._follow, name=f"follower-{self.workload}", daemon=True
@@ -172,8 +157,7 @@ class Recorder:
             if self._follower is not None:
                 self._follower.join()
             self.poll_control()
-            if self.logs is not None:
-                self._read("log", self.logs.finish)
+            self._read("log", self.logs.finish)
             self.timeline.add(
                 self.clock.now(),
                 EventKind.MARK,
@@ -251,11 +235,9 @@ class Recorder:
         """One follower tick: new events, then the workload's status (public for tests)."""
         self._read("events", self._read_events)
         self._read("status", self._read_status)
-        if self.logs is not None:
-            self._read("log", self._poll_logs)
+        self._read("log", self._poll_logs)
 
     def _poll_logs(self) -> None:
-        assert self.logs is not None
         self.logs.poll()
 
     def _read(self, what: str, fn: Callable[[], None]) -> None:

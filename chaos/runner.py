@@ -141,7 +141,7 @@ class Run:
         self.journal = self.opts.journal or Journal()
         self.campaign = campaign
         self.repetition = repetition
-        self.profile = profile or spec.rto.profile or getattr(backend, "profile", None) or "unknown"
+        self.profile = profile or spec.rto.profile or backend.profile or "unknown"
         self.run_id = uuid.uuid4().hex[:12]
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.timeline = Timeline(origin=self.clock.now())
@@ -182,9 +182,7 @@ class Run:
                 )
             else:
                 self.backend.create_workload(target.workload, kind, target.node)
-        wait_ready = getattr(self.backend, "wait_ready", None)
-        if callable(wait_ready):
-            wait_ready(target.workload, self.opts.ready_timeout_s)
+        self.backend.wait_ready(target.workload, self.opts.ready_timeout_s)
 
     def prepare(self) -> None:
         """Workload present, recorder running, healers on, steady state reached."""
@@ -194,7 +192,7 @@ class Run:
             self.backend, rto.target.workload, self.timeline, self.clock, rto.recovery
         )
         self.recorder.start()
-        if self.opts.metrics_period_s is not None and hasattr(self.backend, "metrics"):
+        if self.opts.metrics_period_s is not None:
             self.sampler = MetricsSampler(
                 self.backend, rto.target.workload, self.clock, self.opts.metrics_period_s
             )

@@ -6,6 +6,14 @@ deliberately small: nodes, workloads of kind pod or vmi, their status, the event
 the control plane emits, and the actions faults and healers need. Nothing here
 imports a third-party SDK: those stay inside the backend packages.
 
+The contract is split by who uses it, so each caller (and each test fake) needs
+only its part: ``Observed`` (what the recorder and healers read),
+``WorkloadActions`` (create/delete), ``FaultActions``, ``HealerActions`` and
+``RunHooks`` (what the runner and campaign ask around a run: readiness, the
+timing profile, dry-run). ``Backend`` is all of them. ``BackendProvider`` and
+``CommandFactory`` are the shapes of the two entry-point groups backend packages
+fill (``rto.backends``, ``rto.commands``).
+
 Every action is idempotent (calling ``heal_node`` on a healthy node is a no-op),
 because the journal may replay a revert after a crash of the harness.
 """
@@ -14,7 +22,7 @@ from __future__ import annotations
 
 import enum
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -24,12 +32,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Backend",
+    "BackendProvider",
+    "CommandFactory",
     "Condition",
     "Event",
+    "FaultActions",
+    "HealerActions",
     "NodeStatus",
+    "Observed",
     "Phase",
     "ProbeTarget",
+    "RunHooks",
     "VolumeFailure",
+    "WorkloadActions",
     "WorkloadKind",
     "WorkloadStatus",
 ]
@@ -137,12 +152,12 @@ class Event:
 
 
 @runtime_checkable
-class Backend(Protocol):
-    """One cluster: the lab or a real one. Every method may raise ``BackendError``."""
+class Observed(Protocol):
+    """What can be read of a cluster: the recorder, the metrics sampler and the
+    healers' watching half are written against this role only."""
 
     name: str
 
-    # --- reading -------------------------------------------------------------
     def nodes(self) -> list[NodeStatus]: ...
 
     def node(self, name: str) -> NodeStatus: ...
@@ -182,7 +197,11 @@ class Backend(Protocol):
         report never passes TCG figures off as KVM ones."""
         ...
 
-    # --- workloads -----------------------------------------------------------
+
+@runtime_checkable
+class WorkloadActions(Protocol):
+    """Creating and deleting the workloads a run targets (runner, campaign)."""
+
     def create_workload(
         self,
         name: str,
@@ -200,7 +219,11 @@ class Backend(Protocol):
 
     def delete_workload(self, name: str) -> None: ...
 
-    # --- fault actions -------------------------------------------------------
+
+@runtime_checkable
+class FaultActions(Protocol):
+    """What the faults users name do to a cluster (``chaos.faults``)."""
+
     def kill_main_process(self, workload: str) -> None:
         """SIGKILL the container's main process (pod) or QEMU (vmi)."""
         ...
@@ -236,7 +259,17 @@ class Backend(Protocol):
 
     def repair_volume(self, workload: str, mode: VolumeFailure) -> None: ...
 
-    # --- healer actions ------------------------------------------------------
+
+@runtime_checkable
+class HealerActions(Protocol):
+    """What the healers (and the harness-state faults that journal their acts:
+    restarts off, a fence) do to a cluster."""
+
+    def restart_healing(self) -> bool:
+        """Whether the node-side restart of crashed workloads is on now (the
+        watchdog puts back what it found)."""
+        ...
+
     def set_restart_healing(self, enabled: bool) -> None:
         """Switch the node-side restart of crashed workloads (the watchdog)."""
         ...
@@ -252,6 +285,11 @@ class Backend(Protocol):
         a running one is left alone. Pods: ``BackendError``."""
         ...
 
+    def kill_main_process(self, workload: str) -> None:
+        """Also a fault action: the watchdog uses it to restart a VMI whose QEMU
+        kept a disk that died with the failed storage."""
+        ...
+
     def reschedule(self, workload: str) -> None:
         """Force-delete the workload on its (fenced) node and start it elsewhere."""
         ...
@@ -262,3 +300,68 @@ class Backend(Protocol):
         ``downtime_ms`` and ``total_ms`` (QEMU's; "" when unknown), ``source``
         and ``target``. A backend that cannot migrate raises ``BackendError``."""
         ...
+
+
+@runtime_checkable
+class RunHooks(Protocol):
+    """What the runner and the campaign ask of a backend around a run.
+
+    Every backend answers each one, if only with "nothing to do": callers call
+    them directly, never probe for them.
+    """
+
+    # True when actions only print what they would change (``--dry-run``).
+    dry_run: bool
+
+    @property
+    def profile(self) -> str | None:
+        """The timing profile the platform runs now (``cluster.profiles``), None
+        when the backend cannot tell (a real cluster has its own timings)."""
+        ...
+
+    def set_profile(self, name: str) -> None:
+        """Switch the platform to timing profile ``name`` before a run; a backend
+        whose timings are not the harness's to set leaves them alone."""
+        ...
+
+    def wait_ready(self, name: str, timeout: float) -> WorkloadStatus | None:
+        """Wait until a just-created workload is Ready and answers; its status
+        then. None: the backend leaves readiness to the run's steady-state
+        probes, which come next anyway."""
+        ...
+
+
+@runtime_checkable
+class Backend(Observed, WorkloadActions, FaultActions, HealerActions, RunHooks, Protocol):
+    """One cluster: the lab or a real one, every role at once. Every method may
+    raise ``BackendError``."""
+
+
+class BackendProvider(Protocol):
+    """How a backend is found by name: an ``rto.backends`` entry point names a
+    class of this shape (``cluster.lab.provider``, ``cluster.kube.provider``).
+
+    Read by ``chaos.backends``; the provider is made with no arguments.
+    """
+
+    name: str
+
+    def backend(self) -> Backend:
+        """A fresh backend on this provider's cluster."""
+        ...
+
+    def up(self, profile: str, nodes: int, vms: bool) -> str | None:
+        """Bring a cluster up for a campaign (``--with-lab``); a line for the user
+        (the lab: its VM accelerator), or None. A provider that does not own its
+        clusters raises ``SpecError`` saying so."""
+        ...
+
+    def down(self) -> None:
+        """Take down what ``up`` brought up."""
+        ...
+
+
+# The shape of an ``rto.commands`` entry point: given what only the harness can
+# do (revert every fault pending in the journal), the click command a package
+# contributes to ``rto`` (the lab: ``rto lab ...``). Read by ``chaos.cli``.
+CommandFactory = Callable[[Callable[[], None]], object]

@@ -24,31 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from cluster.api import Backend, WorkloadKind, WorkloadStatus
+from cluster.api import WorkloadKind, WorkloadStatus
 from core.errors import BackendError
 from healers.base import HealerContext, LoopHealer
 
-__all__ = ["KindWatcher", "PodWatcher", "VmiWatcher", "Watchdog", "restart_healing_state"]
-
-
-class _ReportsRestartHealing(Protocol):
-    def restart_healing(self) -> bool: ...
-
-
-def restart_healing_state(backend: Backend) -> bool:
-    """The backend's current node-side restart switch, if it can tell.
-
-    ``cluster.api.Backend`` has only the setter; a backend that also offers
-    ``restart_healing() -> bool`` gets its exact state restored at stop. Others
-    are restored to True, the platform's own default (a kubelet always restarts
-    containers of restartPolicy Always pods).
-    """
-    getter = getattr(backend, "restart_healing", None)
-    if callable(getter):
-        state = getter()
-        if isinstance(state, bool):
-            return state
-    return True
+__all__ = ["KindWatcher", "PodWatcher", "VmiWatcher", "Watchdog"]
 
 
 class KindWatcher(Protocol):
@@ -255,7 +235,7 @@ class Watchdog(LoopHealer):
         self._restore: bool | None = None
 
     def on_start(self, ctx: HealerContext) -> None:
-        self._restore = restart_healing_state(ctx.backend)
+        self._restore = ctx.backend.restart_healing()
         ctx.backend.set_restart_healing(True)
         # Baseline before the fault: restarts counted so far are not this run's.
         self._observe_all(baseline=True)

@@ -50,7 +50,7 @@ def _empty_state(nodes: list[str]) -> dict[str, Any]:
 
 
 class FakeBackend:
-    """cluster.api.Backend in memory (or in ``state_file``), timed by ``clock``.
+    """cluster.api.Backend (every role) in memory (or in ``state_file``), timed by ``clock``.
 
     Behaviour: a killed process restarts after ``restart_delay`` if restart
     healing is on, else the workload is Failed; an evicted/rescheduled workload
@@ -61,6 +61,7 @@ class FakeBackend:
     """
 
     name = "fake"
+    dry_run = False
 
     def __init__(
         self,
@@ -75,7 +76,7 @@ class FakeBackend:
         self.fail_on: dict[str, str] = {}
         self.accelerator: str | None = "tcg"  # what vm_accelerator() answers
         self.observers: list[Callable[[], None]] = []  # called before every action
-        self.profile = "fast"
+        self.profile: str | None = "fast"  # what RunHooks.profile reads; set_profile sets it
         # Workload name -> a file the test appends to (log_path); absent: no log.
         self.log_files: dict[str, Path] = {}
         self._mem = _empty_state(list(nodes))
@@ -448,6 +449,14 @@ class FakeBackend:
             self._event(st, "migration", workload, "MigrationSucceeded")
         return {"source": str(src), "target": dst, "downtime_ms": f"{down * 1000:.1f}",
                 "total_ms": "1000.0"}  # fmt: skip
+
+    # --- around a run (cluster.api.RunHooks) ---------------------------------------------
+    def set_profile(self, name: str) -> None:
+        self.profile = name
+
+    def wait_ready(self, name: str, timeout: float) -> WorkloadStatus | None:
+        # The FakeRecorder's steady-state wait is the readiness check here.
+        return None
 
     def set_heartbeat_age(self, node: str, age: float | None) -> None:
         """Test knob: what ``NodeStatus.heartbeat_age`` of ``node`` reads."""

@@ -18,10 +18,11 @@ import pytest
 from cluster.api import (
     Backend,
     Event,
+    HealerActions,
     NodeStatus,
+    Observed,
     Phase,
     ProbeTarget,
-    VolumeFailure,
     WorkloadKind,
     WorkloadStatus,
 )
@@ -93,7 +94,7 @@ class FakeCluster:
         if self.fail_reads_after is not None and self._reads > self.fail_reads_after:
             raise BackendError("fake backend: the state store went away")
 
-    # --- Backend: reading ----------------------------------------------------
+    # --- Observed: what the healers read --------------------------------------
     def _node_status(self, n: _Node) -> NodeStatus:
         age = None if n.last_heartbeat is None else self.clock.now() - n.last_heartbeat
         return NodeStatus(
@@ -143,7 +144,7 @@ class FakeCluster:
     def vm_accelerator(self) -> None:
         return None  # nor what runs the VMs
 
-    # --- Backend: actions the healers use --------------------------------------
+    # --- HealerActions: what the healers do --------------------------------------
     def set_restart_healing(self, enabled: bool) -> None:
         self.actions.append(("set_restart_healing", str(enabled)))
         self.healing = enabled
@@ -170,53 +171,11 @@ class FakeCluster:
         w.node = ok[0] if ok else None
         w.restarts, w.instance, w.generation = 0, f"g{w.generation + 1}", w.generation + 1
 
-    # --- Backend: fault actions (not used by healers) ---------------------------
+    # --- HealerActions the healers here never reach ------------------------------
     def _unused(self, *args: object) -> None:
-        raise BackendError(f"fake backend: not a healer action {args!r}")
-
-    def create_workload(self, name: str, kind: WorkloadKind, node: str | None = None) -> None:
-        self._unused(name)
-
-    def delete_workload(self, name: str) -> None:
-        self._unused(name)
+        raise BackendError(f"fake backend: not an action these healers take {args!r}")
 
     def kill_main_process(self, workload: str) -> None:
-        self._unused(workload)
-
-    def cordon(self, node: str) -> None:
-        self._unused(node)
-
-    def uncordon(self, node: str) -> None:
-        self._unused(node)
-
-    def evict(self, workload: str) -> None:
-        self._unused(workload)
-
-    def power_off(self, node: str) -> None:
-        self._unused(node)
-
-    def power_on(self, node: str) -> None:
-        self._unused(node)
-
-    def partition_node(self, node: str) -> None:
-        self._unused(node)
-
-    def heal_node_partition(self, node: str) -> None:
-        self._unused(node)
-
-    def partition_workload(self, workload: str) -> None:
-        self._unused(workload)
-
-    def heal_workload_partition(self, workload: str) -> None:
-        self._unused(workload)
-
-    def fail_volume(self, workload: str, mode: VolumeFailure) -> None:
-        self._unused(workload, mode)
-
-    def repair_volume(self, workload: str, mode: VolumeFailure) -> None:
-        self._unused(workload, mode)
-
-    def hang_workload(self, workload: str) -> None:
         self._unused(workload)
 
     def resume_workload(self, workload: str) -> None:
@@ -272,8 +231,10 @@ def _run(healer: LoopHealer, cluster: FakeCluster, seconds: float, dt: float = 0
         healer.step()
 
 
-def test_fake_cluster_satisfies_backend(cluster: FakeCluster) -> None:
-    assert isinstance(cluster, Backend)
+def test_fake_cluster_plays_the_healers_roles(cluster: FakeCluster) -> None:
+    # What healers read and what they do; no fault actions, no run hooks.
+    assert isinstance(cluster, Observed) and isinstance(cluster, HealerActions)
+    assert not isinstance(cluster, Backend)
 
 
 # --- eviction ----------------------------------------------------------------

@@ -167,7 +167,9 @@ def test_cordon_drain_eviction_with_pdb(emu: KubeEmulator, tmp_path: Path) -> No
         b._evict_pod(NS, "web-a1", patience=0.2)
     assert emu.get("", "pods", NS, "web-a1") is not None
     emu.remove("policy", "poddisruptionbudgets", NS, "web")
-    b.drain("w1")
+    # A drain as the node-drain fault does it: cordon, then evict each workload.
+    b.cordon("w1")
+    b.evict("web")
     assert emu.get("", "nodes", None, "w1")["spec"]["unschedulable"] is True
     assert emu.get("", "pods", NS, "web-a1") is None
     assert ("POST", f"/api/v1/namespaces/{NS}/pods/web-a1/eviction") in emu.requests
@@ -237,9 +239,9 @@ def test_vmi_volume_unplug_and_replug(emu: KubeEmulator, tmp_path: Path) -> None
 def test_live_migration_follows_phases(emu: KubeEmulator, tmp_path: Path) -> None:
     b = make(emu, tmp_path)
     b.cordon("w1")
-    names = b.migrate_node("w1")
-    assert len(names) == 1
-    assert b.wait_migration(names[0], timeout=10) == "Succeeded"
+    name = b.start_migration("vm1")  # as migrate() starts it
+    assert name is not None
+    assert b.wait_migration(name, timeout=10) == "Succeeded"
     assert b.workload("vm1").node in ("w2", "w3")
     figures = b.migrate("vm1")  # the Backend contract: start and wait
     assert figures["source"] in ("w2", "w3") and figures["target"] != figures["source"]
@@ -263,13 +265,19 @@ def test_power_driver_and_watchdog_checks(emu: KubeEmulator, tmp_path: Path) -> 
     b.power_off("w2")
     b.power_on("w2")
     assert power.calls == [("off", "w2"), ("on", "w2")]
-    emu.add_vmi(NS, "nowd", "w2", wl("nowd"), watchdog=False)
-    assert b.vms_without_watchdog() == ["nowd"]
+    # The VMs the harness creates carry the watchdog device the watchdog healer needs.
+    b.create_workload("wd", WorkloadKind.VMI)
+    vm = emu.get("kubevirt.io", "virtualmachines", NS, "wd")
+    assert "watchdog" in vm["spec"]["template"]["spec"]["domain"]["devices"]
     v = emu.objects[("kubevirt.io", "virtualmachineinstances", NS, "vm1")]
     v["status"]["conditions"].append(
         {"type": "Paused", "status": "True", "reason": "PausedIOError"}
     )
-    assert b.unpause_io_paused() == ["vm1"]
+    b.resume_workload("vm1")  # as the watchdog healer resumes a VMI paused on I/O
+    unpause = (
+        f"/apis/subresources.kubevirt.io/v1/namespaces/{NS}/virtualmachineinstances/vm1/unpause"
+    )
+    assert ("PUT", unpause) in emu.requests
 
 
 def test_events_from_watches(emu: KubeEmulator, tmp_path: Path) -> None:

@@ -12,15 +12,25 @@ from loopback_target import LoopbackTarget
 from chaos.recorder import Recorder
 from chaos.results import RunStatus
 from chaos.rto import measure
-from cluster.api import Condition, Event, Phase, ProbeTarget, WorkloadKind, WorkloadStatus
+from cluster.api import (
+    Condition,
+    Event,
+    NodeStatus,
+    Observed,
+    Phase,
+    ProbeTarget,
+    WorkloadKind,
+    WorkloadStatus,
+)
 from core.clock import FakeClock, RealClock
 from core.errors import BackendError
 from core.timeline import EventKind, Timeline
 
 
 class FakeBackend:
-    """The reading side of a Backend with state: one workload, an event log,
-    an endpoint, and a switch that makes the next reads fail like an API outage."""
+    """``cluster.api.Observed`` (the recorder's role) with state: one workload, an
+    event log, an endpoint, and a switch that makes the next reads fail like an
+    API outage. No log file, no metrics, one node."""
 
     name = "fake"
 
@@ -53,6 +63,28 @@ class FakeBackend:
     def events(self, since: float) -> Iterator[Event]:
         self._check()
         return iter([e for e in sorted(self.log, key=lambda e: e.at) if e.at > since])
+
+    def nodes(self) -> list[NodeStatus]:
+        return [self.node("node1")]
+
+    def node(self, name: str) -> NodeStatus:
+        return NodeStatus(name, ready=True, schedulable=True)
+
+    def workloads(self) -> list[WorkloadStatus]:
+        return [self.workload(self.status.name)]
+
+    def metrics(self, workload: str) -> None:
+        return None
+
+    def log_path(self, workload: str) -> None:
+        return None
+
+    def vm_accelerator(self) -> None:
+        return None
+
+
+def test_the_fake_plays_the_recorders_role() -> None:
+    assert isinstance(FakeBackend(FakeClock(0.0)), Observed)
 
 
 def control(tl: Timeline) -> list[tuple[str, str]]:

@@ -157,6 +157,7 @@ class KubeBackend:
         self._log_followers: dict[str, PodLogFollower] = {}
         self._log_dir: Path | None = None
         self._log_lock = threading.Lock()  # log_path from the recorder and the runner
+        self._restart_healing = True  # the kubelet's own behaviour (restartPolicy Always)
 
     # --- plumbing ----------------------------------------------------------------
     def _call(self, verb: str, resource: str, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
@@ -817,22 +818,6 @@ class KubeBackend:
         ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         self._act(f"evict pod {ns}/{name}", lambda: self._evict_pod(ns, name, patience))
 
-    def drain(self, node: str, patience: float = 60.0) -> None:
-        """Cordon, then evict every target pod on the node through the Eviction API."""
-        self.cordon(node)
-        for ns in self.config.namespaces:
-            resp = self._call(
-                "list",
-                "pods",
-                self.core.list_namespaced_pod,
-                ns,
-                field_selector=f"spec.nodeName={node}",
-                _preload_content=False,
-            )
-            for p in json.loads(resp.data)["items"]:
-                name = p["metadata"]["name"]
-                self._act(f"evict pod {ns}/{name}", partial(self._evict_pod, ns, name, patience))
-
     def _driver(self) -> PowerDriver:
         if self._power is None:
             self._power = get_power_driver(self.config.power_driver, self.config.power_options)
@@ -1013,10 +998,27 @@ class KubeBackend:
         self._fsfreeze_pod_volumes(workload, freeze=False)
 
     # --- healer actions ------------------------------------------------------------
+    def restart_healing(self) -> bool:
+        return self._restart_healing
+
     def set_restart_healing(self, enabled: bool) -> None:
         # The kubelet always restarts containers; this flag only tells the
         # harness's own watchdog healer whether to act.
-        self.restart_healing = enabled
+        self._restart_healing = enabled
+
+    # --- around a run (cluster.api.RunHooks) -----------------------------------------
+    @property
+    def profile(self) -> str | None:
+        """None: a real cluster's timings are its own, not one of cluster.profiles."""
+        return None
+
+    def set_profile(self, name: str) -> None:
+        """Nothing to switch: the cluster's controllers keep their configured timings."""
+
+    def wait_ready(self, name: str, timeout: float) -> WorkloadStatus | None:
+        """None: readiness is the run's steady-state probe (through the service
+        proxy), which also holds in dry-run mode where nothing was created."""
+        return None
 
     def _set_taints(self, node: str, add: bool) -> None:
         raw = self._target_node(node)
@@ -1127,16 +1129,6 @@ class KubeBackend:
         )
         return None if made is None else str(made["metadata"]["name"])
 
-    def migrate_node(self, node: str) -> list[str]:
-        """Migrate every target VMI off a (cordoned) node."""
-        self._target_node(node)
-        names = [
-            self._vmi_status(v).name
-            for v in self._raw_vmis()
-            if (v.get("status") or {}).get("nodeName") == node
-        ]
-        return [m for m in (self.start_migration(n) for n in names) if m]
-
     def wait_migration(self, name: str, timeout: int = 300) -> str:
         """Follow one migration through a watch until Succeeded/Failed; its last phase."""
         ns = self.config.namespaces[0]
@@ -1170,38 +1162,6 @@ class KubeBackend:
         finally:
             resp.close()
         return phase
-
-    def vms_without_watchdog(self) -> list[str]:
-        """Target VMs whose spec carries no watchdog device (the watchdog healer's check)."""
-        self.require_kubevirt()
-        out = []
-        for ns in self.config.namespaces:
-            vms = self._call(
-                "list",
-                "virtualmachines",
-                self.custom.list_namespaced_custom_object,
-                *KV,
-                ns,
-                "virtualmachines",
-                label_selector=self._selector(),
-            )
-            for vm in vms["items"]:
-                devices = vm["spec"]["template"]["spec"].get("domain", {}).get("devices", {})
-                if "watchdog" not in devices:
-                    out.append(vm["metadata"]["name"])
-        return out
-
-    def unpause_io_paused(self) -> list[str]:
-        """Unpause VMIs paused on an I/O error (call once storage is back); their names."""
-        done = []
-        for v in self._raw_vmis():
-            st = self._vmi_status(v)
-            paused = st.condition("Paused")
-            if paused is not None and paused.status and paused.reason == "PausedIOError":
-                ns, name = v["metadata"]["namespace"], v["metadata"]["name"]
-                self._act(f"unpause VMI {ns}/{name}", partial(self._sub, ns, name, "unpause"))
-                done.append(st.name)
-        return done
 
     def migrate(self, workload: str, node: str | None = None) -> dict[str, str]:
         """Live-migrate and wait for the end (the Backend contract); figures as strings."""

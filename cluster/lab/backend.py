@@ -76,6 +76,7 @@ class LabBackend:
     """
 
     name = "lab"
+    dry_run = False  # the lab acts for real; a dry run is a kube-backend mode
 
     def __init__(
         self,
@@ -488,6 +489,10 @@ class LabBackend:
                     os.kill(pid, signal.SIGKILL)
 
     # --- healer actions --------------------------------------------------------
+    def restart_healing(self) -> bool:
+        # Unset until `rto lab up` writes it; the agents' default is on.
+        return self.store.get_setting("restart_healing", True) is not False
+
     def set_restart_healing(self, enabled: bool) -> None:
         self.store.put_setting("restart_healing", bool(enabled))
 
@@ -654,6 +659,19 @@ class LabBackend:
             data,
         )
         return data
+
+    # --- around a run (cluster.api.RunHooks) -----------------------------------
+    @property
+    def profile(self) -> str | None:
+        """The profile the lab runs now: chosen at `rto lab up`, switched per run."""
+        name = self.store.get_setting("profile")
+        return name if isinstance(name, str) else None
+
+    def set_profile(self, name: str) -> None:
+        """Switch the lab's timings; returns once every Ready node beats under them."""
+        from cluster.lab.lifecycle import set_profile
+
+        set_profile(name)
 
     # --- lab-only helpers ------------------------------------------------------
     def freeze_workload(self, name: str) -> None:
