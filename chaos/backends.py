@@ -1,54 +1,53 @@
-"""Pick a backend by name, and apply a timing profile to it.
+"""Backends by name, through the providers backend packages declare.
 
-Read by the CLI, the campaign, the journal replay (``rto revert`` rebuilds the
-backend each record names) and the Chaos Toolkit functions. ``lab`` is the
-embedded lab; ``kube`` is a real cluster (cluster/kube, configured by
-``$RTO_KUBE_CONFIG`` or ./rto-kube.yaml; ``$RTO_KUBE_CONTEXT`` and
-``$RTO_KUBE_DRY_RUN=1`` are set by the CLI's --context and --dry-run).
+Each ``rto.backends`` entry point (pyproject.toml) names a
+``cluster.api.BackendProvider`` class: ``lab`` is the embedded lab
+(``cluster.lab.provider``), ``kube`` a real cluster (``cluster.kube.provider``).
+Read by the CLI, the campaign (which also brings a cluster up and down through
+the provider), the journal replay (``rto revert`` rebuilds the backend each
+record names) and the Chaos Toolkit functions. Nothing here imports a backend
+package: a new backend is a new entry point.
 """
 
 from __future__ import annotations
 
-from cluster.api import Backend
+from importlib.metadata import EntryPoint, entry_points
+
+from cluster.api import Backend, BackendProvider
 from core.errors import BackendError
 
-__all__ = ["BACKENDS", "apply_profile", "get_backend"]
+__all__ = ["BACKENDS", "GROUP", "apply_profile", "get_backend", "get_provider"]
 
-BACKENDS = ("lab", "kube")
+GROUP = "rto.backends"
+
+
+def _declared() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
+# The names the CLI offers (--backend); read once, at import.
+BACKENDS: tuple[str, ...] = tuple(sorted(_declared()))
+
+
+def get_provider(name: str) -> BackendProvider:
+    """The provider of backend ``name``; ``BackendError`` for an unknown one."""
+    declared = _declared()
+    ep = declared.get(name)
+    if ep is None:
+        known = ", ".join(sorted(declared)) or (
+            f"none: no {GROUP} entry points are installed; reinstall the harness (pip install -e .)"
+        )
+        raise BackendError(f"unknown backend {name!r}; choose one of {known}")
+    provider: BackendProvider = ep.load()()
+    return provider
 
 
 def get_backend(name: str) -> Backend:
     """A fresh backend of that name; ``BackendError`` for an unknown or missing one."""
-    if name == "lab":
-        from cluster.lab.backend import LabBackend
-
-        backend: Backend = LabBackend()
-        return backend
-    if name == "kube":
-        import os
-
-        from cluster.kube.backend import KubeBackend
-        from cluster.kube.config import load_kube_config
-
-        # The CLI's --context/--dry-run land in the environment so that `rto
-        # revert` (which rebuilds backends by name) sees the same cluster.
-        kube: Backend = KubeBackend(
-            load_kube_config(),
-            context=os.environ.get("RTO_KUBE_CONTEXT") or None,
-            dry_run=os.environ.get("RTO_KUBE_DRY_RUN") == "1",
-        )
-        return kube
-    raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return get_provider(name).backend()
 
 
 def apply_profile(backend: Backend, profile: str | None) -> None:
-    """Switch the platform timings before a run (lab only; a real cluster has its own)."""
-    if profile is None:
-        return
-    setter = getattr(backend, "set_profile", None)
-    if callable(setter):
-        setter(profile)
-    elif backend.name == "lab":
-        from cluster.lab.lifecycle import set_profile
-
-        set_profile(profile)
+    """Switch the platform timings before a run (None: leave them as they are)."""
+    if profile is not None:
+        backend.set_profile(profile)

@@ -2,10 +2,11 @@
 
 Called by ``rto campaign`` and the nightly job; reads a campaign file through
 ``chaos.spec.load_campaign`` (every experiment validated before the first run),
-sets the lab's timing profile per entry, runs each repetition with
+sets the backend's timing profile per entry, runs each repetition with
 ``chaos.runner.run_experiment`` and returns the rows it appended to the store.
 With ``lab_lifecycle`` it brings the lab up before (with VMs when the campaign
-says ``vms: true``) and always down after. ``dry_run_campaign`` (``rto campaign
+says ``vms: true``) and always down after, through the backend's provider
+(``chaos.backends.get_provider``). ``dry_run_campaign`` (``rto campaign
 --dry-run``, kube only) prints every run's plan on a dry-run backend instead:
 nothing is changed, journaled or stored. A campaign with ``metric_claims:
 true`` also measures the handbook's metric claims after its runs
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from chaos.backends import apply_profile, get_backend
+from chaos.backends import apply_profile, get_backend, get_provider
 from chaos.progress import make_progress
 from chaos.results import ResultsStore, RunResult
 from chaos.runner import RunOptions, run_experiment
@@ -67,18 +68,22 @@ def plan_campaign(path: Path) -> CampaignPlan:
     return CampaignPlan(spec, entries)
 
 
-def _lab_up(profile: str, nodes: int, vms: bool) -> None:
-    from cluster.lab.lifecycle import lab_up
+def _cluster_lifecycle(
+    backend: str,
+    up: Callable[[str, int, bool], None] | None,
+    down: Callable[[], None] | None,
+) -> tuple[Callable[[str, int, bool], None], Callable[[], None]]:
+    """``up``/``down`` as given, else the backend provider's (which says what it chose)."""
+    if up is not None and down is not None:
+        return up, down
+    provider = get_provider(backend)
 
-    choice = lab_up(profile=profile, nodes=nodes, vms=vms)
-    if choice is not None:
-        print(f"VM accelerator: {choice.describe()}", flush=True)
+    def provider_up(profile: str, nodes: int, vms: bool) -> None:
+        note = provider.up(profile, nodes, vms)
+        if note is not None:
+            print(note, flush=True)
 
-
-def _lab_down() -> None:
-    from cluster.lab.lifecycle import lab_down
-
-    lab_down()
+    return up or provider_up, down or provider.down
 
 
 def _delete_unless_next(
@@ -162,14 +167,18 @@ def run_campaign(
     options: RunOptions | None = None,
     lab_lifecycle: bool = False,
     console: Console | None = None,
-    lab_up: Callable[[str, int, bool], None] = _lab_up,
-    lab_down: Callable[[], None] = _lab_down,
+    lab_up: Callable[[str, int, bool], None] | None = None,
+    lab_down: Callable[[], None] | None = None,
     measure_claims: Callable[[Path, str], Path] = measure_metric_claims,
 ) -> list[RunResult]:
     """Run every entry of ``plan``.
 
-    A run that aborts (an error; the runner has reverted its fault and stored
-    it as aborted) does not stop the campaign; once every run was tried a
+    With ``lab_lifecycle`` (``--with-lab``) the campaign's backend provider
+    brings its cluster up before the first run and down after the last
+    (``lab_up(profile, nodes, vms)``/``lab_down()`` stand in for it in tests);
+    only the lab's provider does, a kube one refuses. A run that aborts (an
+    error; the runner has reverted its fault and stored it as aborted) does not
+    stop the campaign; once every run was tried a
     ``HarnessError`` lists the aborted ones. Ctrl-C stops at once. With
     ``metric_claims: true`` the metric claims are measured after the runs
     (``measure_claims``, after the lab is down: the benchmark brings up its own).
@@ -180,8 +189,9 @@ def run_campaign(
     )
     results: list[RunResult] = []
     aborted: list[str] = []
-    if lab_lifecycle and spec.backend == "lab":
-        lab_up(first_profile, spec.nodes, spec.vms)
+    if lab_lifecycle:
+        up, down = _cluster_lifecycle(spec.backend, lab_up, lab_down)
+        up(first_profile, spec.nodes, spec.vms)
     try:
         backend = backend_factory(spec.backend)
         opts = options or RunOptions()
@@ -225,8 +235,8 @@ def run_campaign(
                     _delete_unless_next(backend, plan.entries, i, show)
             opts.status = status
     finally:
-        if lab_lifecycle and spec.backend == "lab":
-            lab_down()
+        if lab_lifecycle:
+            down()
     claims_error = ""
     if spec.metric_claims:
         try:
@@ -295,7 +305,7 @@ def dry_run_campaign(
     change instead of making it.
     """
     backend = backend_factory(plan.spec.backend)
-    if not getattr(backend, "dry_run", False):
+    if not backend.dry_run:
         raise HarnessError(
             f"campaign {plan.spec.name}: backend {backend.name!r} is not in dry-run mode; "
             "a dry run needs --backend kube with --dry-run"

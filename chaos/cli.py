@@ -1,17 +1,20 @@
 """``rto``: the command line of the harness (entry point ``chaos.cli:main``).
 
-Commands: ``lab up|down|status``, ``run FILE``, ``campaign FILE``, ``report``,
-``revert``. Every input is validated before anything touches a cluster; a
-``HarnessError`` is printed in red and exits 2; a report with failing cells
-exits 1. ``lab down`` and ``revert`` first revert every fault still pending in
-the journal, so nothing is ever left behind after a crash of the harness.
+Commands: ``run FILE``, ``campaign FILE``, ``report``, ``revert``, plus the
+groups backend packages contribute through ``rto.commands`` entry points (the
+lab's ``lab up|down|doctor|images|status``, ``cluster.lab.commands``). Every
+input is validated before anything touches a cluster; a ``HarnessError`` is
+printed in red and exits 2; a report with failing cells exits 1. ``lab down``
+and ``revert`` first revert every fault still pending in the journal (a
+contributed group gets that replay handed in), so nothing is ever left behind
+after a crash of the harness.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from chaos.journal import Journal
 from chaos.progress import make_progress
 from chaos.results import ResultsStore, RunResult
 from chaos.runner import RunOptions
-from cluster.api import Backend
+from cluster.api import Backend, CommandFactory
 from core.errors import HarnessError, SpecError
 
 __all__ = ["cli", "main", "parse_budgets"]
@@ -59,79 +62,6 @@ class _HarnessGroup(click.Group):
 )
 def cli() -> None:
     pass
-
-
-# --- lab ---------------------------------------------------------------------------
-
-
-@cli.group(help="The embedded lab (needs root).")
-def lab() -> None:
-    pass
-
-
-@lab.command("up", help="Create the lab: nodes, control plane, agents.")
-@click.option("--profile", default="fast", show_default=True, help="timing profile")
-@click.option("--nodes", default=3, show_default=True, type=click.IntRange(2, 8))
-@click.option("--vms", is_flag=True, help="also a libvirtd per node, so VMIs can run")
-def lab_up_cmd(profile: str, nodes: int, vms: bool) -> None:
-    from cluster.lab.lifecycle import lab_up
-    from cluster.profiles import get_profile
-
-    get_profile(profile)  # bad input fails before anything is created
-    what = "with VMs" if vms else "pods only"
-    with console.status(f"bringing the lab up ({nodes} nodes, {what}, profile {profile})"):
-        choice = lab_up(profile=profile, nodes=nodes, vms=vms)
-    out.print(f"[green]lab up[/]: {nodes} nodes, {what}, profile {profile}", highlight=False)
-    if choice is not None:
-        out.print(f"VM accelerator: {choice.describe()}", highlight=False, soft_wrap=True)
-
-
-@lab.command("doctor", help="What this machine can do for the lab (each check done for real).")
-@click.option("--recheck", is_flag=True, help="forget the cached KVM verdict and boot again")
-def lab_doctor_cmd(recheck: bool) -> None:
-    from cluster.lab import accel
-    from cluster.lab.doctor import format_checks, run_checks
-
-    if recheck:
-        accel.cache_path().unlink(missing_ok=True)
-    with console.status("checking (a first run boots a guest under KVM, up to 15 s)"):
-        checks = run_checks()
-    for line in format_checks(checks):
-        click.echo(line)
-    if any(c.level == "fail" for c in checks):
-        sys.exit(1)
-
-
-@lab.command("down", help="Revert pending faults, then remove every lab object.")
-def lab_down_cmd() -> None:
-    from cluster.lab.lifecycle import lab_down
-
-    try:
-        _revert_journal()
-    finally:
-        with console.status("tearing the lab down"):
-            lab_down()
-    out.print("[green]lab down[/]")
-
-
-@lab.command("images", help="Build (or check) the lab's cached images: pod rootfs, VM guest.")
-def lab_images_cmd() -> None:
-    from cluster.lab.guest.build import build_guest
-    from cluster.lab.rootfs import ensure_rootfs
-
-    with console.status("building the pod rootfs"):
-        rootfs = ensure_rootfs()
-    out.print(f"pod rootfs: {rootfs}")
-    with console.status("building the VM guest (kernel + initramfs)"):
-        guest = build_guest()
-    out.print(f"VM guest: {guest.kernel.parent}")
-
-
-@lab.command("status", help="What is up (JSON).")
-def lab_status_cmd() -> None:
-    from cluster.lab.lifecycle import lab_status
-
-    out.print_json(json.dumps(lab_status(), default=str))
 
 
 # --- runs ----------------------------------------------------------------------------
@@ -197,12 +127,9 @@ def run_cmd(
     spec = load_experiment(file)  # SpecError -> exit 2, nothing injected
     _kube_flags(backend_name, context, dry_run)
     backend = _backend(backend_name)
+    # No profile named: the run records the one the backend says it runs.
     profile = spec.rto.profile
     apply_profile(backend, profile)
-    if profile is None and backend.name == "lab":
-        from cluster.lab.lifecycle import lab_status
-
-        profile = lab_status().get("profile")
     store = ResultsStore(runs_dir)
     with make_progress(console, spec.title, repeat) as progress:
         opts = OPTIONS_FACTORY()
@@ -336,6 +263,19 @@ def _revert_journal() -> None:
     done = revert_pending(journal, _backend)
     for rec in done:
         out.print(f"[green]reverted[/] {rec.fault} on {rec.target} ({rec.id})")
+
+
+def _add_contributed_commands() -> None:
+    """Add the command groups of the ``rto.commands`` entry points (the lab's)."""
+    for ep in entry_points(group="rto.commands"):
+        make: CommandFactory = ep.load()
+        command = make(_revert_journal)
+        if not isinstance(command, click.Command):
+            raise HarnessError(f"rto.commands entry point {ep.value} made no click command")
+        cli.add_command(command, ep.name)
+
+
+_add_contributed_commands()
 
 
 def main() -> None:

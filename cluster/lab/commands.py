@@ -1,0 +1,94 @@
+"""``rto lab ...``: the lab's own commands, contributed to the ``rto`` CLI.
+
+Declared as the ``lab`` entry of ``rto.commands`` (pyproject.toml); ``chaos.cli``
+calls :func:`lab_commands` with its journal replay and adds the group it
+returns. Commands: ``up``, ``down``, ``doctor``, ``images``, ``status``. A
+``HarnessError`` raised here is printed and exits 2 by the ``rto`` group, as
+for every command. ``lab down`` first reverts every fault still pending in the
+journal (the function ``chaos.cli`` hands in: the journal is the harness's, not
+the lab's), then removes every lab object.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+
+import click
+from rich.console import Console
+
+__all__ = ["lab_commands"]
+
+console = Console(stderr=True)
+out = Console()
+
+
+def lab_commands(revert_pending: Callable[[], None]) -> click.Group:
+    """The ``lab`` group; ``revert_pending`` runs before ``lab down`` tears down."""
+
+    @click.group(help="The embedded lab (needs root).")
+    def lab() -> None:
+        pass
+
+    @lab.command("up", help="Create the lab: nodes, control plane, agents.")
+    @click.option("--profile", default="fast", show_default=True, help="timing profile")
+    @click.option("--nodes", default=3, show_default=True, type=click.IntRange(2, 8))
+    @click.option("--vms", is_flag=True, help="also a libvirtd per node, so VMIs can run")
+    def lab_up_cmd(profile: str, nodes: int, vms: bool) -> None:
+        from cluster.lab.lifecycle import lab_up
+        from cluster.profiles import get_profile
+
+        get_profile(profile)  # bad input fails before anything is created
+        what = "with VMs" if vms else "pods only"
+        with console.status(f"bringing the lab up ({nodes} nodes, {what}, profile {profile})"):
+            choice = lab_up(profile=profile, nodes=nodes, vms=vms)
+        out.print(f"[green]lab up[/]: {nodes} nodes, {what}, profile {profile}", highlight=False)
+        if choice is not None:
+            out.print(f"VM accelerator: {choice.describe()}", highlight=False, soft_wrap=True)
+
+    @lab.command("doctor", help="What this machine can do for the lab (each check done for real).")
+    @click.option("--recheck", is_flag=True, help="forget the cached KVM verdict and boot again")
+    def lab_doctor_cmd(recheck: bool) -> None:
+        from cluster.lab import accel
+        from cluster.lab.doctor import format_checks, run_checks
+
+        if recheck:
+            accel.cache_path().unlink(missing_ok=True)
+        with console.status("checking (a first run boots a guest under KVM, up to 15 s)"):
+            checks = run_checks()
+        for line in format_checks(checks):
+            click.echo(line)
+        if any(c.level == "fail" for c in checks):
+            sys.exit(1)
+
+    @lab.command("down", help="Revert pending faults, then remove every lab object.")
+    def lab_down_cmd() -> None:
+        from cluster.lab.lifecycle import lab_down
+
+        try:
+            revert_pending()
+        finally:
+            with console.status("tearing the lab down"):
+                lab_down()
+        out.print("[green]lab down[/]")
+
+    @lab.command("images", help="Build (or check) the lab's cached images: pod rootfs, VM guest.")
+    def lab_images_cmd() -> None:
+        from cluster.lab.guest.build import build_guest
+        from cluster.lab.rootfs import ensure_rootfs
+
+        with console.status("building the pod rootfs"):
+            rootfs = ensure_rootfs()
+        out.print(f"pod rootfs: {rootfs}")
+        with console.status("building the VM guest (kernel + initramfs)"):
+            guest = build_guest()
+        out.print(f"VM guest: {guest.kernel.parent}")
+
+    @lab.command("status", help="What is up (JSON).")
+    def lab_status_cmd() -> None:
+        from cluster.lab.lifecycle import lab_status
+
+        out.print_json(json.dumps(lab_status(), default=str))
+
+    return lab
