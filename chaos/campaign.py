@@ -178,10 +178,10 @@ def run_campaign(
     (``lab_up(profile, nodes, vms)``/``lab_down()`` stand in for it in tests);
     only the lab's provider does, a kube one refuses. A run that aborts (an
     error; the runner has reverted its fault and stored it as aborted) does not
-    stop the campaign; once every run was tried a
-    ``HarnessError`` lists the aborted ones. Ctrl-C stops at once. With
-    ``metric_claims: true`` the metric claims are measured after the runs
-    (``measure_claims``, after the lab is down: the benchmark brings up its own).
+    stop the campaign; once every run was tried a ``HarnessError`` lists the
+    aborted ones. Ctrl-C stops at once. With ``metric_claims: true`` the metric
+    claims are measured after the runs (``measure_claims``, after the lab is
+    down: the benchmark brings up its own).
     """
     spec = plan.spec
     first_profile = next(
