@@ -283,6 +283,13 @@ class Agent:
 
     def tick(self) -> None:
         """One round: reap exits, re-read settings, converge pods, heartbeat if due."""
+        try:
+            # Every pass, not every second: a run switches node-side restarts off
+            # moments before it injects a crash, and that exit must be judged by
+            # the new setting (as a kubelet applies the pod's restartPolicy).
+            self.restart_healing = self._setting("restart_healing") is not False
+        except sqlite3.Error as exc:
+            log.warning("state DB unreadable this round: %s", exc)
         self._reap()
         now = self.clock.now()
         try:
