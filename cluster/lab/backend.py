@@ -513,6 +513,11 @@ class LabBackend:
         if w.node is None:
             return  # Pending: the scheduler already places it
         n = self.store.node(w.node)
+        if w.phase is Phase.FAILED:
+            # Nothing of it runs (its node reported it Failed): an ordinary
+            # delete and recreate, as a controller replaces a Failed pod.
+            self.store.unbind(workload, "Replaced", f"Failed on {n.name}, started anew")
+            return
         if not n.fenced:
             raise BackendError(
                 f"refusing to force-delete {workload} on {n.name}: the node is not fenced, so "
