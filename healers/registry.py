@@ -17,6 +17,7 @@ from core.errors import SpecError
 from healers.base import Healer
 from healers.eviction import EvictionHealer
 from healers.migration import MigrationHealer
+from healers.rerun import RerunHealer
 from healers.watchdog import Watchdog
 
 __all__ = ["HEALERS", "HealerSpec", "build_healers", "known_healers"]
@@ -43,6 +44,11 @@ def _migration(profile: TimingProfile) -> Healer:
     return MigrationHealer.for_profile(profile)
 
 
+def _rerun(profile: TimingProfile) -> Healer:
+    # Failed for two heartbeats: the node had its chance to report otherwise.
+    return RerunHealer(period=profile.heartbeat_interval / 2, grace=2 * profile.heartbeat_interval)
+
+
 HEALERS: dict[str, HealerSpec] = {
     spec.name: spec
     for spec in (
@@ -63,6 +69,12 @@ HEALERS: dict[str, HealerSpec] = {
             "live-migrate target VMIs off a node that is cordoned or late (heartbeat older "
             "than half the eviction threshold but not lost), each with QEMU's downtime",
             _migration,
+        ),
+        HealerSpec(
+            "rerun",
+            "start anew a target left Failed for two heartbeats (KubeVirt runStrategy "
+            "RerunOnFailure), once per failure",
+            _rerun,
         ),
     )
 }

@@ -168,6 +168,21 @@ def test_process_crash_recovers_with_a_new_instance(lab: Lab, cleanup: list[str]
     _assert_clean(lab, spec.rto.target.workload)
 
 
+def test_process_crash_without_restarts_is_rerun_by_the_rerun_healer(
+    lab: Lab, cleanup: list[str]
+) -> None:
+    """A healer added as one module: node-side restarts are off (no watchdog), the
+    pod stays Failed until the rerun healer starts it anew."""
+    spec = _spec("process-crash", healers=["rerun"], deadline_s=20)
+    cleanup.append(spec.rto.target.workload)
+    result = _run(lab, spec)
+    assert result.status is RunStatus.RECOVERED, result.error
+    actions = [e.message for e in _events(result, EventKind.HEALER_ACTION)]
+    assert any(m.startswith(f"rerun {spec.rto.target.workload}: Failed for ") for m in actions)
+    assert result.same_instance is False
+    _assert_clean(lab, spec.rto.target.workload)
+
+
 # --- node drain ------------------------------------------------------------------------
 def test_node_drain_moves_the_pod(lab: Lab, cleanup: list[str]) -> None:
     spec = _spec("node-drain", healers=["watchdog", "eviction"], deadline_s=20)
