@@ -35,6 +35,7 @@ from cluster.api import (
     WorkloadStatus,
 )
 from cluster.lab import cgroups, net, runtime, state, vmi_faults, vmis, volumes
+from cluster.lab.scheduling import choose_node, usable
 from cluster.lab.store import NodeRow, Store, WorkloadRow
 from core.clock import Clock, RealClock
 from core.errors import BackendError, LabError
@@ -527,7 +528,6 @@ class LabBackend:
 
     # --- live migration --------------------------------------------------------
     def _migration_target(self, workload: str, src: str, node: str | None) -> NodeRow:
-        from cluster.lab.controlplane import choose_node, usable
 
         if node is not None:
             n = self.store.node(node)

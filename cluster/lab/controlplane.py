@@ -21,12 +21,13 @@ import selectors
 import signal
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.api import Condition, Phase
 from cluster.lab import state
+from cluster.lab.scheduling import choose_node
 from cluster.lab.store import NodeRow, PodReport, Store
 from cluster.profiles import TimingProfile, get_profile
 from core.clock import Clock, RealClock
@@ -77,19 +78,6 @@ def should_evict(node: NodeRow, now: float, profile: TimingProfile) -> bool:
     if node.ready or node.ready_changed is None:
         return False
     return now - node.ready_changed > profile.toleration
-
-
-def usable(node: NodeRow) -> bool:
-    """May the scheduler put a new pod here?"""
-    return node.ready and node.schedulable and not node.fenced and node.powered
-
-
-def choose_node(nodes: Sequence[NodeRow], pod_counts: Mapping[str, int]) -> NodeRow | None:
-    """The usable node with the fewest pods (ties: lowest index), or None."""
-    candidates = [n for n in nodes if usable(n)]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda n: (pod_counts.get(n.name, 0), n.idx))
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cluster.api import Condition, Phase, WorkloadKind
 from cluster.lab import state
+from cluster.lab.scheduling import choose_node
 from core.clock import Clock, RealClock
 from core.errors import BackendError
 
@@ -509,10 +510,8 @@ class Store:
     def schedule_pending(self) -> list[tuple[str, str]]:
         """Place every unbound Pending workload; returns (workload, node) pairs.
 
-        The choice is ``controlplane.choose_node``; imported lazily to keep the
-        store free of policy.
+        The choice is ``scheduling.choose_node``: the policy lives there.
         """
-        from cluster.lab.controlplane import choose_node
 
         placed: list[tuple[str, str]] = []
         with self._tx() as conn:
