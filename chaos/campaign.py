@@ -25,6 +25,7 @@ from pathlib import Path
 from rich.console import Console
 
 from chaos.backends import apply_profile, get_backend, get_provider
+from chaos.faults import build_fault
 from chaos.progress import make_progress
 from chaos.results import ResultsStore, RunResult
 from chaos.runner import RunOptions, run_experiment
@@ -262,8 +263,6 @@ def _plan_run(backend: Backend, experiment: ExperimentSpec, echo: Callable[[str]
     fault, revert it. No journal (nothing acts), no recorder, no healers (they
     only act on what they observe); their names are printed.
     """
-    from chaos.faults import build_fault
-
     rto = experiment.rto
     target = rto.target
     # workloads(), not workload(): a refused read must fail the plan, not read

@@ -22,12 +22,13 @@ import click
 from rich.console import Console
 
 from chaos.backends import BACKENDS, apply_profile, get_backend
-from chaos.campaign import result_outcome
+from chaos.campaign import dry_run_campaign, plan_campaign, result_outcome, run_campaign
 from chaos.faults import revert_pending
 from chaos.journal import Journal
 from chaos.progress import make_progress
 from chaos.results import ResultsStore, RunResult
-from chaos.runner import RunOptions
+from chaos.runner import RunOptions, run_experiment
+from chaos.spec import load_experiment
 from cluster.api import Backend, CommandFactory
 from core.errors import HarnessError, SpecError
 
@@ -121,8 +122,6 @@ def run_cmd(
     context: str | None = None,
     dry_run: bool = False,
 ) -> None:
-    from chaos.runner import run_experiment
-    from chaos.spec import load_experiment
 
     spec = load_experiment(file)  # SpecError -> exit 2, nothing injected
     _kube_flags(backend_name, context, dry_run)
@@ -168,7 +167,6 @@ def campaign_cmd(
     context: str | None = None,
     dry_run: bool = False,
 ) -> None:
-    from chaos.campaign import dry_run_campaign, plan_campaign, run_campaign
 
     plan = plan_campaign(file)  # every experiment validated before the first run
     _kube_flags(plan.spec.backend, context, dry_run)
@@ -195,6 +193,7 @@ def campaign_cmd(
 
 
 def _build_report(runs_dir: Path, out_dir: Path) -> Any:
+    # pandas and matplotlib load only for the commands that report
     from reports.build import build_report
 
     summary = build_report(runs_dir, out_dir)
@@ -236,6 +235,7 @@ def parse_budgets(values: tuple[str, ...]) -> dict[str, float]:
 )
 @click.option("--budget", multiple=True, help="RTO budget fault:kind=seconds (repeatable)")
 def report_cmd(runs_dir: Path, out_dir: Path, fail_on: str, budget: tuple[str, ...]) -> None:
+    # pandas and matplotlib load only for the commands that report
     from reports.analysis import failing_cells
 
     budgets = parse_budgets(budget)

@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from chaos.metrics import MetricsSummary
+from core.errors import SpecError
 from core.timeline import TimelineEvent
 
 __all__ = ["ResultsStore", "RunResult", "RunStatus"]
@@ -86,7 +87,5 @@ class ResultsStore:
             try:
                 rows.append(RunResult.model_validate(json.loads(line)))
             except ValueError as exc:  # pydantic ValidationError is a ValueError
-                from core.errors import SpecError
-
                 raise SpecError(f"{self.path}: line {n} is not a valid run result: {exc}") from exc
         return rows

@@ -23,7 +23,9 @@ from chaos.faults import Fault, build_fault
 from chaos.faults.harness_state import RestartHealingOff
 from chaos.journal import Journal
 from chaos.metrics import MetricsSampler, MetricsSummary
+from chaos.recorder import Recorder
 from chaos.results import ResultsStore, RunResult, RunStatus
+from chaos.rto import measure
 from chaos.spec import (
     ExperimentSpec,
     RecoverySpec,
@@ -33,6 +35,8 @@ from cluster.api import Backend, Phase, WorkloadKind
 from core.clock import Clock, RealClock
 from core.errors import BackendError, FaultError, HarnessError
 from core.timeline import EventKind, Timeline
+from healers.base import HealerContext
+from healers.registry import build_healers
 
 __all__ = [
     "HealerFactory",
@@ -80,7 +84,6 @@ HealerFactory = Callable[[list[str], str], list[HealerLike]]
 def default_recorder(
     backend: Backend, workload: str, timeline: Timeline, clock: Clock, recovery: RecoverySpec
 ) -> RecorderLike:
-    from chaos.recorder import Recorder
 
     rec: RecorderLike = Recorder(
         backend,
@@ -95,7 +98,6 @@ def default_recorder(
 
 
 def default_healers(names: list[str], profile: str) -> list[HealerLike]:
-    from healers.registry import build_healers
 
     return list(build_healers(names, profile))  # type: ignore[arg-type]
 
@@ -206,8 +208,6 @@ class Run:
         healer_profile = self.profile if self.profile != "unknown" else "kubernetes-defaults"
         self.healers = []
         if rto.healers:
-            from healers.base import HealerContext
-
             ctx = HealerContext(
                 backend=self.backend,
                 workloads=[rto.target.workload],
@@ -339,7 +339,6 @@ class Run:
         return result
 
     def _result(self, error: BaseException | None, problems: list[str]) -> RunResult:
-        from chaos.rto import measure
 
         rto = self.spec.rto
         measures = None

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chaos.faults import FAULT_TYPES, FaultSpecModel
+from cluster.profiles import PROFILES
 from core.documents import read_document
 from core.errors import SpecError
 from healers.registry import known_healers
@@ -115,7 +116,6 @@ def _check_healers(names: list[str]) -> list[str]:
 def _check_profile(name: str | None) -> str | None:
     if name is None:
         return None
-    from cluster.profiles import PROFILES
 
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; allowed: {', '.join(sorted(PROFILES))}")

@@ -35,7 +35,9 @@ from cluster.api import (
     WorkloadStatus,
 )
 from cluster.lab import cgroups, net, runtime, state, vmi_faults, vmis, volumes
+from cluster.lab.lifecycle import set_profile
 from cluster.lab.scheduling import choose_node, usable
+from cluster.lab.state import node_ip
 from cluster.lab.store import NodeRow, Store, WorkloadRow
 from core.clock import Clock, RealClock
 from core.errors import BackendError, LabError
@@ -213,6 +215,7 @@ class LabBackend:
         try:
             import libvirt
 
+            # libvirt: the optional 'vm' extra
             from cluster.lab import virt, virtd
         except ImportError:
             return  # lab_up(vms=True) already required libvirt-python: nothing to hear
@@ -566,13 +569,13 @@ class LabBackend:
         try:
             import libvirt
 
+            # libvirt: the optional 'vm' extra
             from cluster.lab import virt, virtd
         except ImportError as exc:
             raise BackendError(
                 f"cannot migrate {workload}: libvirt-python is missing ({exc}); "
                 "install the 'vm' extra"
             ) from exc
-        from cluster.lab.state import node_ip
 
         w, src = self._bound(workload)
         if w.kind is not WorkloadKind.VMI:
@@ -674,7 +677,6 @@ class LabBackend:
 
     def set_profile(self, name: str) -> None:
         """Switch the lab's timings; returns once every Ready node beats under them."""
-        from cluster.lab.lifecycle import set_profile
 
         set_profile(name)
 

@@ -18,6 +18,13 @@ from collections.abc import Callable
 import click
 from rich.console import Console
 
+from cluster.lab import accel
+from cluster.lab.doctor import format_checks, run_checks
+from cluster.lab.guest.build import build_guest
+from cluster.lab.lifecycle import lab_down, lab_status, lab_up
+from cluster.lab.rootfs import ensure_rootfs
+from cluster.profiles import get_profile
+
 __all__ = ["lab_commands"]
 
 console = Console(stderr=True)
@@ -36,8 +43,6 @@ def lab_commands(revert_pending: Callable[[], None]) -> click.Group:
     @click.option("--nodes", default=3, show_default=True, type=click.IntRange(2, 8))
     @click.option("--vms", is_flag=True, help="also a libvirtd per node, so VMIs can run")
     def lab_up_cmd(profile: str, nodes: int, vms: bool) -> None:
-        from cluster.lab.lifecycle import lab_up
-        from cluster.profiles import get_profile
 
         get_profile(profile)  # bad input fails before anything is created
         what = "with VMs" if vms else "pods only"
@@ -50,8 +55,6 @@ def lab_commands(revert_pending: Callable[[], None]) -> click.Group:
     @lab.command("doctor", help="What this machine can do for the lab (each check done for real).")
     @click.option("--recheck", is_flag=True, help="forget the cached KVM verdict and boot again")
     def lab_doctor_cmd(recheck: bool) -> None:
-        from cluster.lab import accel
-        from cluster.lab.doctor import format_checks, run_checks
 
         if recheck:
             accel.cache_path().unlink(missing_ok=True)
@@ -64,7 +67,6 @@ def lab_commands(revert_pending: Callable[[], None]) -> click.Group:
 
     @lab.command("down", help="Revert pending faults, then remove every lab object.")
     def lab_down_cmd() -> None:
-        from cluster.lab.lifecycle import lab_down
 
         try:
             revert_pending()
@@ -75,8 +77,6 @@ def lab_commands(revert_pending: Callable[[], None]) -> click.Group:
 
     @lab.command("images", help="Build (or check) the lab's cached images: pod rootfs, VM guest.")
     def lab_images_cmd() -> None:
-        from cluster.lab.guest.build import build_guest
-        from cluster.lab.rootfs import ensure_rootfs
 
         with console.status("building the pod rootfs"):
             rootfs = ensure_rootfs()
@@ -87,7 +87,6 @@ def lab_commands(revert_pending: Callable[[], None]) -> click.Group:
 
     @lab.command("status", help="What is up (JSON).")
     def lab_status_cmd() -> None:
-        from cluster.lab.lifecycle import lab_status
 
         out.print_json(json.dumps(lab_status(), default=str))
 

@@ -26,8 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cluster.lab import accel, cgroups, net, rootfs, runtime, state, volumes
+from cluster.lab import accel, cgroups, net, rootfs, runtime, state, virtd, volumes
 from cluster.lab.accel import AccelChoice
+from cluster.lab.guest.build import build_guest
 from cluster.lab.store import NodeRow, Store, db_path
 from cluster.profiles import get_profile
 from core.clock import Clock
@@ -287,7 +288,6 @@ def _stop_virt(node: str) -> None:
     """Stop the node's QEMUs and libvirtd, if VMs were ever enabled there."""
     if not (Path(state.RUN_DIR) / node / "libvirt").exists():
         return
-    from cluster.lab import virtd
 
     virtd.stop_node_libvirtd(node)
 
@@ -341,8 +341,6 @@ def lab_up(
         store.put_setting("vms", vms)
         store.put_setting("accelerator", choice.accel if choice else None)
         if vms:
-            from cluster.lab.guest.build import build_guest
-
             build_guest()  # cached; agents then find it ready
         names = [f"{node_prefix}{i}" for i in range(1, nodes + 1)]
         net.create_hub()

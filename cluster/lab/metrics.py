@@ -137,6 +137,7 @@ def vmi_sample(node: str, name: str, t: float) -> MetricSample | None:
     """One reading of VMI ``name`` on ``node`` (None if no QEMU runs for it)."""
     import libvirt
 
+    # libvirt: the optional 'vm' extra
     from cluster.lab import virt, virtd
 
     pid = vmis.qemu_pid(node, name)

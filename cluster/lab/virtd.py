@@ -41,7 +41,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.lab import state
+from cluster.lab import net, state
 from cluster.lab.state import node_ip
 from core.clock import Clock
 from core.errors import LabError
@@ -81,11 +81,7 @@ _PRIVATE_DIRS = (
 
 
 def node_netns(node: str) -> str:
-    """The node's network namespace (A1's naming when net.py is importable)."""
-    try:
-        from cluster.lab import net
-    except ImportError:  # pragma: no cover - only before net.py exists
-        return f"rto-{node}"
+    """The node's network namespace."""
     return net.node_ns(node)
 
 

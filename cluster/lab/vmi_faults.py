@@ -44,6 +44,7 @@ def _domain(node: str, name: str) -> Iterator[Any]:
     """The live domain of VMI ``name`` on ``node``'s libvirtd (LabError if none)."""
     import libvirt
 
+    # libvirt: the optional 'vm' extra
     from cluster.lab import virt, virtd
 
     conn = virt.connect(virtd.node_uri(node))

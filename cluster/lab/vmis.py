@@ -41,8 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cluster.lab import net, volumes
+from cluster.lab import net, state, virtd, volumes
 from cluster.lab.backoff import RestartBackoff
+from cluster.lab.guest.build import build_guest
 from cluster.profiles import TimingProfile
 from core.clock import Clock
 from core.errors import HarnessError, LabError
@@ -101,7 +102,6 @@ def disk_path(name: str) -> Path:
 
 def qemu_pid(node: str, name: str) -> int | None:
     """QEMU's pid for VMI ``name`` on ``node``, from libvirt's pid file; None if not running."""
-    from cluster.lab import virtd
 
     try:
         pid = int((virtd.daemon_dir(node) / "run" / "qemu" / f"{name}.pid").read_text().strip())
@@ -121,6 +121,7 @@ def guest_command(name: str, cmd: str, timeout: float = 10.0) -> str:
     the guest opened ttyS1 are dropped, so ``ping`` is repeated until ``pong``
     before the command. Returns the guest's reply line.
     """
+    # libvirt: the optional 'vm' extra
     from cluster.lab import virt
 
     # bench-*: the benchmark servers and disk timing of benchmarks/net_compare.py.
@@ -239,6 +240,7 @@ class VmiHandler:
                 self._conn.close()
             self._conn = None
         try:
+            # libvirt: the optional 'vm' extra
             from cluster.lab import virt, virtd
         except ImportError as exc:
             raise LabError(
@@ -254,14 +256,11 @@ class VmiHandler:
 
     def _guest_image(self) -> GuestImage:
         if self._guest is None:
-            from cluster.lab.guest.build import build_guest
-
             self._guest = build_guest()
         return self._guest
 
     def _setting(self, key: str) -> object:
         """A lab setting, read fresh (the harness may change it between starts)."""
-        from cluster.lab import state
 
         if self._db is None:
             self._db = state.connect()
@@ -294,6 +293,7 @@ class VmiHandler:
     def _start(self, vmi: VmiRun) -> None:
         import libvirt
 
+        # libvirt: the optional 'vm' extra
         from cluster.lab import virt
 
         if vmi.ip is None:
@@ -349,6 +349,7 @@ class VmiHandler:
                  vmi.name, vmi.restarts, now - t0, now - t_create)  # fmt: skip
 
     def _read_console(self, vmi: VmiRun) -> None:
+        # libvirt: the optional 'vm' extra
         from cluster.lab import virt
 
         try:
@@ -418,6 +419,7 @@ class VmiHandler:
 
     def _stop(self, vmi: VmiRun) -> None:
         """Destroy and undefine the domain; drop the hub route if it is ours."""
+        # libvirt: the optional 'vm' extra
         from cluster.lab import virt
 
         here = True
@@ -438,6 +440,7 @@ class VmiHandler:
         """Take over a domain that already runs here (it migrated in); True if so."""
         import libvirt
 
+        # libvirt: the optional 'vm' extra
         from cluster.lab import virt
 
         try:
@@ -529,6 +532,7 @@ class VmiHandler:
             return
         import libvirt
 
+        # libvirt: the optional 'vm' extra
         from cluster.lab import virt
 
         try:
@@ -549,10 +553,6 @@ class VmiHandler:
             log.warning("node %s: orphan sweep failed: %s", self.node, exc)
 
     def _libvirtd_up(self) -> bool:
-        try:
-            from cluster.lab import virtd
-        except ImportError:
-            return False  # no libvirt-python: this lab runs no VMIs
         return virtd.libvirtd_pid(self.node) is not None
 
     def statuses(self) -> dict[str, dict[str, object]]:
@@ -563,13 +563,13 @@ class VmiHandler:
 
     def clean_slate(self) -> None:
         """Destroy domains left by an agent that was killed (as runc state is)."""
-        from cluster.lab import virtd
 
         if virtd.libvirtd_pid(self.node) is None:
             return
         try:
             conn = self._connection()
             for dom in conn.listAllDomains():
+                # libvirt: the optional 'vm' extra
                 from cluster.lab import virt
 
                 virt.destroy_vmi(conn, dom.name())
