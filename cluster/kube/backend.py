@@ -115,7 +115,7 @@ class KubeBackend:
         api_client: k8s.ApiClient | None = None,
         executor: Executor = kube_exec,
         power: PowerDriver | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         echo: Callable[[str], None] = print,
         clock: Clock | None = None,
     ) -> None:
@@ -128,7 +128,10 @@ class KubeBackend:
                 f"({', '.join(config.contexts)}); add it to 'contexts' in the kube config "
                 "if the harness may inject faults there"
             )
-        self.dry_run, self.echo, self.sleep = dry_run, echo, sleep
+        # One clock for waits: sleeping on it is what moves a fake clock's time,
+        # so a wait stopping on the clock can never spin.
+        self.sleep: Callable[[float], None] = sleep or self.clock.sleep
+        self.dry_run, self.echo = dry_run, echo
         self.plan: list[str] = []
         self.executor = executor
         self._power = power

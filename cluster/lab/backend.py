@@ -74,8 +74,8 @@ _VIRT_RETRY_S = 2.0
 class LabBackend:
     """The lab as a ``cluster.api.Backend``; every method may raise ``BackendError``.
 
-    ``clock`` stamps and ages (monotonic, like the daemons); ``sleep`` is what
-    waits use between checks, injectable so tests of wait logic never sleep.
+    ``clock`` stamps and ages (monotonic, like the daemons) and is what waits
+    sleep and stop on (``core.wait``), so tests of wait logic never sleep.
     """
 
     name = "lab"
@@ -85,11 +85,9 @@ class LabBackend:
         self,
         store: Store | None = None,
         clock: Clock | None = None,
-        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.clock: Clock = clock or RealClock()
         self.store = store or Store(clock=self.clock)
-        self._sleep = sleep or self.clock.sleep
         # When a migrated VMI's hub route moves (one of ROUTE_SWITCH).
         self.route_switch = "event"
         # libvirt domain events (Watchdog, Reboot, IOError, lifecycle) of each
