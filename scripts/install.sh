@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the harness, its lab and its tests need on a fresh Debian 12
-# machine, as root: apt packages, the project venv (.venv) with the project and
-# its test tools, and the lab's images (busybox rootfs, guest kernel+initramfs).
+# machine, as root: apt packages, the real Kubernetes binaries built from the Go
+# module proxy (scripts/build-kube.sh: ~8-9 min and ~5 GB of Go caches the first
+# time, seconds after), the project venv (.venv) with the project and its test
+# tools, and the lab's images (busybox rootfs, guest kernel+initramfs).
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +16,7 @@ fi
 APT_PACKAGES=(
     python3 python3-venv python3-dev gcc libc6-dev pkg-config
     runc busybox-static iproute2 iptables nftables e2fsprogs util-linux procps psmisc
-    cpio zstd xz-utils
+    cpio zstd xz-utils openssl containernetworking-plugins
     qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
     linux-image-amd64
 )
@@ -27,6 +29,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# Real Kubernetes components (etcd, kube-apiserver, controller-manager, scheduler,
+# kubelet, containerd), cached under /var/cache/rto-harness/kube/<pin>.
+bash scripts/build-kube.sh
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then

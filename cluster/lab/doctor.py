@@ -159,15 +159,33 @@ def check_images() -> Check:
     return Check("images", "warn", f"not built yet in {images}: `rto lab images` builds them")
 
 
+KUBE_BIN = Path(os.environ.get("RTO_KUBE_BIN", "/var/cache/rto-harness/kube/v1.34.4/bin"))
+KUBE_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet",
+                 "containerd")  # fmt: skip
+
+
 def check_kubernetes() -> Check:
-    # Named so a reader of a failing run knows which control plane ran.
-    found = [b for b in ("kube-apiserver", "kubelet") if shutil.which(b)]
-    what = f" ({', '.join(found)} on PATH, not used by the lab)" if found else ""
+    # What scripts/build-kube.sh built, each asked for its version; and, so a
+    # reader of a failing run knows which control plane ran, what the lab uses.
+    model = (
+        "the lab's own control plane and node agents are still the project's model "
+        "(cluster/lab/controlplane.py, agent.py)"
+    )
+    missing = [b for b in KUBE_BINARIES if not (KUBE_BIN / b).is_file()]
+    if missing:
+        return Check(
+            "kubernetes",
+            "warn",
+            f"not built in {KUBE_BIN}: {', '.join(missing)} (bash scripts/build-kube.sh); {model}",
+        )
+    versions = []
+    for name in ("kube-apiserver", "etcd", "containerd"):
+        line = _first_line(_run([str(KUBE_BIN / name), "--version"]).stdout)
+        versions.append(line.replace("github.com/containerd/containerd/v2 ", "").strip())
     return Check(
         "kubernetes",
         "warn",
-        "no real binaries in the lab yet: its control plane, scheduler and node agents "
-        f"are the project's model (cluster/lab/controlplane.py, agent.py){what}",
+        f"{'; '.join(versions)} built in {KUBE_BIN} (kube tests run a real apiserver); {model}",
     )
 
 
