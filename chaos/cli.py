@@ -101,15 +101,19 @@ def _kube_flags(backend_name: str, context: str | None, dry_run: bool) -> None:
         os.environ["RTO_KUBE_DRY_RUN"] = "1"
 
 
-@cli.command("run", help="Run one experiment file.")
-@click.argument("file", type=click.Path(path_type=Path))
-@click.option(
+# One results store per working directory, whichever command writes or reads it.
+runs_dir_option = click.option(
     "--runs-dir",
     default=Path("runs"),
     show_default=True,
     type=click.Path(path_type=Path),
     help="the results store (results.jsonl); `chaos run` writes ./runs of its working directory",
 )
+
+
+@cli.command("run", help="Run one experiment file.")
+@click.argument("file", type=click.Path(path_type=Path))
+@runs_dir_option
 @click.option("--repeat", default=1, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--backend", "backend_name", default="lab", type=click.Choice(BACKENDS))
 @click.option("--context", default=None, help="kube: kubeconfig context (must be allowlisted)")
@@ -122,7 +126,6 @@ def run_cmd(
     context: str | None = None,
     dry_run: bool = False,
 ) -> None:
-
     spec = load_experiment(file)  # SpecError -> exit 2, nothing injected
     _kube_flags(backend_name, context, dry_run)
     backend = _backend(backend_name)
@@ -148,13 +151,7 @@ def run_cmd(
 
 @cli.command("campaign", help="Run a campaign file (repetitions, overrides, profiles).")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option(
-    "--runs-dir",
-    default=Path("runs"),
-    show_default=True,
-    type=click.Path(path_type=Path),
-    help="the results store (results.jsonl); `chaos run` writes ./runs of its working directory",
-)
+@runs_dir_option
 @click.option("--with-lab", is_flag=True, help="bring the lab up before and down after")
 @click.option("--report", "report_dir", default=None, type=click.Path(path_type=Path))
 @click.option("--context", default=None, help="kube: kubeconfig context (must be allowlisted)")
@@ -218,13 +215,7 @@ def parse_budgets(values: tuple[str, ...]) -> dict[str, float]:
 
 
 @cli.command("report", help="Build the RTO report from the results store.")
-@click.option(
-    "--runs-dir",
-    default=Path("runs"),
-    show_default=True,
-    type=click.Path(path_type=Path),
-    help="the results store (results.jsonl); `chaos run` writes ./runs of its working directory",
-)
+@runs_dir_option
 @click.option("--out", "out_dir", default=Path("reports/latest"), type=click.Path(path_type=Path))
 @click.option(
     "--fail-on",
