@@ -35,6 +35,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -232,8 +233,6 @@ def _readyz(server: str, pki: Path) -> Callable[[], bool]:
 
 @pytest.fixture(scope="session")
 def real_apiserver() -> Iterator[RealApiserver]:
-    import time
-
     missing = [b for b in BINARIES if not (KUBE_BIN / b).is_file()]
     if missing:
         pytest.fail(

@@ -1,0 +1,571 @@
+"""KubeBackend against a real etcd + kube-apiserver + kube-controller-manager.
+
+The same backend paths tests/test_kube_backend.py drives through the emulator,
+here answered by the real v1.34.4 control plane of tests/real_apiserver.py:
+RBAC refusals come from the RBAC authorizer, 429 from the Eviction subresource
+with a PodDisruptionBudget whose status the disruption controller computed,
+410 Gone from an etcd compaction, watches from the apiserver's watch cache.
+
+There is no kubelet and no scheduler. Nodes and Pods are created through the
+API (pods with ``spec.nodeName`` set) and stood up by the admin patching their
+status subresource (Node Ready, Pod Running with a ready container), which is
+what a kubelet's status updates are to the API server: a legitimate way to make
+the objects the backend reads. The service-proxy test points an Endpoints
+object at a stand-in HTTP server on a 198.19.x address added to lo (root).
+
+What a bare control plane cannot give stays in tests/test_kube_backend.py's
+emulator tests: containers that run (exec-based kill/hang/freeze, node pods
+running iptables or fsfreeze, logs, metrics-server), a kubelet confirming a
+graceful deletion (an evicted pod stays Terminating here), controllers
+recreating and a scheduler placing pods, and KubeVirt (VMIs, migrations,
+volume hotplug, pause/unpause subresources).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+from real_apiserver import NOBODY, NS, RealApiserver, real_apiserver  # noqa: F401
+
+from chaos.prober import http_probe
+from cluster.api import Phase, WorkloadKind
+from cluster.kube.backend import OUT_OF_SERVICE, KubeBackend
+from cluster.kube.watch import ResourceRef, WatchFollower
+from core.errors import BackendError
+from core.wait import poll_until
+
+TARGET = {"rto.harness/target": "true"}
+# The service proxy dials endpoint addresses and refuses loopback ones, so the
+# workload stand-in listens on this address, added to lo for one test (root only).
+ENDPOINT_IP = "198.19.255.254"
+
+
+def wl(name: str) -> dict[str, str]:
+    return {**TARGET, "rto.harness/workload": name}
+
+
+class Cluster:
+    """Admin-side helpers: make and stand up Nodes and Pods, clean up after a test."""
+
+    def __init__(self, rs: RealApiserver) -> None:
+        self.rs = rs
+        self.core = k8s.CoreV1Api(rs.api())
+        self.policy = k8s.PolicyV1Api(self.core.api_client)
+        self.rbac = k8s.RbacAuthorizationV1Api(self.core.api_client)
+        self.suffix = uuid.uuid4().hex[:6]  # tests share one apiserver: own names each
+        self.nodes: list[str] = []
+        self.pods: list[str] = []
+
+    def node(self, base: str, labels: dict[str, str] | None = None, ready: bool = True) -> str:
+        name = f"{base}-{self.suffix}"
+        self.core.create_node({"metadata": {"name": name, "labels": labels or dict(TARGET)}})
+        self.nodes.append(name)
+        self.set_node_ready(name, ready)
+        return name
+
+    def set_node_ready(self, name: str, ready: bool) -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        cond = {
+            "type": "Ready",
+            "status": "True" if ready else "False",
+            "reason": "KubeletReady" if ready else "KubeletNotReady",
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+        }
+        self.core.patch_node_status(name, {"status": {"conditions": [cond]}})
+
+    def pod(self, base: str, node: str, workload: str) -> str:
+        name = f"{base}-{self.suffix}"
+        body = {
+            "metadata": {"name": name, "labels": wl(workload)},
+            "spec": {
+                "nodeName": node,
+                "automountServiceAccountToken": False,
+                "containers": [{"name": "main", "image": "busybox"}],
+            },
+        }
+        self.core.create_namespaced_pod(NS, body)
+        self.pods.append(name)
+        self.run_pod(name)
+        return name
+
+    def run_pod(self, name: str, restarts: int = 0, ip: str | None = None) -> None:
+        """What a kubelet would report: Running, Ready, one ready container."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        status: dict[str, Any] = {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
+            "containerStatuses": [
+                {
+                    "name": "main",
+                    "image": "busybox",
+                    "imageID": "",
+                    "ready": True,
+                    "restartCount": restarts,
+                    "containerID": f"containerd://{name}-{restarts}",
+                    "state": {"running": {"startedAt": now}},
+                }
+            ],
+        }
+        if ip:
+            status |= {"podIP": ip, "podIPs": [{"ip": ip}]}
+        self.core.patch_namespaced_pod_status(name, NS, {"status": status})
+
+    def raw_node(self, name: str) -> Any:
+        return self.core.read_node(name)
+
+    def pod_or_none(self, name: str) -> Any:
+        try:
+            return self.core.read_namespaced_pod(name, NS)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def cleanup(self) -> None:
+        for p in self.pods:
+            try:
+                self.core.delete_namespaced_pod(p, NS, grace_period_seconds=0)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        for n in self.nodes:
+            self.core.delete_node(n)
+
+
+@pytest.fixture
+def cluster(real_apiserver: RealApiserver) -> Iterator[Cluster]:  # noqa: F811
+    c = Cluster(real_apiserver)
+    try:
+        yield c
+    finally:
+        c.cleanup()
+
+
+def test_reads_nodes_and_pods_with_conditions(
+    real_apiserver: RealApiserver,  # noqa: F811
+    cluster: Cluster,
+) -> None:
+    w1, w2 = cluster.node("w1"), cluster.node("w2", ready=False)
+    cp = cluster.node("cp", labels={"node-role.kubernetes.io/control-plane": ""})
+    cluster.pod("web-a1", w1, f"web-{cluster.suffix}")
+    b = real_apiserver.backend()
+    names = {n.name for n in b.nodes()}
+    assert {w1, w2} <= names and cp not in names  # cp is not a target
+    assert b.node(w1).ready and b.node(w1).schedulable
+    assert not b.node(w2).ready
+    beat = b.node(w1).heartbeat_age
+    assert beat is not None and beat < 60
+    pod = b.workload(f"web-{cluster.suffix}")
+    assert (pod.kind, pod.node, pod.phase) == (WorkloadKind.POD, w1, Phase.RUNNING)
+    assert pod.condition("Ready") is not None and pod.condition("Ready").status  # type: ignore[union-attr]
+    assert pod.instance == f"containerd://web-a1-{cluster.suffix}-0"
+
+
+def test_context_allowlist_refuses_unlisted(real_apiserver: RealApiserver) -> None:  # noqa: F811
+    cfg = real_apiserver.config()
+    with pytest.raises(BackendError, match=f"'{NOBODY}' is not in the allowlist"):
+        KubeBackend(cfg, context=NOBODY)
+
+
+def test_untargeted_node_refused(real_apiserver: RealApiserver, cluster: Cluster) -> None:  # noqa: F811
+    cp = cluster.node("cp", labels={"node-role.kubernetes.io/control-plane": ""})
+    b = real_apiserver.backend()
+    with pytest.raises(BackendError, match="not a target"):
+        b.cordon(cp)
+    assert not cluster.raw_node(cp).spec.unschedulable
+
+
+def test_rbac_denial_names_verb_and_resource(
+    real_apiserver: RealApiserver,  # noqa: F811
+    cluster: Cluster,
+) -> None:
+    """rto-nobody may read pods and nodes (a Role and ClusterRole made here) but not
+    create pods/eviction: the real authorizer's refusal is named and passed on."""
+    w1 = cluster.node("w1")
+    cluster.pod("web-a1", w1, f"web-{cluster.suffix}")
+    role = f"rto-reader-{cluster.suffix}"
+    rules = [
+        {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["get", "list"]},
+        # Listing workloads lists VMIs too; RBAC takes a rule for an unserved group.
+        {"apiGroups": ["kubevirt.io"], "resources": ["virtualmachineinstances"], "verbs": ["list"]},
+    ]
+    subject = [{"kind": "User", "name": NOBODY, "apiGroup": "rbac.authorization.k8s.io"}]
+    ref = {"kind": "ClusterRole", "name": role, "apiGroup": "rbac.authorization.k8s.io"}
+    cluster.rbac.create_cluster_role({"metadata": {"name": role}, "rules": rules})
+    cluster.rbac.create_cluster_role_binding(
+        {"metadata": {"name": role}, "subjects": subject, "roleRef": ref}
+    )
+    try:
+        nobody = real_apiserver.backend(NOBODY)
+        # The RBAC authorizer reads bindings from an informer: a moment to land.
+        poll_until(
+            lambda: bool(nobody.workloads()),
+            10,
+            "rto-nobody can list workloads",
+            retry_on=(BackendError,),
+        )
+        with pytest.raises(
+            BackendError,
+            match=r"RBAC: the harness may not 'create' 'pods/eviction'.*"
+            rf'User "{NOBODY}" cannot create resource "pods/eviction"',
+        ):
+            nobody.evict(f"web-{cluster.suffix}", patience=0)
+        with pytest.raises(BackendError, match=r"RBAC: the harness may not 'patch' 'nodes'"):
+            nobody.cordon(w1)
+        assert not cluster.raw_node(w1).spec.unschedulable
+        assert cluster.pod_or_none(f"web-a1-{cluster.suffix}") is not None
+    finally:
+        cluster.rbac.delete_cluster_role_binding(role)
+        cluster.rbac.delete_cluster_role(role)
+
+
+def test_missing_kubevirt(real_apiserver: RealApiserver, cluster: Cluster) -> None:  # noqa: F811
+    cluster.node("w1")
+    b = real_apiserver.backend()
+    with pytest.raises(BackendError, match="KubeVirt is not installed"):
+        b.create_workload("vmx", WorkloadKind.VMI)
+    assert [w.kind for w in b.workloads()] == [WorkloadKind.POD] * len(b.workloads())
+    with pytest.raises(BackendError, match="KubeVirt is not installed"):
+        b.start_migration("vmx")
+
+
+def test_cordon_and_eviction_with_pdb(real_apiserver: RealApiserver, cluster: Cluster) -> None:  # noqa: F811
+    """A PDB (minAvailable 1) over one ready pod: the disruption controller computes
+    disruptionsAllowed 0 and the Eviction subresource answers 429; without the PDB
+    the eviction deletes the pod (gracefully: it stays Terminating, no kubelet)."""
+    w1 = cluster.node("w1")
+    web = f"web-{cluster.suffix}"
+    pod = cluster.pod("web-a1", w1, web)
+    pdb = f"pdb-{cluster.suffix}"
+    cluster.policy.create_namespaced_pod_disruption_budget(
+        NS,
+        {
+            "metadata": {"name": pdb},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"rto.harness/workload": web}}},
+        },
+    )
+
+    def computed() -> bool:
+        st = cluster.policy.read_namespaced_pod_disruption_budget(pdb, NS).status
+        return bool(st and st.observed_generation and st.current_healthy == 1)
+
+    poll_until(computed, 20, "the disruption controller to compute the PDB's status")
+    b = real_apiserver.backend()
+    with pytest.raises(
+        BackendError, match=r"blocked by a PodDisruptionBudget.*\(429\).*disruption budget"
+    ):
+        b._evict_pod(NS, pod, patience=0.2)
+    assert cluster.pod_or_none(pod).metadata.deletion_timestamp is None
+    cluster.policy.delete_namespaced_pod_disruption_budget(pdb, NS)
+    # A drain as the node-drain fault does it: cordon, then evict each workload.
+    b.cordon(w1)
+    assert cluster.raw_node(w1).spec.unschedulable is True
+    assert not b.node(w1).schedulable
+    b.evict(web)
+    assert cluster.pod_or_none(pod).metadata.deletion_timestamp is not None
+    assert b.workload(web).phase is Phase.TERMINATING
+    b.uncordon(w1)
+    assert not cluster.raw_node(w1).spec.unschedulable
+    assert b.node(w1).schedulable
+
+
+def test_fence_evicts_and_unfence(real_apiserver: RealApiserver, cluster: Cluster) -> None:  # noqa: F811
+    """The out-of-service taint is NoExecute: the real taint-eviction controller
+    deletes the untolerating pod on the fenced node; reschedule force-deletes."""
+    w1, w2 = cluster.node("w1"), cluster.node("w2")
+    web, other = f"web-{cluster.suffix}", f"db-{cluster.suffix}"
+    pod = cluster.pod("web-a1", w1, web)
+    db = cluster.pod("db-a1", w2, other)
+    cluster.set_node_ready(w1, False)
+    b = real_apiserver.backend()
+    b.fence(w1)
+    b.fence(w1)  # idempotent
+    # The TaintNodesByCondition admission plugin gave the new Node not-ready:NoSchedule
+    # (the emulator adds none): fence adds its taint once and keeps the others.
+    taints = [{k: t.to_dict()[k] for k in OUT_OF_SERVICE} for t in cluster.raw_node(w1).spec.taints]
+    assert [t for t in taints if t["key"] == OUT_OF_SERVICE["key"]] == [OUT_OF_SERVICE]
+    others = [t for t in taints if t["key"] != OUT_OF_SERVICE["key"]]
+    assert {"key": "node.kubernetes.io/not-ready", "value": None, "effect": "NoSchedule"} in others
+    assert b.node(w1).fenced and not b.node(w1).ready
+    poll_until(
+        lambda: (p := cluster.pod_or_none(pod)) is None or p.metadata.deletion_timestamp,
+        20,
+        "the taint-eviction controller to delete the pod on the fenced node",
+    )
+    b.reschedule(other)  # force delete (grace 0): gone at once, no kubelet needed
+    assert cluster.pod_or_none(db) is None
+    b.unfence(w1)
+    left = [{k: t.to_dict()[k] for k in OUT_OF_SERVICE} for t in cluster.raw_node(w1).spec.taints]
+    assert left == others  # only its own taint removed
+    assert not b.node(w1).fenced
+
+
+def test_network_partition_policy(real_apiserver: RealApiserver, cluster: Cluster) -> None:  # noqa: F811
+    w1 = cluster.node("w1")
+    web = f"web-{cluster.suffix}"
+    cluster.pod("web-a1", w1, web)
+    b = real_apiserver.backend()
+    net = k8s.NetworkingV1Api(cluster.core.api_client)
+    b.partition_workload(web)
+    pol = net.read_namespaced_network_policy(f"rto-partition-{web}", NS)
+    assert pol.spec.pod_selector.match_labels == {"rto.harness/workload": web}
+    assert pol.spec.policy_types == ["Ingress", "Egress"] and pol.spec.ingress is None
+    with pytest.raises(BackendError, match=r"\(409\)"):
+        b.partition_workload(web)  # the API refuses a second one: the first holds
+    b.heal_workload_partition(web)
+    b.heal_workload_partition(web)  # idempotent (journal replay)
+    names = [p.metadata.name for p in net.list_namespaced_network_policy(NS).items]
+    assert f"rto-partition-{web}" not in names
+
+
+def test_dry_run_touches_nothing(real_apiserver: RealApiserver, cluster: Cluster) -> None:  # noqa: F811
+    w1 = cluster.node("w1")
+    web = f"web-{cluster.suffix}"
+    pod = cluster.pod("web-a1", w1, web)
+    before = cluster.raw_node(w1).metadata.resource_version
+    pod_before = cluster.pod_or_none(pod).metadata.resource_version
+    b = real_apiserver.backend(dry_run=True)
+    b.cordon(w1)
+    b.fence(w1)
+    b.partition_workload(web)
+    b.reschedule(web)
+    assert cluster.raw_node(w1).metadata.resource_version == before
+    assert cluster.pod_or_none(pod).metadata.resource_version == pod_before
+    assert b.plan[0] == f"cordon node {w1}" and len(b.plan) == 4
+
+
+def test_events_from_watches(real_apiserver: RealApiserver, cluster: Cluster) -> None:  # noqa: F811
+    """List + watch followers on the real watch cache: node and pod changes arrive
+    as timeline events over the stream (one list each), resourceVersion carried."""
+    w1, w2 = cluster.node("w1"), cluster.node("w2")
+    web = f"web-{cluster.suffix}"
+    pod = cluster.pod("web-a1", w1, web)
+    b = real_apiserver.backend()
+    try:
+        poll_until(
+            lambda: any(e.source == "pod" and e.name == pod for e in b.events(0.0)),
+            10,
+            "the pod's Added event",
+        )
+        t0 = max(e.at for e in b.events(0.0))
+        cluster.set_node_ready(w2, False)
+        b.cordon(w1)
+        cluster.run_pod(pod, restarts=1)
+
+        def seen() -> set[tuple[str, str, str]]:
+            return {(e.source, e.name, e.reason) for e in b.events(t0)}
+
+        want = {
+            ("node", w2, "NodeNotReady"),
+            ("node", w1, "Cordoned"),
+            ("pod", pod, "ContainerRestarted"),
+        }
+        poll_until(lambda: seen() >= want, 10, f"events {sorted(want)}")
+        by_plural = {f.ref.plural: f for f in b.followers}
+        nodes, pods = by_plural["nodes"], by_plural["pods"]
+        assert nodes.stats["lists"] == 1 and pods.stats["lists"] == 1  # changes came by watch
+        assert nodes.error is None and pods.error is None
+
+        # The follower carries the version of the last change it saw (or a later
+        # bookmark): it reaches the node's current one (a controller may still write).
+        def caught_up() -> bool:
+            rv = cluster.raw_node(w1).metadata.resource_version
+            held = nodes.resource_version
+            return nodes.known.get(f"/{w1}") == rv and held is not None and int(held) >= int(rv)
+
+        poll_until(caught_up, 10, "the node follower to hold the node's resourceVersion")
+        # no KubeVirt: the VMI followers ended with 404 and events() goes on with pods
+        assert isinstance(by_plural["virtualmachineinstances"].error, ApiException)
+    finally:
+        b.close()
+
+
+def test_watch_relists_on_410_and_resumes(
+    real_apiserver: RealApiserver,  # noqa: F811
+    cluster: Cluster,
+) -> None:
+    """410 Gone for real: configmaps are watched straight from etcd (no watch cache
+    for them, see tests/real_apiserver.py), and etcd is compacted past the version
+    the follower holds. Then the server ends each stream after timeoutSeconds and
+    the follower resumes from its version without re-listing."""
+    b = real_apiserver.backend()
+    seen: list[tuple[str, str]] = []
+    label = f"rto-test={cluster.suffix}"
+    f = WatchFollower(
+        b.api,
+        ResourceRef("", "v1", "configmaps", NS),
+        lambda t, o: seen.append((t, o["metadata"]["name"])),
+        label_selector=label,
+        timeout_seconds=1,
+    )
+    labels = {"rto-test": cluster.suffix}
+    c1, c2, c3 = (f"{n}-{cluster.suffix}" for n in ("c1", "c2", "c3"))
+    core = cluster.core
+    core.create_namespaced_config_map(NS, {"metadata": {"name": c1, "labels": labels}})
+    try:
+        f.relist()
+        assert seen == [("ADDED", c1)]
+        old = f.resource_version
+        core.create_namespaced_config_map(NS, {"metadata": {"name": c2, "labels": labels}})
+        core.delete_namespaced_config_map(c1, NS)
+        rev = real_apiserver.compact_etcd()
+        assert old is not None and int(old) < rev
+        f.step()  # watch from the compacted version answers 410 -> forget it
+        assert f.stats["relists_410"] == 1 and f.resource_version is None
+        seen.clear()
+        f.relist()  # a re-list reports the gap: c2 added, c1 gone
+        assert sorted(seen) == [("ADDED", c2), ("DELETED", c1)]
+        f.start()
+        poll_until(lambda: f.stats["streams"] >= 3, 15, "the server to end two 1 s streams")
+        core.create_namespaced_config_map(NS, {"metadata": {"name": c3, "labels": labels}})
+        poll_until(lambda: ("ADDED", c3) in seen, 10, "c3 over the resumed watch")
+        assert f.stats["relists_410"] == 1 and f.stats["lists"] == 2 and f.error is None
+    finally:
+        f.stop()
+        for c in (c2, c3):
+            try:
+                core.delete_namespaced_config_map(c, NS)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+
+def test_pod_only_account_lists_pods_without_kubevirt(
+    real_apiserver: RealApiserver,  # noqa: F811
+    cluster: Cluster,
+) -> None:
+    """An account granted pods and nodes only, on a cluster without KubeVirt, can read
+    its pod workloads. On a real apiserver the authorizer runs before the router, so
+    listing VMIs of the unserved kubevirt.io group answers 403, not the 404 the
+    backend takes for "no KubeVirt" (the emulator answers 404 whoever asks)."""
+    w1 = cluster.node("w1")
+    web = f"web-{cluster.suffix}"
+    cluster.pod("web-a1", w1, web)
+    role = f"rto-pods-only-{cluster.suffix}"
+    rules = [{"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["get", "list", "watch"]}]
+    subject = [{"kind": "User", "name": NOBODY, "apiGroup": "rbac.authorization.k8s.io"}]
+    ref = {"kind": "ClusterRole", "name": role, "apiGroup": "rbac.authorization.k8s.io"}
+    cluster.rbac.create_cluster_role({"metadata": {"name": role}, "rules": rules})
+    cluster.rbac.create_cluster_role_binding(
+        {"metadata": {"name": role}, "subjects": subject, "roleRef": ref}
+    )
+    nobody = real_apiserver.backend(NOBODY)
+    core = k8s.CoreV1Api(nobody.api)
+    try:
+        poll_until(
+            lambda: bool(core.list_namespaced_pod(NS).items),
+            10,
+            "rto-nobody can list pods",
+            retry_on=(ApiException,),
+        )
+        assert web in {w.name for w in nobody.workloads()}
+        with pytest.raises(BackendError, match="KubeVirt is not installed"):
+            nobody.create_workload("vmx", WorkloadKind.VMI)
+    finally:
+        nobody.close()
+        cluster.rbac.delete_cluster_role_binding(role)
+        cluster.rbac.delete_cluster_role(role)
+
+
+class _Health(BaseHTTPRequestHandler):
+    """What the harness's workload answers on its health path: "<name> <instance>"."""
+
+    answer = b""
+
+    def do_GET(self) -> None:
+        body = self.answer if self.path == "/cgi-bin/healthz" else b"not here"
+        self.send_response(200 if self.path == "/cgi-bin/healthz" else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def endpoint_address() -> Iterator[str]:
+    if os.geteuid() != 0:
+        pytest.skip("adding an address to lo for the proxied endpoint needs root")
+    dev = ["ip", "addr", "add", f"{ENDPOINT_IP}/32", "dev", "lo"]
+    subprocess.run(dev, check=True, capture_output=True)
+    try:
+        yield ENDPOINT_IP
+    finally:
+        dev[2] = "del"
+        subprocess.run(dev, check=True, capture_output=True)
+
+
+def test_service_proxy_probe(
+    real_apiserver: RealApiserver,  # noqa: F811
+    cluster: Cluster,
+    endpoint_address: str,
+) -> None:
+    """probe_target through the real apiserver's service proxy, probed by the
+    harness's own prober: 503 with no endpoint, 200 with the workload's answer
+    once the Service has a ready endpoint, a failure again when it stops. The
+    Endpoints object is written here (what the endpoints controller would do for
+    a running pod), pointing at a stand-in HTTP server on ``endpoint_address``:
+    no kubelet runs the pod's container."""
+    web = f"web-{cluster.suffix}"
+    pod = cluster.pod("web-a1", cluster.node("w1"), web)
+    with socket.socket() as sock:
+        sock.bind((endpoint_address, 0))
+        port = sock.getsockname()[1]
+    b = KubeBackend(real_apiserver.config(probe_port=port), echo=lambda m: None)
+    server = ThreadingHTTPServer((endpoint_address, port), _Health)
+    _Health.answer = f"{web} inst-1 ok".encode()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        b.create_workload(web, WorkloadKind.POD)  # the Service (and a Deployment nothing runs)
+        target = b.probe_target(web)
+        assert target is not None and target.tls is not None
+        assert target.path == f"/api/v1/namespaces/{NS}/services/{web}:{port}/proxy/cgi-bin/healthz"
+
+        def probe() -> tuple[bool, str | None, str]:
+            return asyncio.run(http_probe(target, 5, expect_name=web))
+
+        # No Endpoints object yet (no pod ever ran): the proxy answers 404.
+        assert probe() == (False, None, "http 404")
+        ports = [{"name": "probe", "port": port, "protocol": "TCP"}]
+        # The proxy takes an address only with a targetRef naming a pod that has
+        # that IP: the pod "runs" there.
+        cluster.run_pod(pod, ip=endpoint_address)
+        addr = {"ip": endpoint_address, "targetRef": {"kind": "Pod", "name": pod, "namespace": NS}}
+        not_ready = {"notReadyAddresses": [addr], "ports": ports}
+        cluster.core.create_namespaced_endpoints(
+            NS, {"metadata": {"name": web}, "subsets": [not_ready]}
+        )
+        assert probe() == (False, None, "http 503")  # an endpoint, none ready
+        ready = {"addresses": [addr], "ports": ports}
+        cluster.core.patch_namespaced_endpoints(web, NS, {"subsets": [ready]})
+        answer = poll_until(lambda: (r := probe())[0] and r, 10, "a good probe through the proxy")
+        assert answer == (True, "inst-1", "")
+        server.shutdown()
+        server.server_close()
+        assert probe() == (False, None, "http 503")  # the endpoint refuses: proxy error
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+        b.delete_workload(web)
+        try:
+            cluster.core.delete_namespaced_endpoints(web, NS)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+    assert not [s for s in cluster.core.list_namespaced_service(NS).items if s.metadata.name == web]
