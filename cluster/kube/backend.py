@@ -198,7 +198,14 @@ class KubeBackend:
             return None
         return fn()
 
-    def require_kubevirt(self) -> None:
+    def has_kubevirt(self) -> bool:
+        """Does the cluster serve kubevirt.io/v1? Asked once, by API discovery.
+
+        Discovery, not a list of VMIs: every authenticated user may read it, and
+        a real API server checks RBAC before it notices a group is not served,
+        so an account without VMI rights would get 403 where "no KubeVirt" is
+        the answer (seen against kube-apiserver 1.34).
+        """
         if self._kubevirt is None:
             try:
                 _done(raw_request(self.api, "GET", "/apis/kubevirt.io/v1"))
@@ -209,7 +216,10 @@ class KubeBackend:
                 self._kubevirt = False
             except urllib3.exceptions.HTTPError as exc:
                 raise BackendError(f"kube API server unreachable: {exc}") from exc
-        if not self._kubevirt:
+        return self._kubevirt
+
+    def require_kubevirt(self) -> None:
+        if not self.has_kubevirt():
             raise BackendError(
                 f"KubeVirt is not installed on context {self.context!r} (no kubevirt.io/v1 "
                 "API): VMI experiments need it (see README, Real clusters)"
@@ -293,7 +303,7 @@ class KubeBackend:
         return pods
 
     def _raw_vmis(self) -> list[Obj]:
-        if self._kubevirt is False:
+        if not self.has_kubevirt():
             return []
         vmis: list[Obj] = []
         for ns in self.config.namespaces:
@@ -529,7 +539,7 @@ class KubeBackend:
         ]
         for ns in self.config.namespaces:
             refs.append(("pod", ResourceRef("", "v1", "pods", ns), self.config.target_label))
-            if self._kubevirt is not False:
+            if self.has_kubevirt():
                 refs.append(("vmi", ResourceRef(*KV, "virtualmachineinstances", ns), None))
                 refs.append(
                     ("migration", ResourceRef(*KV, "virtualmachineinstancemigrations", ns), None)
