@@ -31,7 +31,9 @@ KUBE_VERSION=${KUBE_VERSION:-v1.34.4}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 CONTAINERD_VERSION=${CONTAINERD_VERSION:-v2.2.9}
 CACHE_ROOT=${RTO_KUBE_CACHE:-/var/cache/rto-harness/kube}
-GO=${GO:-go}
+# Go is preinstalled at /usr/local/go on these machines, which a root shell's
+# PATH (CI, cron) may not include.
+GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 # Bump when the way a binary is built changes (flags, tags, wrapper layout).
 RECIPE=1
 
