@@ -34,6 +34,8 @@ CACHE_ROOT=${RTO_KUBE_CACHE:-/var/cache/rto-harness/kube}
 # Go is preinstalled at /usr/local/go on these machines, which a root shell's
 # PATH (CI, cron) may not include.
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
+# The go command puts its module and build caches under $HOME.
+export HOME=${HOME:-/root}
 # Bump when the way a binary is built changes (flags, tags, wrapper layout).
 RECIPE=1
 
