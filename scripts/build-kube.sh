@@ -178,8 +178,14 @@ build_one() {   # binary
     mkdir -p "$BIN"
     log "building $b ($pkg@$v) ..."
     t0=$(date +%s.%N)
-    (cd "$dir" && "${NICE[@]}" "$GO" build -trimpath ${tags:+-tags "$tags"} \
-        -ldflags "$ldflags" -o "$BIN/.$b.tmp" "$pkg")
+    # The go command's output (hundreds of "go: downloading" lines on a cold
+    # machine) goes to a log; on failure its tail is shown.
+    local out="$PIN_DIR/build-$b.log"
+    if ! (cd "$dir" && "${NICE[@]}" "$GO" build -trimpath ${tags:+-tags "$tags"} \
+        -ldflags "$ldflags" -o "$BIN/.$b.tmp" "$pkg") >"$out" 2>&1; then
+        tail -n 30 "$out" >&2
+        die "building $b failed; the whole go output is in $out"
+    fi
     t1=$(date +%s.%N)
     mv -f "$BIN/.$b.tmp" "$BIN/$b"
     stamp_of "$b" >"$BIN/.$b.stamp"
