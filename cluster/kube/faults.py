@@ -1,0 +1,361 @@
+"""``KubeFaults``: the faults ``KubeBackend`` injects on a real cluster, and their reverts.
+
+Filled with the facade's ``KubeClient`` and ``KubeReader`` (and an optional
+``PowerDriver``); read by the facade, whose ``cluster.api.FaultActions`` methods
+delegate here. Kill and hang go through the exec subresource, cordon and evict
+(backing off while a PodDisruptionBudget says not now) through the API, network
+partitions through a NetworkPolicy or a privileged node pod, volume failures
+through a hot-unplug (VMI) or fsfreeze (pod). Reverts read their state back
+from the cluster (the VM spec keeps the unplugged volume), so ``rto revert``
+after a killed harness can undo a fault from the journal alone.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+from tenacity import Retrying, retry_if_exception, wait_exponential
+
+from cluster.api import VolumeFailure, WorkloadKind
+from cluster.kube.client import KV, KubeClient, Obj
+from cluster.kube.power import PowerDriver, get_power_driver
+from cluster.kube.reading import KubeReader
+from core.errors import BackendError
+from core.wait import stop_after
+
+__all__ = ["KubeFaults"]
+
+
+class KubeFaults:
+    """Process, node, network and volume faults on the config's targets."""
+
+    def __init__(self, k: KubeClient, r: KubeReader, power: PowerDriver | None = None) -> None:
+        self.k, self.r = k, r
+        self._power = power
+
+    # --- faults ------------------------------------------------------------------
+    def kill_main_process(self, workload: str) -> None:
+        w = self.r.workload(workload)
+        if w.kind is WorkloadKind.POD:
+            pod = self.r.pod_of(workload)
+            ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+            container = pod["spec"]["containers"][0]["name"]
+            self.k.act(
+                f"exec kill -9 1 in {ns}/{name}:{container}",
+                lambda: self._kill_pod_main(ns, name, container),
+            )
+            return
+        launcher = self.r.launcher_of(self.r.vmi_of(workload))
+        ns, name = launcher["metadata"]["namespace"], launcher["metadata"]["name"]
+        self.k.act(
+            f"exec kill -9 QEMU in {ns}/{name}:compute",
+            lambda: self.k.call(
+                "create",
+                "pods/exec",
+                self.k.executor,
+                self.k.api,
+                ns,
+                name,
+                "compute",
+                ["sh", "-c", "kill -9 $(pgrep -f qemu-kvm || pgrep -f qemu-system)"],
+            ),
+        )
+
+    def _kill_pod_main(self, ns: str, pod: str, container: str) -> None:
+        try:
+            self.k.call(
+                "create",
+                "pods/exec",
+                self.k.executor,
+                self.k.api,
+                ns,
+                pod,
+                container,
+                ["kill", "-9", "1"],
+            )
+        except BackendError as exc:
+            if "RBAC" in str(exc):
+                raise
+            # No kill binary in the image: an ephemeral container sharing the
+            # target's process namespace does it.
+            body = {
+                "spec": {
+                    "ephemeralContainers": [
+                        {
+                            "name": f"rto-kill-{int(time.time())}",
+                            "image": self.k.config.node_pod_image,
+                            "command": ["kill", "-9", "1"],
+                            "targetContainerName": container,
+                        }
+                    ]
+                }
+            }
+            self.k.call(
+                "patch",
+                "pods/ephemeralcontainers",
+                self.k.core.patch_namespaced_pod_ephemeralcontainers,
+                pod,
+                ns,
+                body,
+            )
+
+    def hang_guest(self, workload: str, resume: bool = False) -> None:
+        """Hang the guest via the configured command (default: an NMI that panics
+        the harness's guest; its watchdog then resets it), or resume it."""
+        vmi = self.r.vmi_of(workload)
+        launcher = self.r.launcher_of(vmi)
+        ns = vmi["metadata"]["namespace"]
+        domain = f"{ns}_{vmi['metadata']['name']}"
+        cmd = self.k.config.guest_resume_command if resume else self.k.config.guest_hang_command
+        argv = [a.format(domain=domain) for a in cmd]
+        self.k.act(
+            f"exec {' '.join(argv)} in {launcher['metadata']['name']}:compute",
+            lambda: self.k.call(
+                "create",
+                "pods/exec",
+                self.k.executor,
+                self.k.api,
+                ns,
+                launcher["metadata"]["name"],
+                "compute",
+                argv,
+            ),
+        )
+
+    def cordon(self, node: str) -> None:
+        self.k.target_node(node)
+        self.k.act(
+            f"cordon node {node}",
+            lambda: self.k.call(
+                "patch", "nodes", self.k.core.patch_node, node, {"spec": {"unschedulable": True}}
+            ),
+        )
+
+    def uncordon(self, node: str) -> None:
+        self.k.target_node(node)
+        self.k.act(
+            f"uncordon node {node}",
+            lambda: self.k.call(
+                "patch", "nodes", self.k.core.patch_node, node, {"spec": {"unschedulable": None}}
+            ),
+        )
+
+    def evict_pod(self, ns: str, pod: str, patience: float = 60.0) -> None:
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": pod, "namespace": ns},
+        }
+
+        def blocked(exc: BaseException) -> bool:
+            return isinstance(exc, BackendError) and "(429)" in str(exc)
+
+        # 429 = a PodDisruptionBudget says not now: wait and ask again, as kubectl drain does.
+        retrying = Retrying(
+            retry=retry_if_exception(blocked),
+            stop=stop_after(self.k.clock, patience),
+            wait=wait_exponential(multiplier=0.5, max=5),
+            sleep=self.k.sleep,
+            reraise=True,
+        )
+        try:
+            retrying(
+                self.k.call,
+                "create",
+                "pods/eviction",
+                self.k.core.create_namespaced_pod_eviction,
+                pod,
+                ns,
+                body,
+            )
+        except BackendError as exc:
+            if blocked(exc):
+                raise BackendError(
+                    f"eviction of {ns}/{pod} blocked by a PodDisruptionBudget "
+                    f"for {patience:.0f} s: {exc}"
+                ) from exc
+            raise
+
+    def evict(self, workload: str, patience: float = 60.0) -> None:
+        w = self.r.workload(workload)
+        obj = (
+            self.r.pod_of(workload)
+            if w.kind is WorkloadKind.POD
+            else self.r.launcher_of(self.r.vmi_of(workload))
+        )
+        ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        self.k.act(f"evict pod {ns}/{name}", lambda: self.evict_pod(ns, name, patience))
+
+    def _driver(self) -> PowerDriver:
+        if self._power is None:
+            self._power = get_power_driver(self.k.config.power_driver, self.k.config.power_options)
+        return self._power
+
+    def power_off(self, node: str) -> None:
+        self.k.target_node(node)
+        self.k.act(
+            f"power off {node} ({self.k.config.power_driver})",
+            lambda: self._driver().power_off(node),
+        )
+
+    def power_on(self, node: str) -> None:
+        self.k.target_node(node)
+        self.k.act(
+            f"power on {node} ({self.k.config.power_driver})", lambda: self._driver().power_on(node)
+        )
+
+    def _policy_name(self, workload: str) -> str:
+        return f"rto-partition-{workload}"
+
+    def partition_workload(self, workload: str) -> None:
+        self.r.workload(workload)
+        ns = self.k.config.namespaces[0]
+        body: Obj = {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": self._policy_name(workload), "labels": self.k.labels(workload)},
+            "spec": {
+                "podSelector": {"matchLabels": {self.k.config.workload_label: workload}},
+                "policyTypes": ["Ingress", "Egress"],
+            },
+        }
+        self.k.act(
+            f"create NetworkPolicy {ns}/{body['metadata']['name']} (deny all)",
+            lambda: self.k.call(
+                "create", "networkpolicies", self.k.net.create_namespaced_network_policy, ns, body
+            ),
+        )
+
+    def heal_workload_partition(self, workload: str) -> None:
+        ns, name = self.k.config.namespaces[0], self._policy_name(workload)
+        self.k.act(
+            f"delete NetworkPolicy {ns}/{name}",
+            lambda: self.k.ignore_404(
+                "delete", "networkpolicies", self.k.net.delete_namespaced_network_policy, name, ns
+            ),
+        )
+
+    def _node_pod(self, node: str, purpose: str, script: str) -> None:
+        """A privileged pod on the node (host network and PID) running ``script``."""
+        ns, name = self.k.config.namespaces[0], f"rto-node-{purpose}-{node}"
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": {"rto.harness/node-pod": purpose}},
+            "spec": {
+                "nodeName": node,
+                "hostNetwork": True,
+                "hostPID": True,
+                "restartPolicy": "Never",
+                "tolerations": [{"operator": "Exists"}],
+                "containers": [
+                    {
+                        "name": "node",
+                        "image": self.k.config.node_pod_image,
+                        "command": ["nsenter", "-t", "1", "-m", "-n", "--", "sh", "-c", script],
+                        "securityContext": {"privileged": True},
+                    }
+                ],
+            },
+        }
+        self.k.ignore_404("delete", "pods", self.k.core.delete_namespaced_pod, name, ns)
+        self.k.call("create", "pods", self.k.core.create_namespaced_pod, ns, body)
+
+    def partition_node(self, node: str, max_seconds: int = 600) -> None:
+        self.k.target_node(node)
+        # The node cannot hear a revert while cut off: the pod lifts the cut by
+        # itself after max_seconds, and on SIGTERM once the kubelet is back.
+        script = (
+            "iptables -N RTO-CUT; iptables -A RTO-CUT -i lo -j RETURN; "
+            "iptables -A RTO-CUT -j DROP; iptables -I INPUT -j RTO-CUT; "
+            "iptables -I OUTPUT -j RTO-CUT; "
+            "trap 'iptables -D INPUT -j RTO-CUT; iptables -D OUTPUT -j RTO-CUT; "
+            "iptables -F RTO-CUT; iptables -X RTO-CUT; exit 0' TERM EXIT; "
+            f"sleep {max_seconds} & wait"
+        )
+        self.k.act(
+            f"cut node {node} off the network (node pod, {max_seconds} s max)",
+            lambda: self._node_pod(node, "partition", script),
+        )
+
+    def heal_node_partition(self, node: str) -> None:
+        self.k.target_node(node)
+        ns, name = self.k.config.namespaces[0], f"rto-node-partition-{node}"
+        self.k.act(
+            f"delete node pod {ns}/{name} (lifts the cut)",
+            lambda: self.k.ignore_404(
+                "delete", "pods", self.k.core.delete_namespaced_pod, name, ns
+            ),
+        )
+
+    def _hotplug_volume(self, vmi: Obj) -> Obj:
+        vols = [
+            v
+            for v in (vmi.get("spec") or {}).get("volumes") or ()
+            if "persistentVolumeClaim" in v or "dataVolume" in v
+        ]
+        if not vols:
+            raise BackendError(
+                f"VMI {vmi['metadata']['name']} has no PVC/DataVolume volume to unplug"
+            )
+        return dict(vols[-1])
+
+    def fail_volume(self, workload: str, mode: VolumeFailure) -> None:
+        w = self.r.workload(workload)
+        if w.kind is WorkloadKind.VMI:
+            self.k.require_kubevirt()
+            vmi = self.r.vmi_of(workload)
+            vol = self._hotplug_volume(vmi)
+            ns, name = vmi["metadata"]["namespace"], vmi["metadata"]["name"]
+            self.k.act(
+                f"removevolume {vol['name']} from VMI {ns}/{name}",
+                lambda: self.k.sub(ns, name, "removevolume", {"name": vol["name"]}),
+            )
+            return
+        self._fsfreeze_pod_volumes(workload, freeze=True, why=f" ({mode})")
+
+    def _fsfreeze_pod_volumes(self, workload: str, *, freeze: bool, why: str = "") -> None:
+        """Freeze or thaw every volume of the workload's pod, by a node pod."""
+        pod = self.r.pod_of(workload)
+        uid, node = pod["metadata"]["uid"], pod["spec"]["nodeName"]
+        flag, verb = ("-f", "freeze") if freeze else ("-u", "thaw")
+        script = f"for m in /var/lib/kubelet/pods/{uid}/volumes/*/*; do fsfreeze {flag} $m; done"
+        self.k.act(
+            f"{verb} volumes of pod {pod['metadata']['name']} on {node}{why}",
+            lambda: self._node_pod(node, verb, script),
+        )
+
+    def repair_volume(self, workload: str, mode: VolumeFailure) -> None:
+        w = self.r.workload(workload)
+        if w.kind is WorkloadKind.VMI:
+            vmi = self.r.vmi_of(workload)
+            ns, name = vmi["metadata"]["namespace"], vmi["metadata"]["name"]
+            # The unplug was not persisted: the VM's template still names the volume.
+            vm = self.k.call(
+                "get",
+                "virtualmachines",
+                self.k.custom.get_namespaced_custom_object,
+                *KV,
+                ns,
+                "virtualmachines",
+                name,
+            )
+            present = {v["name"] for v in (vmi.get("spec") or {}).get("volumes") or ()}
+            for vol in vm["spec"]["template"]["spec"].get("volumes") or ():
+                if vol["name"] in present or not (
+                    "persistentVolumeClaim" in vol or "dataVolume" in vol
+                ):
+                    continue
+                source = {k: v for k, v in vol.items() if k != "name"}
+                body = {
+                    "name": vol["name"],
+                    "disk": {"disk": {"bus": "scsi"}},
+                    "volumeSource": source,
+                }
+                self.k.act(
+                    f"addvolume {vol['name']} to VMI {ns}/{name}",
+                    partial(self.k.sub, ns, name, "addvolume", body),
+                )
+            return
+        self._fsfreeze_pod_volumes(workload, freeze=False)
