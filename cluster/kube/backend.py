@@ -5,12 +5,12 @@ read by the runner, faults, healers and recorder through ``cluster.api.Backend``
 A facade: it builds the context's API client and hands it, as a ``KubeClient``
 (client.py: error translation, dry-run, target checks), to its collaborators,
 one per concern: ``KubeReader`` (reading.py: nodes, workloads, probe targets),
-``KubeFaults`` (faults.py) and ``KubeHealing`` (healing.py), whose methods it
-delegates to. It keeps the watches (watch.py, timeline.py), the workloads'
-creation (workloads.py) and the metrics and log followers (observe.py). Only
-these cluster/kube modules talk to the ``kubernetes`` client. Every target is
-checked against the config: workloads only in its namespaces with its label,
-nodes only with its label or by name.
+``KubeFaults`` (faults.py), ``KubeHealing`` (healing.py) and ``KubeProvisioner``
+(provisioning.py: the workloads and their Services), whose methods it
+delegates to. It keeps the watches (watch.py, timeline.py) and the metrics and
+log followers (observe.py). Only these cluster/kube modules talk to the
+``kubernetes`` client. Every target is checked against the config: workloads
+only in its namespaces with its label, nodes only with its label or by name.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from cluster.api import (
     WorkloadKind,
     WorkloadStatus,
 )
-from cluster.kube import workloads
 from cluster.kube.client import KV, OUT_OF_SERVICE, Executor, KubeClient, Obj, kube_exec
 from cluster.kube.config import KubeConfig
 from cluster.kube.faults import KubeFaults
 from cluster.kube.healing import KubeHealing
 from cluster.kube.observe import LogSource, PodLogFollower, PodMetricsReader
 from cluster.kube.power import PowerDriver
+from cluster.kube.provisioning import KubeProvisioner
 from cluster.kube.reading import KubeReader
 from cluster.kube.timeline import KubeTimeline
 from cluster.kube.watch import ResourceRef, WatchFollower
@@ -101,6 +101,7 @@ class KubeBackend:
         self.reader = KubeReader(self.client)
         self.faults = KubeFaults(self.client, self.reader, power)
         self.healing = KubeHealing(self.client, self.reader, self.faults)
+        self.provisioner = KubeProvisioner(self.client, self.reader)
         # The same objects as the client's: callers read them off the backend.
         self.plan = self.client.plan
         self.api = api_client
@@ -273,6 +274,7 @@ class KubeBackend:
                 raise BackendError(f"watch of {f.ref.plural} failed: {err}") from err
         return self.timeline.since(since)
 
+    # --- workloads (provisioning.py: cluster.api.WorkloadActions) ----------------
     def create_workload(
         self,
         name: str,
@@ -282,98 +284,19 @@ class KubeBackend:
         watchdog_heartbeat_s: int | None = 2,
         eviction_strategy: str = "LiveMigrate",
     ) -> None:
-        # watchdog_heartbeat_s is a guest setting (the i6300esb driver's timeout):
-        # the guest image decides it on a real cluster, so it is not applied here.
-        ns, labels = self.config.namespaces[0], self.client.labels(name)
-        sel = {"kubernetes.io/hostname": node} if node else None
-        if kind is WorkloadKind.VMI:
-            self.require_kubevirt()
-        self._create_service(ns, name, labels)
-        if kind is WorkloadKind.POD:
-            body = workloads.deployment(name, labels, self.config.pod_image, sel)
-            self.client.act(
-                f"create Deployment {ns}/{name}",
-                lambda: self.client.call(
-                    "create", "deployments", self.apps.create_namespaced_deployment, ns, body
-                ),
-            )
-            return
-        vm = workloads.virtual_machine(name, labels, self.config.vmi_image, sel, eviction_strategy)
-        self.client.act(
-            f"create VirtualMachine {ns}/{name}",
-            lambda: self.client.call(
-                "create",
-                "virtualmachines",
-                self.custom.create_namespaced_custom_object,
-                *KV,
-                ns,
-                "virtualmachines",
-                vm,
-            ),
+        self.provisioner.create_workload(
+            name,
+            kind,
+            node,
+            watchdog_heartbeat_s=watchdog_heartbeat_s,
+            eviction_strategy=eviction_strategy,
         )
 
     def _create_service(self, ns: str, name: str, labels: dict[str, str]) -> None:
-        """The Service the prober reaches the workload through (see probe_target).
-
-        Selects the workload's labels: the Deployment's pods, or the VMI's
-        virt-launcher pod (KubeVirt copies the VMI's labels onto it; the VM
-        template carries them). An existing one (a rerun) is kept: same selector.
-        """
-        svc = self.reader.service_name(name)
-        port = self.config.probe_port
-        body: Obj = {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": svc, "labels": labels},
-            "spec": {
-                "selector": labels,
-                "ports": [{"name": "probe", "port": port, "targetPort": port, "protocol": "TCP"}],
-            },
-        }
-
-        def create() -> None:
-            try:
-                self.client.call(
-                    "create", "services", self.core.create_namespaced_service, ns, body
-                )
-            except BackendError as exc:
-                if "(409)" not in str(exc):
-                    raise
-
-        self.client.act(f"create Service {ns}/{svc} (probe endpoint, port {port})", create)
+        self.provisioner.create_service(ns, name, labels)
 
     def delete_workload(self, name: str) -> None:
-        ns = self.config.namespaces[0]
-        self.reader.proxy_targets.pop(name, None)
-        svc = self.reader.service_name(name)
-        self.client.act(
-            f"delete services {ns}/{svc}",
-            partial(
-                self.client.ignore_404,
-                "delete",
-                "services",
-                self.core.delete_namespaced_service,
-                svc,
-                ns,
-            ),
-        )
-        for resource, fn in (
-            ("deployments", lambda: self.apps.delete_namespaced_deployment(name, ns)),
-            (
-                "virtualmachines",
-                lambda: self.custom.delete_namespaced_custom_object(
-                    *KV, ns, "virtualmachines", name
-                ),
-            ),
-        ):
-            try:
-                self.client.act(
-                    f"delete {resource} {ns}/{name}",
-                    partial(self.client.call, "delete", resource, fn),
-                )
-            except BackendError as exc:
-                if "(404)" not in str(exc) and "not installed" not in str(exc):
-                    raise
+        self.provisioner.delete_workload(name)
 
     # --- around a run (cluster.api.RunHooks) -----------------------------------------
     @property

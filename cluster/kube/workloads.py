@@ -1,6 +1,6 @@
 """The harness's own test workloads on a real cluster: a Deployment and a VirtualMachine.
 
-Filled by nobody (templates); read by ``KubeBackend.create_workload``. Both
+Filled by nobody (templates); read by ``KubeProvisioner.create_workload``. Both
 answer the prober's contract on port 8080 (``cluster.api.ProbeTarget``): a 200
 with the body ``<workload> <instance>``, where the instance changes on every
 restart, so a restart is told from a recovery of the same process.

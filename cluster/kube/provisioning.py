@@ -1,0 +1,129 @@
+"""``KubeProvisioner``: the harness's test workloads created and deleted on a real cluster.
+
+Filled with the facade's ``KubeClient`` and ``KubeReader``; read by the facade,
+whose ``cluster.api.WorkloadActions`` methods (``create_workload``,
+``delete_workload``) delegate here. Creates the Deployment or VirtualMachine
+from the templates in workloads.py and the Service the prober reaches it
+through; deletes them again (and forgets the workload's cached probe target).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from cluster.api import WorkloadKind
+from cluster.kube import workloads
+from cluster.kube.client import KV, KubeClient, Obj
+from cluster.kube.reading import KubeReader
+from core.errors import BackendError
+
+__all__ = ["KubeProvisioner"]
+
+
+class KubeProvisioner:
+    """Creates and deletes the workloads (and their Services) in the first namespace."""
+
+    def __init__(self, k: KubeClient, r: KubeReader) -> None:
+        self.k, self.r = k, r
+
+    def create_workload(
+        self,
+        name: str,
+        kind: WorkloadKind,
+        node: str | None = None,
+        *,
+        watchdog_heartbeat_s: int | None = 2,
+        eviction_strategy: str = "LiveMigrate",
+    ) -> None:
+        # watchdog_heartbeat_s is a guest setting (the i6300esb driver's timeout):
+        # the guest image decides it on a real cluster, so it is not applied here.
+        ns, labels = self.k.config.namespaces[0], self.k.labels(name)
+        sel = {"kubernetes.io/hostname": node} if node else None
+        if kind is WorkloadKind.VMI:
+            self.k.require_kubevirt()
+        self.create_service(ns, name, labels)
+        if kind is WorkloadKind.POD:
+            body = workloads.deployment(name, labels, self.k.config.pod_image, sel)
+            self.k.act(
+                f"create Deployment {ns}/{name}",
+                lambda: self.k.call(
+                    "create", "deployments", self.k.apps.create_namespaced_deployment, ns, body
+                ),
+            )
+            return
+        vm = workloads.virtual_machine(
+            name, labels, self.k.config.vmi_image, sel, eviction_strategy
+        )
+        self.k.act(
+            f"create VirtualMachine {ns}/{name}",
+            lambda: self.k.call(
+                "create",
+                "virtualmachines",
+                self.k.custom.create_namespaced_custom_object,
+                *KV,
+                ns,
+                "virtualmachines",
+                vm,
+            ),
+        )
+
+    def create_service(self, ns: str, name: str, labels: dict[str, str]) -> None:
+        """The Service the prober reaches the workload through (see probe_target).
+
+        Selects the workload's labels: the Deployment's pods, or the VMI's
+        virt-launcher pod (KubeVirt copies the VMI's labels onto it; the VM
+        template carries them). An existing one (a rerun) is kept: same selector.
+        """
+        svc = self.r.service_name(name)
+        port = self.k.config.probe_port
+        body: Obj = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": svc, "labels": labels},
+            "spec": {
+                "selector": labels,
+                "ports": [{"name": "probe", "port": port, "targetPort": port, "protocol": "TCP"}],
+            },
+        }
+
+        def create() -> None:
+            try:
+                self.k.call("create", "services", self.k.core.create_namespaced_service, ns, body)
+            except BackendError as exc:
+                if "(409)" not in str(exc):
+                    raise
+
+        self.k.act(f"create Service {ns}/{svc} (probe endpoint, port {port})", create)
+
+    def delete_workload(self, name: str) -> None:
+        ns = self.k.config.namespaces[0]
+        self.r.proxy_targets.pop(name, None)
+        svc = self.r.service_name(name)
+        self.k.act(
+            f"delete services {ns}/{svc}",
+            partial(
+                self.k.ignore_404,
+                "delete",
+                "services",
+                self.k.core.delete_namespaced_service,
+                svc,
+                ns,
+            ),
+        )
+        for resource, fn in (
+            ("deployments", lambda: self.k.apps.delete_namespaced_deployment(name, ns)),
+            (
+                "virtualmachines",
+                lambda: self.k.custom.delete_namespaced_custom_object(
+                    *KV, ns, "virtualmachines", name
+                ),
+            ),
+        ):
+            try:
+                self.k.act(
+                    f"delete {resource} {ns}/{name}",
+                    partial(self.k.call, "delete", resource, fn),
+                )
+            except BackendError as exc:
+                if "(404)" not in str(exc) and "not installed" not in str(exc):
+                    raise
