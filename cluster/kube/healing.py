@@ -70,6 +70,20 @@ class KubeHealing:
             lambda: self._set_taints(node, False),
         )
 
+    def _force_delete_pod(self, ns: str, name: str) -> None:
+        """Delete with grace 0: its node is fenced, nobody will confirm a stop."""
+        self.k.act(
+            f"force-delete pod {ns}/{name}",
+            lambda: self.k.ignore_404(
+                "delete",
+                "pods",
+                self.k.core.delete_namespaced_pod,
+                name,
+                ns,
+                grace_period_seconds=0,
+            ),
+        )
+
     def reschedule(self, workload: str) -> None:
         w = self.r.workload(workload)
         if w.node is not None:
@@ -77,34 +91,14 @@ class KubeHealing:
         if w.kind is WorkloadKind.POD:
             pod = self.r.pod_of(workload)
             ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
-            self.k.act(
-                f"force-delete pod {ns}/{name}",
-                lambda: self.k.ignore_404(
-                    "delete",
-                    "pods",
-                    self.k.core.delete_namespaced_pod,
-                    name,
-                    ns,
-                    grace_period_seconds=0,
-                ),
-            )
+            self._force_delete_pod(ns, name)
             return
         vmi = self.r.vmi_of(workload)
         ns, name = vmi["metadata"]["namespace"], vmi["metadata"]["name"]
         try:
             launcher = self.r.launcher_of(vmi)
             lname = launcher["metadata"]["name"]
-            self.k.act(
-                f"force-delete pod {ns}/{lname}",
-                lambda: self.k.ignore_404(
-                    "delete",
-                    "pods",
-                    self.k.core.delete_namespaced_pod,
-                    lname,
-                    ns,
-                    grace_period_seconds=0,
-                ),
-            )
+            self._force_delete_pod(ns, lname)
         except BackendError:
             pass  # no launcher left: deleting the VMI is enough
         self.k.act(
