@@ -22,7 +22,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from pyroute2 import NetNS, netns
+from pyroute2 import IPRoute, NetNS, netns
 
 from cluster.lab.state import HUB_IP, node_ip, node_pod_subnet
 from core.errors import LabError
@@ -36,15 +36,18 @@ __all__ = [
     "VMI_SUBNET",
     "add_vmi_gateway",
     "can_connect",
+    "create_host_link",
     "create_hub",
     "create_node_net",
     "create_pod_net",
+    "delete_host_link",
     "delete_hub",
     "delete_node_net",
     "delete_pod_net",
     "enter_netns",
     "heal_node_partition",
     "heal_pod_partition",
+    "host_link_exists",
     "is_partitioned",
     "is_partitioned_ns",
     "lab_netns",
@@ -54,6 +57,7 @@ __all__ = [
     "partition_pod",
     "pod_ip",
     "pod_ns",
+    "route_to_node",
     "route_vmi",
     "set_prefix",
     "unroute_vmi",
@@ -333,6 +337,53 @@ def unroute_vmi(ip: str, index: int | None = None) -> None:
             if index is not None and r.get_attr("RTA_GATEWAY") != node_ip(index):
                 continue
             hub.route("del", dst=f"{ip}/32", gateway=r.get_attr("RTA_GATEWAY"))
+
+
+def route_to_node(cidr: str, index: int) -> None:
+    """The hub routes ``cidr`` (a real kubelet's pod range) to node ``index`` (idempotent)."""
+    with NetNS(HUB_NS) as hub:
+        hub.route("replace", dst=cidr, gateway=node_ip(index))
+
+
+# --- host link (the API server's door to the host) ---------------------------
+
+
+def create_host_link(ifname: str, host_addr: str, hub_addr: str) -> None:
+    """A veth ``ifname`` (host) <-> ``host0`` (hub), one /30 between them (idempotent).
+
+    The only object the lab puts in the host's namespace: the user's kubeconfig
+    reaches the API server at ``hub_addr``. No route is added on the host; the
+    /30 is directly connected on both ends.
+    """
+    with IPRoute() as host:
+        if not host.link_lookup(ifname=ifname):
+            host.link(
+                "add", ifname=ifname, kind="veth", peer={"ifname": "host0", "net_ns_fd": HUB_NS}
+            )
+        idx = host.link_lookup(ifname=ifname)[0]
+        if host_addr not in {a.get_attr("IFA_ADDRESS") for a in host.get_addr(index=idx)}:
+            host.addr("add", index=idx, address=host_addr, prefixlen=30)
+        host.link("set", index=idx, state="up")
+    with NetNS(HUB_NS) as hub:
+        peer = _link_index(hub, "host0")
+        if peer is None:
+            raise LabError(f"host link {ifname}: no host0 in {HUB_NS}")
+        if hub_addr not in {a.get_attr("IFA_ADDRESS") for a in hub.get_addr(index=peer)}:
+            hub.addr("add", index=peer, address=hub_addr, prefixlen=30)
+        hub.link("set", index=peer, state="up")
+
+
+def host_link_exists(ifname: str) -> bool:
+    with IPRoute() as host:
+        return bool(host.link_lookup(ifname=ifname))
+
+
+def delete_host_link(ifname: str) -> None:
+    """Remove the host end (its hub peer goes with it; idempotent)."""
+    with IPRoute() as host:
+        found = host.link_lookup(ifname=ifname)
+        if found:
+            host.link("del", index=found[0])
 
 
 def delete_node_net(node: str) -> None:
