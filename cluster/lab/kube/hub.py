@@ -1,0 +1,308 @@
+"""The lab's real control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
+
+Called by ``cluster.lab.kube.cluster`` at ``rto lab up`` and by ``lab_down``.
+Every process runs in the hub network namespace (where the model's control
+plane also runs) and in the cgroup ``rto-lab/kube-hub``, so a teardown after a
+SIGKILL of everything finds and kills it by cgroup, not by what a pid file
+claims. The API server listens on every address of the hub: nodes reach it at
+``HUB_IP:6443`` over the lab bridge, the host (the harness, the user's
+``kubectl``) at the hub end of the host link (``paths.host_link``). etcd and
+the components' own health ports stay on the hub's loopback.
+
+The binaries are the pinned ones of scripts/build-kube.sh; the flags are the
+components' defaults plus what a cluster needs to work (TLS, RBAC, service
+accounts, NodeRestriction) and the profile's knobs (``flags``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import ssl
+import subprocess
+import threading
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from cluster.lab import cgroups, net, state
+from cluster.lab.kube import paths
+from cluster.lab.kube.flags import ComponentFlags
+from cluster.lab.kube.pki import ADMIN_USER, Pki, kubeconfig
+from core.errors import LabError
+from core.wait import WaitTimeout, poll_until
+
+__all__ = [
+    "COMPONENTS",
+    "HUB_CGROUP",
+    "admin_kubeconfig",
+    "api_server_url",
+    "hub_alive",
+    "hub_log",
+    "kill_hub",
+    "node_kubeconfig",
+    "start_hub",
+]
+
+HUB_CGROUP = "kube-hub"  # a "node" name for cgroups.*: rto-lab/kube-hub
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+_ETCD = "http://127.0.0.1:2379"
+
+
+def admin_kubeconfig() -> Path:
+    """The kubeconfig ``rto lab kubeconfig`` hands out (server: the host link)."""
+    return paths.kube_dir() / "admin.kubeconfig"
+
+
+def node_kubeconfig(node: str) -> Path:
+    return paths.kube_dir() / "kubeconfigs" / f"{node}-kubelet.kubeconfig"
+
+
+def api_server_url() -> str:
+    """The API server as the host reaches it."""
+    return f"https://{paths.host_link()[2]}:{paths.API_PORT}"
+
+
+def _log_dir() -> Path:
+    return Path(state.STATE_DIR) / "logs"
+
+
+def hub_log(component: str, lines: int = 15) -> str:
+    try:
+        text = (_log_dir() / f"{component}.log").read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _pid_file(component: str) -> Path:
+    return paths.kube_run_dir() / "hub" / f"{component}.pid"
+
+
+def _spawn(component: str, argv: list[str]) -> None:
+    """Start ``component`` in the hub netns and the hub cgroup (joined before exec)."""
+    log = _log_dir() / f"{component}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    binary = paths.bin_dir() / component
+    if not binary.is_file():
+        raise LabError(f"{binary} is missing: run `bash scripts/build-kube.sh`")
+    with open(log, "ab") as out:
+        p = subprocess.Popen(
+            ["nsenter", f"--net={net.NETNS_DIR / net.HUB_NS}", str(binary), *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a Ctrl-C of the harness must not stop the cluster
+            preexec_fn=lambda: cgroups.attach(os.getpid(), HUB_CGROUP),
+            close_fds=True,
+            cwd=paths.kube_dir(),
+        )
+    # Reaped by a thread: the lab outlives nothing of ours, but while this
+    # process lives a dead component must not linger as a zombie.
+    threading.Thread(target=p.wait, name=f"reap-{component}", daemon=True).start()
+    _pid_file(component).parent.mkdir(parents=True, exist_ok=True)
+    _pid_file(component).write_text(f"{p.pid}\n")
+
+
+def _component_pid(component: str) -> int | None:
+    """The pid of ``component`` if it runs, in the hub cgroup, with its binary."""
+    try:
+        pid = int(_pid_file(component).read_text().strip())
+        exe = os.readlink(f"/proc/{pid}/exe")
+        cg = Path(f"/proc/{pid}/cgroup").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    mine = f"/{cgroups.LAB_CGROUP}/{cgroups.node_dir(HUB_CGROUP)}" in cg
+    alive = stat.rsplit(")", 1)[1].split()[0] != "Z"
+    # Just after the spawn it may still be nsenter, which then execs the component.
+    exe_ok = Path(exe).name in (component, "nsenter")
+    return pid if mine and alive and exe_ok else None
+
+
+def hub_alive() -> dict[str, bool]:
+    return {c: _component_pid(c) is not None for c in COMPONENTS}
+
+
+def _in_hub(fn: Callable[[], bool]) -> bool:
+    """Run ``fn`` in a thread that entered the hub netns (sockets open there)."""
+    out: list[bool] = []
+
+    def run() -> None:
+        try:
+            net.enter_netns(net.HUB_NS)
+            out.append(fn())
+        except (OSError, LabError):
+            out.append(False)
+
+    t = threading.Thread(target=run, name="hub-probe")
+    t.start()
+    t.join()
+    return bool(out and out[0])
+
+
+def _wait(component: str, ready: Callable[[], bool], timeout: float) -> None:
+    def check() -> bool:
+        if _component_pid(component) is None:
+            raise LabError(f"{component} exited during start:\n{hub_log(component)}")
+        return ready()
+
+    try:
+        poll_until(check, timeout, f"{component} ready", interval=0.2)
+    except WaitTimeout:
+        raise LabError(
+            f"{component} not ready after {timeout:.0f} s:\n{hub_log(component)}"
+        ) from None
+
+
+def _https_ok(url: str, pki: Pki) -> Callable[[], bool]:
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    ctx.load_cert_chain(str(pki.crt("admin")), str(pki.key("admin")))
+
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, context=ctx, timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    return check
+
+
+def _etcd_healthy() -> bool:
+    try:
+        with urllib.request.urlopen(f"{_ETCD}/health", timeout=2) as r:
+            return bool(json.loads(r.read()).get("health") == "true")
+    except (OSError, ValueError):
+        return False
+
+
+def start_hub(flags: ComponentFlags, nodes: list[tuple[str, str]], timeout: float = 120) -> None:
+    """PKI, kubeconfigs, host link, then the four components, each ready before the next.
+
+    ``nodes``: (name, node IP) of every lab node, for their certificates.
+    """
+    kdir = paths.kube_dir()
+    kdir.mkdir(parents=True, exist_ok=True)
+    pki = Pki.default()
+    ifname, host_addr, hub_addr = paths.host_link()
+    pki.make_hub([state.HUB_IP, hub_addr], _first_service_ip())
+    for name, ip in nodes:
+        pki.make_node(name, ip)
+    kubeconfig(admin_kubeconfig(), api_server_url(), pki.ca, pki.crt("admin"), pki.key("admin"),
+               ADMIN_USER, inline=True)  # fmt: skip
+    local = f"https://127.0.0.1:{paths.API_PORT}"  # components in the hub netns
+    kcs = paths.kube_dir() / "kubeconfigs"
+    for who in ("controller-manager", "scheduler"):
+        kubeconfig(kcs / f"{who}.kubeconfig", local, pki.ca, pki.crt(who), pki.key(who), who)
+    bridge = f"https://{state.HUB_IP}:{paths.API_PORT}"  # kubelets, over the lab bridge
+    for name, _ip in nodes:
+        crt, key = pki.crt(f"{name}-kubelet"), pki.key(f"{name}-kubelet")
+        kubeconfig(node_kubeconfig(name), bridge, pki.ca, crt, key, f"system:node:{name}")
+    net.create_host_link(ifname, host_addr, hub_addr)
+    cgroups.create_node_cgroup(HUB_CGROUP)
+
+    _spawn("etcd", [
+        "--name=rto-lab", f"--data-dir={kdir / 'etcd'}",
+        f"--listen-client-urls={_ETCD}", f"--advertise-client-urls={_ETCD}",
+        "--listen-peer-urls=http://127.0.0.1:2380",
+        "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+        "--initial-cluster=rto-lab=http://127.0.0.1:2380", "--initial-cluster-state=new",
+        "--log-level=warn",
+    ])  # fmt: skip
+    _wait("etcd", lambda: _in_hub(_etcd_healthy), 30)
+    _spawn("kube-apiserver", [
+        f"--etcd-servers={_ETCD}", "--bind-address=0.0.0.0",
+        f"--advertise-address={state.HUB_IP}", f"--secure-port={paths.API_PORT}",
+        f"--tls-cert-file={pki.crt('apiserver')}", f"--tls-private-key-file={pki.key('apiserver')}",
+        f"--client-ca-file={pki.ca}",
+        f"--kubelet-client-certificate={pki.crt('apiserver-kubelet-client')}",
+        f"--kubelet-client-key={pki.key('apiserver-kubelet-client')}",
+        f"--kubelet-certificate-authority={pki.ca}",
+        f"--service-account-key-file={pki.dir / 'sa.pub'}",
+        f"--service-account-signing-key-file={pki.dir / 'sa.key'}",
+        "--service-account-issuer=https://kubernetes.default.svc",
+        f"--service-cluster-ip-range={paths.SERVICE_CIDR}",
+        "--authorization-mode=Node,RBAC",
+        # Added to the default plugins (DefaultTolerationSeconds among them):
+        # a kubelet may only touch its own Node and its pods.
+        "--enable-admission-plugins=NodeRestriction",
+        "--allow-privileged=true",
+        f"--cert-dir={kdir / 'apiserver-certs'}",
+        # Without a request-header CA every component logs "missing content for
+        # CA bundle" several times a second; nothing sends such headers here.
+        f"--requestheader-client-ca-file={pki.ca}",
+        "--requestheader-allowed-names=rto-front-proxy",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        *flags.argv("apiserver"),
+    ])  # fmt: skip
+    # From the host, through the host link: what the harness and kubectl use.
+    _wait("kube-apiserver", _https_ok(f"{api_server_url()}/readyz", pki), timeout)
+    _spawn("kube-controller-manager", [
+        f"--kubeconfig={kcs / 'controller-manager.kubeconfig'}",
+        f"--authentication-kubeconfig={kcs / 'controller-manager.kubeconfig'}",
+        f"--authorization-kubeconfig={kcs / 'controller-manager.kubeconfig'}",
+        "--bind-address=127.0.0.1", "--leader-elect=false",
+        "--use-service-account-credentials=true",
+        f"--service-account-private-key-file={pki.dir / 'sa.key'}",
+        f"--root-ca-file={pki.ca}",
+        f"--cluster-signing-cert-file={pki.ca}", f"--cluster-signing-key-file={pki.ca_key}",
+        f"--service-cluster-ip-range={paths.SERVICE_CIDR}",
+        # Its default /usr/libexec/kubernetes/... would be created on the host.
+        f"--flex-volume-plugin-dir={kdir / 'flexvolume'}",
+        *flags.argv("controller_manager"),
+    ])  # fmt: skip
+    _spawn("kube-scheduler", [
+        f"--kubeconfig={kcs / 'scheduler.kubeconfig'}",
+        f"--authentication-kubeconfig={kcs / 'scheduler.kubeconfig'}",
+        f"--authorization-kubeconfig={kcs / 'scheduler.kubeconfig'}",
+        "--bind-address=127.0.0.1", "--leader-elect=false",
+    ])  # fmt: skip
+    # Their healthz answer anonymous GETs on the hub's loopback (default ports).
+    for component, port in (("kube-controller-manager", 10257), ("kube-scheduler", 10259)):
+        _wait(component, lambda p=port: _in_hub(_insecure_ok(f"https://127.0.0.1:{p}/healthz")), 60)  # type: ignore[misc]
+    (kdir / "kube-profile.json").write_text(json.dumps(flags.as_dict(), indent=1) + "\n")
+
+
+def _insecure_ok(url: str) -> Callable[[], bool]:
+    # Their serving certificates are self-signed at start; only liveness matters.
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, context=ctx, timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    return check
+
+
+def _first_service_ip() -> str:
+    a, b, c, d = paths.SERVICE_CIDR.split("/")[0].split(".")
+    return f"{a}.{b}.{c}.{int(d) + 1}"
+
+
+def kill_hub() -> None:
+    """SIGKILL every process of the hub cgroup, remove it, the host link and the pid files.
+
+    Works after a SIGKILL of the harness (it needs no pid file). etcd's data
+    goes with the state dir: every ``lab up`` starts a new cluster.
+    """
+    for component in reversed(COMPONENTS):
+        pid = _component_pid(component)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    cgroups.kill_node(HUB_CGROUP)
+    cgroups.delete_node_cgroup(HUB_CGROUP)
+    net.delete_host_link(paths.host_link()[0])
+    with contextlib.suppress(FileNotFoundError):
+        for f in (paths.kube_run_dir() / "hub").iterdir():
+            f.unlink()
