@@ -154,20 +154,46 @@ class KubeClient:
             )
 
     def sub(self, ns: str, vmi: str, sub: str, body: Obj | None = None) -> None:
+        """PUT one of virt-api's VMI subresources (pause, unpause, add/removevolume)."""
         path = (
             f"/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachineinstances/{vmi}/{sub}"
         )
-        _done(
-            self.call(
-                "update",
-                f"virtualmachineinstances/{sub}",
-                raw_request,
-                self.api,
-                "PUT",
-                path,
-                body=body or {},
+        resource = f"virtualmachineinstances/{sub}"
+        try:
+            _done(
+                self.call("update", resource, raw_request, self.api, "PUT", path, body=body or {})
             )
-        )
+        except BackendError as exc:
+            cause = exc.__cause__
+            # 404: the aggregated group is not registered, 503: registered but
+            # virt-api does not answer. KubeVirt's CRDs alone (kubevirt.io/v1
+            # served) give neither, so "not installed" would mislead.
+            if not isinstance(cause, ApiException) or cause.status not in (404, 503):
+                raise
+            if cause.status == 404 and self.has_kubevirt() and not self._serves_subresources():
+                raise BackendError(
+                    f"update {resource}: virt-api does not serve subresources.kubevirt.io/v1 on "
+                    f"context {self.context!r} (404), though kubevirt.io/v1 is served: pause, "
+                    "unpause and volume hotplug need virt-api (check the APIService "
+                    "v1.subresources.kubevirt.io)"
+                ) from cause
+            if cause.status == 503:
+                raise BackendError(
+                    f"update {resource}: virt-api is unavailable on context {self.context!r} "
+                    f"(503): {exc}; check the virt-api pods and the APIService "
+                    "v1.subresources.kubevirt.io"
+                ) from cause
+            raise
+
+    def _serves_subresources(self) -> bool:
+        """Is virt-api's group in discovery? (A missing VMI answers 404 too.)"""
+        try:
+            _done(raw_request(self.api, "GET", "/apis/subresources.kubevirt.io/v1"))
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise self.explain(exc, "get", "subresources.kubevirt.io/v1") from exc
+        return True
 
     # --- safety --------------------------------------------------------------------
     def is_target_node(self, node: Obj) -> bool:
