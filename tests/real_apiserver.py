@@ -22,6 +22,15 @@ watch cache's window has passed; pods and nodes keep the real watch cache.
 
 Missing binaries fail the fixture (never skip): ``bash scripts/build-kube.sh``
 builds them (scripts/install.sh calls it).
+
+``kubevirt_crds`` (module scope, on top of ``real_apiserver``) installs
+KubeVirt's own VirtualMachine, VirtualMachineInstance and
+VirtualMachineInstanceMigration CRDs (``cluster.lab.kube.kubevirt_crds``, the
+file build-kube.sh's crdgen writes) for tests/test_kube_real_kubevirt.py, and
+deletes them again when that module is done, waiting until kubevirt.io/v1 is
+gone from discovery: the other tests of the session keep a cluster without
+KubeVirt whatever order they run in. CRDs only: no virt-api (so no
+subresources.kubevirt.io, no webhooks) and no virt-controller or virt-handler.
 """
 
 from __future__ import annotations
@@ -45,9 +54,12 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
 
 from cluster.kube.backend import KubeBackend
 from cluster.kube.config import KubeConfig
+from cluster.lab.kube.kubevirt_crds import install_crds
+from core.errors import LabError
 from core.wait import poll_until
 
 __all__ = [
@@ -56,7 +68,9 @@ __all__ = [
     "NOBODY",
     "NS",
     "RealApiserver",
+    "kubevirt_crds",
     "real_apiserver",
+    "remove_crds",
 ]
 
 KUBE_BIN = Path(os.environ.get("RTO_KUBE_BIN", "/var/cache/rto-harness/kube/v1.34.4/bin"))
@@ -169,9 +183,10 @@ class RealApiserver:
     startup_s: dict[str, float] = field(default_factory=dict)
 
     def api(self, context: str = CONTEXT) -> k8s.ApiClient:
-        return k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
+        api: k8s.ApiClient = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=str(self.kubeconfig), context=context
         )
+        return api
 
     def config(self, context: str = CONTEXT, **kw: Any) -> KubeConfig:
         return KubeConfig(
@@ -332,10 +347,52 @@ def real_apiserver() -> Iterator[RealApiserver]:
             f"--service-cluster-ip-range={SERVICE_RANGE}",
         )
         core = k8s.CoreV1Api(rs.api())
-        core.create_namespace({"metadata": {"name": NS}})
+        core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NS)))
         # No serviceaccount controller: the ServiceAccount admission plugin needs "default".
-        core.create_namespaced_service_account(NS, {"metadata": {"name": "default"}})
+        core.create_namespaced_service_account(
+            NS, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name="default"))
+        )
         yield rs
     finally:
         _stop(procs)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def remove_crds(api: k8s.ApiClient, names: list[str], timeout: float = 60) -> None:
+    """Delete the CRDs ``names`` (their objects go with them) and wait until they
+    and their group's discovery document are gone."""
+    ext = k8s.ApiextensionsV1Api(api)
+    for name in names:
+        try:
+            ext.delete_custom_resource_definition(name, _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+    groups = {name.split(".", 1)[1] for name in names}
+
+    def gone() -> bool:
+        # Raw JSON: the client's models of KubeVirt's schemas take seconds to build.
+        resp: Any = ext.list_custom_resource_definition(_preload_content=False)
+        left = {c["metadata"]["name"] for c in json.loads(resp.data)["items"]}
+        if left & set(names):
+            return False
+        served = {g.name for g in k8s.ApisApi(api).get_api_versions().groups}
+        return not served & groups
+
+    poll_until(gone, timeout, f"CRDs {', '.join(names)} to be deleted", interval=0.1)
+
+
+@pytest.fixture(scope="module")
+def kubevirt_crds(real_apiserver: RealApiserver) -> Iterator[list[str]]:
+    """KubeVirt's CRDs installed into the session's API server for one test module."""
+    t0 = time.monotonic()
+    api = real_apiserver.api()
+    try:
+        names = install_crds(api)
+    except LabError as exc:
+        pytest.fail(f"KubeVirt CRDs: {exc}", pytrace=False)
+    real_apiserver.startup_s["kubevirt_crds"] = time.monotonic() - t0
+    try:
+        yield names
+    finally:
+        remove_crds(api, names)
