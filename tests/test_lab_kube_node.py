@@ -145,7 +145,10 @@ def test_two_nodes_register_and_turn_ready(kube_node_lab: KubeNodeLab) -> None:
         kube_node.start_node(lab.spec(node, config=_PROFILE, feature_gates=_GATES))
         started = time.monotonic()
         ready = _wait_ready(lab, node)
-        print(f"\nFIGURE start_node({node}): {started - t0:.2f} s; Ready {ready - t0:.2f} s after")
+        print(
+            f"\nFIGURE start_node({node}) returned {started - t0:.2f} s,"
+            f" Node Ready {ready - t0:.2f} s"
+        )
         print(kube_node.node_log(node, "start", lines=5))
     kube_node.start_node(lab.spec("kn1", config=_PROFILE, feature_gates=_GATES))  # idempotent
 
@@ -201,7 +204,17 @@ def test_power_off_kills_every_process_and_the_node_comes_back(
     after_others = [p for o in others for p in kube_node.node_processes(o)]
     assert set(before_others) <= set(after_others)  # the other nodes untouched
 
-    kube_node.cleanup_node(node)
+    # Someone reading the node's log names its dirs too: not the node's to kill.
+    reader = subprocess.Popen(
+        ["tail", "-f", str(paths.node_dir(node) / "logs" / "kubelet.log")],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        kube_node.cleanup_node(node)
+        assert reader.poll() is None
+    finally:
+        reader.kill()
+        reader.wait()
     t0 = time.monotonic()
     since = datetime.datetime.now(datetime.UTC).timestamp()
     kube_node.start_node(lab.spec(node, config=_PROFILE, feature_gates=_GATES))

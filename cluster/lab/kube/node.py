@@ -168,7 +168,22 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
-def _in_kubepods(pid: int, cg_prefixes: tuple[str, ...]) -> bool:
+def _ours(pid: int, node: str) -> bool:
+    """Started for the node: in its cgroup, or running one of the lab's binaries.
+
+    Keeps a ``tail -f`` of the node's log (its command line names the node's
+    dirs too) out of what a teardown kills.
+    """
+    if _in_cgroup(pid, (f"/{cgroups.LAB_CGROUP}/{cgroups.node_dir(node)}",)):
+        return True
+    try:
+        exe = Path(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return False
+    return exe.parent == paths.bin_dir() or exe == RUNC
+
+
+def _in_cgroup(pid: int, cg_prefixes: tuple[str, ...]) -> bool:
     try:
         text = Path(f"/proc/{pid}/cgroup").read_text()
     except OSError:
@@ -204,9 +219,10 @@ def node_processes(node: str) -> list[int]:
     """Pids of the node's holder, containerd, kubelet, shims, runc, CNI plugins and pods.
 
     Found three ways, so that none escapes a teardown: a command line naming
-    the node's directories; the pods' cgroups (``.../kubepods``); and the
-    node's mount namespace (what containerd runs briefly: runc, CNI plugins).
-    Never the model's agent, which shares the node cgroup but none of these.
+    the node's directories (of a process in the node cgroup or running a lab
+    binary); the pods' cgroups (``.../kubepods``); and the node's mount
+    namespace (what containerd runs briefly: runc, CNI plugins). Never the
+    model's agent, which shares the node cgroup but none of these.
     """
     dirs = (f"{node_run_dir(node)}/", f"{paths.node_dir(node)}/")
     pods = (_kubepods_cgroup(node),)
@@ -218,8 +234,8 @@ def node_processes(node: str) -> list[int]:
             continue
         cmd = _cmdline(pid)
         if (
-            any(d in cmd for d in dirs)
-            or _in_kubepods(pid, pods)
+            (any(d in cmd for d in dirs) and _ours(pid, node))
+            or _in_cgroup(pid, pods)
             or (ns is not None and _mntns(pid) == ns)
         ):
             found.append(pid)
@@ -795,7 +811,7 @@ def leftovers() -> list[str]:
         if (
             any(d in cmd for d in kube_dirs)
             or holders in cmd
-            or (pods_cgs and _in_kubepods(pid, pods_cgs))
+            or (pods_cgs and _in_cgroup(pid, pods_cgs))
             or _mntns(pid) in namespaces
         ):
             out.append(f"process {pid}: {cmd[:160]}")
