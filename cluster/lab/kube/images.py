@@ -37,6 +37,7 @@ __all__ = [
     "CTR_NAMESPACE",
     "Image",
     "all_images",
+    "busybox_image",
     "import_images",
     "pause_image",
     "pod_image",
@@ -221,6 +222,11 @@ def pause_image() -> str:
 def pod_image() -> str:
     """The lab pod's image reference, for workloads with ``imagePullPolicy: Never``."""
     return _pod().ref
+
+
+def busybox_image() -> str:
+    """``pod_image`` under the name ``cluster.lab.kube.cluster`` asks for (the busybox rootfs)."""
+    return pod_image()
 
 
 def all_images() -> list[Image]:
