@@ -2,7 +2,7 @@
 # Builds the real Kubernetes binaries the lab needs from the Go module proxy and
 # caches them, keyed by the Kubernetes pin, under
 #     /var/cache/rto-harness/kube/<pin>/bin/
-# kube-apiserver, kube-controller-manager, kube-scheduler, kubelet (k8s.io/kubernetes),
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl (k8s.io/kubernetes),
 # etcd (go.etcd.io/etcd/server/v3), containerd, containerd-shim-runc-v2, ctr
 # (github.com/containerd/containerd/v2), and pause, the pod sandbox program of the
 # project's own (cluster/lab/kube/pause/main.go), static; and crdgen
@@ -26,7 +26,7 @@
 # (runs each binary's --version). Timings of each build go to <pin>/build-times.tsv.
 #
 # Usage: scripts/build-kube.sh [--check] [component ...]
-#   components: kube-apiserver kube-controller-manager kube-scheduler kubelet
+#   components: kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
 #               etcd containerd containerd-shim-runc-v2 ctr pause crdgen   (default: all)
 #   --check     only check; exit 1 if anything is missing or stale.
 # Environment: KUBE_VERSION (default v1.34.4), ETCD_VERSION, CONTAINERD_VERSION,
@@ -54,7 +54,7 @@ BIN="$PIN_DIR/bin"
 SRC="$PIN_DIR/src"
 TIMES="$PIN_DIR/build-times.tsv"
 
-KUBE_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
+KUBE_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
 CTRD_BINS=(containerd containerd-shim-runc-v2 ctr)
 ALL_BINS=(etcd "${KUBE_BINS[@]}" "${CTRD_BINS[@]}" pause crdgen)
 PAUSE_SRC="$(cd "$(dirname "$0")/.." && pwd)/cluster/lab/kube/pause/main.go"
@@ -216,7 +216,7 @@ build_one() {   # binary
     local b=$1 dir pkg tags="" ldflags="-s -w" v t0 t1 commit date
     v=$(version_of "$b")
     case "$b" in
-        kube-*|kubelet)
+        kube-*|kubelet|kubectl)
             wrapper_kubernetes
             dir="$SRC/kubernetes"; pkg="k8s.io/kubernetes/cmd/$b"
             date=$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' \
@@ -276,6 +276,7 @@ report_version() {  # binary -> one line of its version output
         etcd) "$BIN/$b" --version 2>&1 | head -1 ;;
         ctr|containerd|pause) "$BIN/$b" --version 2>&1 | head -1 ;;
         crdgen) crds_current && echo "$("$BIN/$b" --version 2>&1 | head -1); $(head -1 "$CRDS")" ;;
+        kubectl) "$BIN/$b" version --client 2>&1 | sed -n 's/^Client Version: //p' | head -1 ;;
         containerd-shim-runc-v2) "$BIN/$b" -v 2>&1 | sed -n 's/^[[:space:]]*Version:[[:space:]]*//p' | head -1 ;;
         *) "$BIN/$b" --version 2>&1 | head -1 ;;
     esac

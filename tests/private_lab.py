@@ -95,9 +95,12 @@ class PrivateLab:
         *,
         profile: str = "fast",
         vms: bool = False,
+        kube: bool = False,
         journal: Path | None = None,
     ) -> Iterator[LabBackend]:
         """The private lab up with ``nodes`` nodes; a LabBackend on it.
+
+        ``kube=True`` also starts the real cluster (``lab_up(kube=True)``).
 
         Always closes the backend, takes the lab down and undoes the patches;
         then (only if nothing failed already) asserts nothing of it is left.
@@ -107,8 +110,9 @@ class PrivateLab:
         try:
             lifecycle.lab_down()  # an earlier aborted run of this module
             t0 = time.monotonic()
-            lifecycle.lab_up(profile, nodes, node_prefix=self.node_prefix, vms=vms)
+            lifecycle.lab_up(profile, nodes, node_prefix=self.node_prefix, vms=vms, kube=kube)
             what = f"{nodes} node{'s' if nodes != 1 else ''}, {profile}{', vms' if vms else ''}"
+            what += ", real cluster" if kube else ""
             print(f"\nFIGURE lab_up({what}): {time.monotonic() - t0:.2f} s")
             backend = LabBackend()
             try:

@@ -2,7 +2,8 @@
 
 Declared as the ``lab`` entry of ``rto.commands`` (pyproject.toml); ``chaos.cli``
 calls :func:`lab_commands` with its journal replay and adds the group it
-returns. Commands: ``up``, ``down``, ``doctor``, ``images``, ``status``. A
+returns. Commands: ``up``, ``down``, ``doctor``, ``images``, ``kubeconfig``,
+``status``. A
 ``HarnessError`` raised here is printed and exits 2 by the ``rto`` group, as
 for every command. ``lab down`` first reverts every fault still pending in the
 journal (the function ``chaos.cli`` hands in: the journal is the harness's, not
@@ -21,9 +22,13 @@ from rich.console import Console
 from cluster.lab import accel
 from cluster.lab.doctor import format_checks, run_checks
 from cluster.lab.guest.build import build_guest
+from cluster.lab.kube.flags import component_flags
+from cluster.lab.kube.hub import admin_kubeconfig
+from cluster.lab.kube.paths import KUBE_VERSION
 from cluster.lab.lifecycle import lab_down, lab_status, lab_up
 from cluster.lab.rootfs import ensure_rootfs
 from cluster.profiles import get_profile
+from core.errors import LabError
 
 __all__ = ["lab_commands"]
 
@@ -42,15 +47,38 @@ def lab_commands(revert_pending: Callable[[], None]) -> click.Group:
     @click.option("--profile", default="fast", show_default=True, help="timing profile")
     @click.option("--nodes", default=3, show_default=True, type=click.IntRange(2, 8))
     @click.option("--vms", is_flag=True, help="also a libvirtd per node, so VMIs can run")
-    def lab_up_cmd(profile: str, nodes: int, vms: bool) -> None:
+    @click.option(
+        "--kube",
+        is_flag=True,
+        help="also the real Kubernetes cluster: etcd, apiserver, controller-manager, "
+        "scheduler on the hub, a containerd and a kubelet per node",
+    )
+    def lab_up_cmd(profile: str, nodes: int, vms: bool, kube: bool) -> None:
 
         get_profile(profile)  # bad input fails before anything is created
         what = "with VMs" if vms else "pods only"
         with console.status(f"bringing the lab up ({nodes} nodes, {what}, profile {profile})"):
-            choice = lab_up(profile=profile, nodes=nodes, vms=vms)
+            choice = lab_up(profile=profile, nodes=nodes, vms=vms, kube=kube)
         out.print(f"[green]lab up[/]: {nodes} nodes, {what}, profile {profile}", highlight=False)
         if choice is not None:
             out.print(f"VM accelerator: {choice.describe()}", highlight=False, soft_wrap=True)
+        if kube:
+            flags = component_flags(profile).as_dict()
+            out.print(
+                f"Kubernetes {KUBE_VERSION}: `rto lab kubeconfig > lab.kubeconfig`; "
+                f"profile {profile} sets {json.dumps(flags)}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    @lab.command("kubeconfig", help="Print the admin kubeconfig of the lab's real cluster.")
+    @click.option("--path", "as_path", is_flag=True, help="print where the file is instead")
+    def lab_kubeconfig_cmd(as_path: bool) -> None:
+
+        path = admin_kubeconfig()
+        if not path.exists():
+            raise LabError("the lab's real cluster is not up: `rto lab up --kube` starts it")
+        click.echo(str(path) if as_path else path.read_text(), nl=as_path)
 
     @lab.command("doctor", help="What this machine can do for the lab (each check done for real).")
     @click.option("--recheck", is_flag=True, help="forget the cached KVM verdict and boot again")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from cluster.lab import accel, cgroups, state
+from cluster.lab.kube.paths import bin_dir
 from core.errors import HarnessError
 
 __all__ = ["Check", "format_checks", "run_checks"]
@@ -159,7 +160,7 @@ def check_images() -> Check:
     return Check("images", "warn", f"not built yet in {images}: `rto lab images` builds them")
 
 
-KUBE_BIN = Path(os.environ.get("RTO_KUBE_BIN", "/var/cache/rto-harness/kube/v1.34.4/bin"))
+KUBE_BIN = bin_dir()
 KUBE_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet",
                  "containerd")  # fmt: skip
 
@@ -168,7 +169,8 @@ def check_kubernetes() -> Check:
     # What scripts/build-kube.sh built, each asked for its version; and, so a
     # reader of a failing run knows which control plane ran, what the lab uses.
     model = (
-        "the lab's own control plane and node agents are still the project's model "
+        "`rto lab up --kube` runs them as the lab's real cluster; the default lab's "
+        "control plane and node agents are still the project's model "
         "(cluster/lab/controlplane.py, agent.py)"
     )
     missing = [b for b in KUBE_BINARIES if not (KUBE_BIN / b).is_file()]

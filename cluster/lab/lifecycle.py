@@ -29,6 +29,10 @@ from typing import Any
 from cluster.lab import accel, cgroups, net, rootfs, runtime, state, virtd, volumes
 from cluster.lab.accel import AccelChoice
 from cluster.lab.guest.build import build_guest
+from cluster.lab.kube import cluster as kube_cluster
+from cluster.lab.kube import hub as kube_hub
+from cluster.lab.kube import node as kube_node
+from cluster.lab.kube import paths as kube_paths
 from cluster.lab.store import NodeRow, Store, db_path
 from cluster.profiles import get_profile
 from core.clock import Clock
@@ -254,6 +258,9 @@ def reboot_node(store: Store, node: NodeRow) -> None:
     net.create_node_net(name, node.idx)
     if store.get_setting("vms") is True:
         _start_virt(name, node.idx)
+    if kube_cluster.cluster_up():
+        kube_node.cleanup_node(name)  # what the killed kubelet and containerd left
+        kube_cluster.start_kubelet(name, node.idx)
     _start_agent(store, name)
     store.set_node_flag(name, "powered", True)
 
@@ -307,6 +314,7 @@ def lab_up(
     node_prefix: str = "node",
     restart_healing: bool = True,
     vms: bool = False,
+    kube: bool = False,
     timeout: float | None = None,
     clock: Clock | None = None,
 ) -> AccelChoice | None:
@@ -318,6 +326,9 @@ def lab_up(
     if the guest boots on it) and returns that choice, which the node agents
     read from the store; a refused ``RTO_LAB_ACCEL=kvm`` fails before anything
     is created.
+    ``kube=True`` also starts the real cluster (``cluster.lab.kube``): etcd,
+    kube-apiserver, kube-controller-manager and kube-scheduler in the hub, a
+    containerd and a kubelet per node, and waits until every Node is Ready.
     Raises ``LabError`` (after tearing down what it made) if a node does not
     become Ready in time, with the tails of the daemon logs in the message.
     """
@@ -326,7 +337,7 @@ def lab_up(
     prof = get_profile(profile)
     if not 1 <= nodes <= 9:
         raise LabError(f"the lab runs 1..9 nodes, not {nodes}")
-    if controlplane_alive():
+    if controlplane_alive() or any(kube_hub.hub_alive().values()):
         raise LabError("the lab is already up; run `rto lab down` first")
     if leftovers():
         lab_down()  # a previous lab died without its down: start clean
@@ -350,6 +361,10 @@ def lab_up(
             cgroups.create_node_cgroup(name)
             if vms:
                 _start_virt(name, i)
+        if kube:
+            kube_cluster.start_cluster(
+                prof.name, list(zip(names, range(1, nodes + 1), strict=True))
+            )
         _start_controlplane()
         for name in names:
             _start_agent(store, name)
@@ -406,8 +421,11 @@ def leftovers(nodes: set[str] | None = None) -> dict[str, list[str]]:
     be found; pass the names from before a teardown to check it).
     """
     names = _node_names() if nodes is None else nodes
+    ifname = kube_paths.host_link()[0]
     out = {
-        "processes": [str(p) for p in lab_processes(names)],
+        "processes": [str(p) for p in lab_processes(names | {kube_hub.HUB_CGROUP})],
+        "kube": kube_node.leftovers(),
+        "host link": [ifname] if net.host_link_exists(ifname) else [],
         "netns": _our_netns(names),
         "cgroups": [str(d) for d in _node_cgroup_dirs(names)],
         "mounts": _mounts_under([Path(state.STATE_DIR), Path(state.RUN_DIR)]),
@@ -502,11 +520,18 @@ def lab_down() -> None:
 
     def kill_stragglers() -> None:
         # Anything still in a lab cgroup or a runc of ours (e.g. cgroup created late).
-        for pid in lab_processes(nodes):
+        for pid in lab_processes(nodes | {kube_hub.HUB_CGROUP}):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
     step("kill remaining lab processes", kill_stragglers)
+
+    def real_cluster() -> None:
+        problems = kube_cluster.teardown(nodes)
+        if problems:
+            raise LabError("; ".join(problems))
+
+    step("real cluster", real_cluster)
     for node in sorted(nodes):
 
         def clear_runc(n: str = node) -> None:
@@ -573,6 +598,7 @@ def lab_status() -> dict[str, Any]:
         "netns": _our_netns(_node_names()),
         "cgroups": cgroups.lab_cgroups(),
         "volumes": volumes.lab_volumes(),
+        "kubernetes": kube_cluster.cluster_status(),
     }
     if not db_path().exists():
         return status

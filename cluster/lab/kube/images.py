@@ -2,13 +2,16 @@
 
 Called by ``cluster.lab.kube.node`` when it starts a node's containerd
 (``import_images``) and read by whoever writes workloads for the real cluster
-(``pod_image``, used with ``imagePullPolicy: Never``). Two one-layer images:
+(``pod_image``, used with ``imagePullPolicy: Never``). Three one-layer images:
 
 - ``rto.local/pause:<tag>``, the pod sandbox: the static ``pause`` program of
   scripts/build-kube.sh (``paths.bin_dir()``);
 - ``rto.local/pod:<tag>``, the lab's pod: the busybox root filesystem of
   ``cluster.lab.rootfs`` (entrypoint ``/bin/start``: busybox httpd on port 80,
-  ``/cgi-bin/healthz``), so a real pod answers probes as a model pod does.
+  ``/cgi-bin/healthz``), so a real pod answers probes as a model pod does;
+- ``rto.local/busybox:<tag>``, Debian's static busybox with every applet
+  linked: the ``pod_image`` of the kube config the lab writes, in which the
+  kube backend runs its own workload script as it would in docker.io's busybox.
 
 The tag is a hash of the image's content, so a changed binary or rootfs makes a
 new reference that every node imports at its next start. Layers are written
@@ -224,14 +227,44 @@ def pod_image() -> str:
     return _pod().ref
 
 
+def _busybox() -> Image:
+    """Debian's static busybox with a link per applet, as the registry's busybox image is.
+
+    The kube backend's own workload (cluster/kube/workloads.py) runs a shell
+    script (mkdir, cat, chmod, httpd) in whatever ``pod_image`` its config names;
+    on a real cluster that is docker.io/library/busybox, here this image.
+    """
+    st = rootfs.BUSYBOX.stat()
+    key = ("busybox", f"{_VERSION}:{st.st_size}:{st.st_mtime_ns}")
+    if key not in _packed:
+        listed = subprocess.run(
+            [str(rootfs.BUSYBOX), "--list"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for d in ("bin", "dev", "proc", "sys", "etc", "tmp", "root", "www"):
+                tar.addfile(_info(d, 0o1777 if d == "tmp" else 0o755, tarfile.DIRTYPE))
+            data = rootfs.BUSYBOX.read_bytes()
+            ti = _info("bin/busybox", 0o755)
+            ti.size = len(data)
+            tar.addfile(ti, io.BytesIO(data))
+            for applet in sorted(set(listed) - {"busybox"}):
+                link = _info(f"bin/{applet}", 0o777, tarfile.SYMTYPE)
+                link.linkname = "busybox"
+                tar.addfile(link)
+        config: dict[str, object] = {"Cmd": ["sh"], "Env": ["PATH=/bin"], "WorkingDir": "/"}
+        _packed[key] = _pack("busybox", buf.getvalue(), config)
+    return _packed[key]
+
+
 def busybox_image() -> str:
-    """``pod_image`` under the name ``cluster.lab.kube.cluster`` asks for (the busybox rootfs)."""
-    return pod_image()
+    """A general busybox image (every applet), the kube backend's ``pod_image`` on the lab."""
+    return _busybox().ref
 
 
 def all_images() -> list[Image]:
     """Every image a node needs, packed (cached) and ready to import."""
-    return [_pause(), _pod()]
+    return [_pause(), _pod(), _busybox()]
 
 
 def _ctr(address: Path, *args: str, timeout: float = 120) -> str:
