@@ -113,6 +113,7 @@ def test_kube_backend_runs_a_workload_on_the_lab(lab: None) -> None:
     kb = KubeBackend(cfg, echo=lambda m: None)
     try:
         kb.create_workload("web", kind=WorkloadKind.POD, node=LAB.node(1))
+
         def ready() -> bool:
             try:
                 ready = kb.workload("web").condition("Ready")
