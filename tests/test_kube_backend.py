@@ -8,6 +8,7 @@ cluster is involved here (see README, Real clusters).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -250,13 +251,34 @@ def test_live_migration_follows_phases(emu: KubeEmulator, tmp_path: Path) -> Non
 def test_kill_through_exec(emu: KubeEmulator, tmp_path: Path) -> None:
     ex = RecordingExec(emu)
     b = make(emu, tmp_path, executor=ex)
-    b.kill_main_process("web")
     b.kill_main_process("vm1")
     b.hang_guest("vm1")
-    assert ex.calls[0] == (NS, "web-a1", "main", ["kill", "-9", "1"])
-    assert ex.calls[1][1].startswith("virt-launcher-vm1-") and ex.calls[1][2] == "compute"
-    assert "qemu" in ex.calls[1][3][-1]
-    assert ex.calls[2][3] == ["virsh", "inject-nmi", f"{NS}_vm1"]
+    assert ex.calls[0][1].startswith("virt-launcher-vm1-") and ex.calls[0][2] == "compute"
+    assert "qemu" in ex.calls[0][3][-1]
+    assert ex.calls[1][3] == ["virsh", "inject-nmi", f"{NS}_vm1"]
+
+
+def test_pod_kill_is_a_node_pod_that_is_removed_when_done(
+    emu: KubeEmulator, tmp_path: Path
+) -> None:
+    """A pod's pid 1 is killed from the node's PID namespace (not by exec: the
+    kernel drops a SIGKILL to a namespace's init sent from inside it); the
+    emulator stands in for the kubelet by finishing the node pod."""
+    b = make(emu, tmp_path)
+    web = emu.objects[("", "pods", NS, "web-a1")]
+    cid = web["status"]["containerStatuses"][0]["containerID"].rpartition("://")[2]
+    node = web["spec"]["nodeName"]
+    key = ("", "pods", NS, f"rto-node-kill-{node}")
+    t = threading.Thread(target=b.kill_main_process, args=("web",))
+    t.start()
+    assert eventually(lambda: key in emu.objects)
+    spec = emu.objects[key]["spec"]
+    assert spec["hostPID"] and spec["nodeName"] == node
+    script = spec["containers"][0]["command"][-1]
+    assert cid in script and "NSpid" in script and "kill -9" in script
+    emu.objects[key].setdefault("status", {})["phase"] = "Succeeded"
+    t.join(10)
+    assert not t.is_alive() and key not in emu.objects
 
 
 def test_power_driver_and_watchdog_checks(emu: KubeEmulator, tmp_path: Path) -> None:

@@ -131,6 +131,14 @@ def test_kube_backend_runs_a_workload_on_the_lab(lab: None) -> None:
         )
         with urllib.request.urlopen(req, context=target.tls, timeout=10) as r:
             assert r.status == 200 and r.read().decode().startswith("web ")
+        # The process-crash fault: the real kubelet sees the container die and restarts it.
+        before = kb.workload("web")
+        kb.kill_main_process("web")
+        poll_until(lambda: kb.workload("web").restarts == before.restarts + 1, 60, "a restart")
+        assert kb.workload("web").instance != before.instance
+        # Healthy nodes are not silent: their Lease, renewed every 0.25 s, is the heartbeat.
+        ages = [n.heartbeat_age for n in kb.nodes()]
+        assert all(a is not None and a < 2.0 for a in ages), ages
         kb.delete_workload("web")
     finally:
         kb.close()
@@ -141,7 +149,7 @@ def test_power_off_is_seen_by_the_real_node_controller(api: k8s.ApiClient) -> No
     driver = LabPowerDriver()
     driver.power_off(node)
     try:
-        # fast: node-monitor-grace-period 5 s, so NotReady/Unknown within ~10 s.
+        # fast: node-monitor-grace-period 2 s, so NotReady/Unknown within seconds.
         poll_until(lambda: not _ready(api).get(node, True), 30, f"{node} NotReady", interval=0.5)
     finally:
         driver.power_on(node)

@@ -46,7 +46,7 @@ from cluster.kube.reading import KubeReader
 from cluster.kube.timeline import KubeTimeline
 from cluster.kube.watch import ResourceRef, WatchFollower
 from core.clock import Clock, RealClock
-from core.errors import BackendError
+from core.errors import BackendError, SpecError
 from core.samples import MetricSample
 
 __all__ = ["OUT_OF_SERVICE", "Executor", "KubeBackend", "kube_exec"]
@@ -301,11 +301,21 @@ class KubeBackend:
     # --- around a run (cluster.api.RunHooks) -----------------------------------------
     @property
     def profile(self) -> str | None:
-        """None: a real cluster's timings are its own, not one of cluster.profiles."""
-        return None
+        """The config's ``profile``: a real cluster's timings are its own, unless
+        its config says which profile its components were started with."""
+        return self.config.profile
 
     def set_profile(self, name: str) -> None:
-        """Nothing to switch: the cluster's controllers keep their configured timings."""
+        """Nothing to switch: the cluster's controllers keep their configured timings.
+
+        A config that names its cluster's profile refuses another one: the
+        run would be recorded under timings the cluster does not have.
+        """
+        if self.config.profile is not None and name != self.config.profile:
+            raise SpecError(
+                f"this cluster runs profile {self.config.profile!r} (its kube config says so), "
+                f"not {name!r}: bring it up with that profile (rto lab up --kube --profile {name})"
+            )
 
     def wait_ready(self, name: str, timeout: float) -> WorkloadStatus | None:
         """None: readiness is the run's steady-state probe (through the service

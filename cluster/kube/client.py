@@ -84,6 +84,7 @@ class KubeClient:
         self.core = k8s.CoreV1Api(api)
         self.apps = k8s.AppsV1Api(api)
         self.net = k8s.NetworkingV1Api(api)
+        self.coord = k8s.CoordinationV1Api(api)
         self.custom = k8s.CustomObjectsApi(api)
         self.dry_run, self.echo = dry_run, echo
         self.plan: list[str] = []

@@ -57,6 +57,15 @@ class KubeConfig(BaseModel):
     # lags (the watchdog healer; with the condition it uses `unpause`).
     guest_resume_command: tuple[str, ...] = ("virsh", "resume", "{domain}")
     node_pod_image: str = "registry.k8s.io/e2e-test-images/agnhost:2.52"
+    # The timing profile (cluster.profiles) the cluster's components were started
+    # with, when someone knows it (the lab writes it); recorded on every run.
+    profile: str | None = None
+    # How a node pod (privileged, host network and PID) reaches the node's own
+    # namespaces before its script runs: pid 1's mount and network namespaces,
+    # which on a real node are the node's. Where pid 1 is not the node's init
+    # (the lab: nodes share the machine's PID namespace) this is empty: the
+    # pod's host network already is the node's.
+    node_pod_enter: tuple[str, ...] = ("nsenter", "-t", "1", "-m", "-n", "--")
     fence_after: float = 40.0
     # How the data-plane prober reaches a workload. "service-proxy": through the
     # API server's service proxy (HTTPS, the kubeconfig's credentials) to the

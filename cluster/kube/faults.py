@@ -12,7 +12,7 @@ after a killed harness can undo a fault from the journal alone.
 
 from __future__ import annotations
 
-import time
+import json
 from functools import partial
 
 from tenacity import Retrying, retry_if_exception, wait_exponential
@@ -41,9 +41,17 @@ class KubeFaults:
             pod = self.r.pod_of(workload)
             ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
             container = pod["spec"]["containers"][0]["name"]
+            statuses = (pod.get("status") or {}).get("containerStatuses") or []
+            cid = next(
+                (c.get("containerID", "") for c in statuses if c.get("name") == container), ""
+            ).rpartition("://")[2]
+            if not cid:
+                raise BackendError(f"{ns}/{name}:{container} has no running container to kill")
+            node = pod["spec"]["nodeName"]
             self.k.act(
-                f"exec kill -9 1 in {ns}/{name}:{container}",
-                lambda: self._kill_pod_main(ns, name, container),
+                f"SIGKILL the main process of {ns}/{name}:{container} (container {cid[:12]}) "
+                f"from a node pod on {node}",
+                lambda: self._kill_from_node(node, cid),
             )
             return
         launcher = self.r.launcher_of(self.r.vmi_of(workload))
@@ -62,42 +70,41 @@ class KubeFaults:
             ),
         )
 
-    def _kill_pod_main(self, ns: str, pod: str, container: str) -> None:
-        try:
-            self.k.call(
-                "create",
-                "pods/exec",
-                self.k.executor,
-                self.k.api,
-                ns,
-                pod,
-                container,
-                ["kill", "-9", "1"],
+    def _kill_from_node(self, node: str, container_id: str, timeout: float = 60.0) -> None:
+        """SIGKILL a container's pid 1 from the node's PID namespace, then remove the node pod.
+
+        Not ``exec kill -9 1`` in the container: the kernel drops a SIGKILL sent
+        to a PID namespace's init from inside that namespace, so the exec
+        succeeds and nothing dies (seen on the lab's real kubelet; an ephemeral
+        container shares the namespace and fails the same way). From the host
+        PID namespace the main process is the one whose cgroup path names the
+        container and whose innermost PID is 1 (``NSpid``), whatever the cgroup
+        driver. The node pod fails when it finds no such process.
+        """
+        script = (
+            "n=0; for f in /proc/[0-9]*/cgroup; do "
+            f'grep -q {container_id} "$f" 2>/dev/null || continue; '
+            "p=${f#/proc/}; p=${p%/cgroup}; "
+            'grep -Eq "^NSpid:.*[[:space:]]1$" /proc/$p/status 2>/dev/null || continue; '
+            'kill -9 "$p" && n=$((n+1)); done; echo "killed $n"; [ "$n" -gt 0 ]'
+        )
+        self._node_pod(node, "kill", script)
+        ns, name = self.k.config.namespaces[0], f"rto-node-kill-{node}"
+        deadline = self.k.clock.now() + timeout
+        phase = "Pending"
+        while self.k.clock.now() < deadline:
+            resp = self.k.call(
+                "get", "pods", self.k.core.read_namespaced_pod, name, ns, _preload_content=False
             )
-        except BackendError as exc:
-            if "RBAC" in str(exc):
-                raise
-            # No kill binary in the image: an ephemeral container sharing the
-            # target's process namespace does it.
-            body = {
-                "spec": {
-                    "ephemeralContainers": [
-                        {
-                            "name": f"rto-kill-{int(time.time())}",
-                            "image": self.k.config.node_pod_image,
-                            "command": ["kill", "-9", "1"],
-                            "targetContainerName": container,
-                        }
-                    ]
-                }
-            }
-            self.k.call(
-                "patch",
-                "pods/ephemeralcontainers",
-                self.k.core.patch_namespaced_pod_ephemeralcontainers,
-                pod,
-                ns,
-                body,
+            phase = (json.loads(resp.data).get("status") or {}).get("phase") or "Pending"
+            if phase in ("Succeeded", "Failed"):
+                break
+            self.k.sleep(0.2)
+        self.k.ignore_404("delete", "pods", self.k.core.delete_namespaced_pod, name, ns)
+        if phase != "Succeeded":
+            raise BackendError(
+                f"node pod {ns}/{name} did not kill container {container_id[:12]} on {node} "
+                f"(phase {phase} after at most {timeout:.0f} s)"
             )
 
     def hang_guest(self, workload: str, resume: bool = False) -> None:
@@ -253,7 +260,7 @@ class KubeFaults:
                     {
                         "name": "node",
                         "image": self.k.config.node_pod_image,
-                        "command": ["nsenter", "-t", "1", "-m", "-n", "--", "sh", "-c", script],
+                        "command": [*self.k.config.node_pod_enter, "sh", "-c", script],
                         "securityContext": {"privileged": True},
                     }
                 ],

@@ -48,12 +48,42 @@ class KubeReader:
         resp = self.k.call("list", "nodes", self.k.core.list_node, _preload_content=False)
         return list(json.loads(resp.data)["items"])
 
-    def _status_of_node(self, n: Obj) -> NodeStatus:
+    def lease_renewals(self) -> dict[str, datetime]:
+        """Node name -> the renewTime of its Lease in kube-node-lease ({} if unreadable).
+
+        The Lease is the kubelet's heartbeat. The Ready condition's
+        lastHeartbeatTime is not: with leases the kubelet posts its status only
+        when it changes or every nodeStatusReportFrequency (5 min by default),
+        so a healthy node's condition can be minutes old (seen on the lab's real
+        kubelets: a healer judging by it fenced a healthy node).
+        """
+        try:
+            resp = self.k.call(
+                "list",
+                "leases",
+                self.k.coord.list_namespaced_lease,
+                "kube-node-lease",
+                _preload_content=False,
+            )
+        except BackendError:
+            return {}  # no right to read leases: fall back to the condition
+        out: dict[str, datetime] = {}
+        for lease in json.loads(resp.data).get("items") or []:
+            renew = (lease.get("spec") or {}).get("renewTime")
+            if renew:
+                out[lease["metadata"]["name"]] = datetime.fromisoformat(
+                    renew.replace("Z", "+00:00")
+                )
+        return out
+
+    def _status_of_node(self, n: Obj, renewals: dict[str, datetime] | None = None) -> NodeStatus:
         conds = (n.get("status") or {}).get("conditions") or []
         ready: Obj = next((c for c in conds if c.get("type") == "Ready"), {})
         age = None
-        if ready.get("lastHeartbeatTime"):
+        beat: datetime | None = (renewals or {}).get(n["metadata"]["name"])
+        if beat is None and ready.get("lastHeartbeatTime"):
             beat = datetime.fromisoformat(ready["lastHeartbeatTime"].replace("Z", "+00:00"))
+        if beat is not None:
             age = max(0.0, (datetime.now(UTC) - beat).total_seconds())
         taints = (n.get("spec") or {}).get("taints") or []
         return NodeStatus(
@@ -65,10 +95,13 @@ class KubeReader:
         )
 
     def nodes(self) -> list[NodeStatus]:
-        return [self._status_of_node(n) for n in self.raw_nodes() if self.k.is_target_node(n)]
+        renewals = self.lease_renewals()
+        return [
+            self._status_of_node(n, renewals) for n in self.raw_nodes() if self.k.is_target_node(n)
+        ]
 
     def node(self, name: str) -> NodeStatus:
-        return self._status_of_node(self.k.target_node(name))
+        return self._status_of_node(self.k.target_node(name), self.lease_renewals())
 
     def raw_pods(self, extra: str = "", field: str = "") -> list[Obj]:
         pods: list[Obj] = []

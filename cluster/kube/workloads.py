@@ -64,6 +64,22 @@ chmod +x /tmp/rto-healthz
 """
 
 
+def _prefer(labels: dict[str, str] | None) -> Obj | None:
+    """Start on the node these labels name, without being pinned to it.
+
+    A nodeSelector would pin the workload: after a drain or a power-off its
+    replacement pod (or migrated VMI) could go nowhere else, and the run could
+    never recover (seen on the lab's real scheduler: the drained pod stayed
+    Pending until the node was uncordoned). A preferred node affinity of the
+    highest weight places it there when that node can take it.
+    """
+    if not labels:
+        return None
+    expr = [{"key": k, "operator": "In", "values": [v]} for k, v in sorted(labels.items())]
+    pref = {"weight": 100, "preference": {"matchExpressions": expr}}
+    return {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [pref]}}
+
+
 def deployment(
     name: str, labels: dict[str, str], image: str, node_selector: dict[str, str] | None
 ) -> Obj:
@@ -78,7 +94,7 @@ def deployment(
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
-                    "nodeSelector": node_selector,
+                    "affinity": _prefer(node_selector),
                     "containers": [
                         {
                             "name": "main",
@@ -135,7 +151,7 @@ def virtual_machine(
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
-                    "nodeSelector": node_selector,
+                    "affinity": _prefer(node_selector),
                     "evictionStrategy": eviction_strategy,
                     "domain": {
                         "resources": {"requests": {"memory": "128Mi"}},

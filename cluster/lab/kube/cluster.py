@@ -155,7 +155,13 @@ def _prepare(api: k8s.ApiClient, nodes: list[str]) -> None:
         "nodes": nodes,
         "power_driver": "lab",
         "pod_image": images.busybox_image(),
+        # Node pods (the kill of a container's main process) run busybox; the
+        # lab's nodes share the machine's PID 1, so they must not enter its
+        # namespaces: their host network is the node's network namespace.
+        "node_pod_image": images.busybox_image(),
+        "node_pod_enter": [],
         "probe": "service-proxy",
+        "profile": _profile(),
     }
     kube_config_path().write_text(
         "# Written by `rto lab up --kube`: the kube backend on the lab's real cluster.\n"

@@ -6,11 +6,12 @@ recorded in the lab's ``kube-profile.json`` so the report can say which values
 a run was measured with. ``kubernetes-defaults`` sets nothing: every component
 runs on its own compiled-in defaults. ``fast`` turns the real knobs.
 
-``fast`` is not the model's 1/50 scale: the node-monitor grace period is 5 s,
-not 1 s, because a real kubelet renews its Lease on a schedule (a quarter of
-``nodeLeaseDurationSeconds``) and a 2-core machine running QEMU guests delays a
-renewal by a second now and then; a grace period of one renewal would flap
-nodes NotReady. Tolerations are whole seconds in the API.
+``fast`` is not exactly the model's 1/50 scale: the Lease is renewed every
+0.25 s (a quarter of ``nodeLeaseDurationSeconds``, a whole number of seconds)
+against the model's 0.2 s heartbeat, and the node-monitor grace period is 2 s,
+not 1 s, so that a renewal delayed by a busy 2-core machine (QEMU guests
+beside it) does not flap a node NotReady. Tolerations are whole seconds in the
+API.
 """
 
 from __future__ import annotations
@@ -45,11 +46,14 @@ _FAST = ComponentFlags(
     },
     controller_manager={
         "node-monitor-period": "1s",
-        "node-monitor-grace-period": "5s",
+        "node-monitor-grace-period": "2s",
     },
     kubelet_config={
         "nodeStatusUpdateFrequency": "1s",
-        "nodeLeaseDurationSeconds": 4,  # renewed every 1 s
+        # Renewed every quarter of this: 0.25 s, the model's 0.2 s heartbeat as
+        # closely as a whole number of seconds allows (the eviction healer
+        # confirms a silent node after 3.5 heartbeats of the profile).
+        "nodeLeaseDurationSeconds": 1,
         # Alpha in 1.34: needs the gate below. The back-off starts at
         # min(10 s, this) and never grows past it.
         "crashLoopBackOff": {"maxContainerRestartPeriod": "8s"},
