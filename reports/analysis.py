@@ -5,8 +5,10 @@ Filled from the results store (``runs/results.jsonl``, rows of
 ``reports.build`` and the CLI (``rto report --fail-on ...`` calls
 :func:`failing_cells`). A *cell* is every run sharing (fault, variant, kind,
 backend, profile, healers). Only cells measured with real platform timings
-(profile ``kubernetes-defaults`` or backend ``kube``) are judged against the
-documented seconds; ``fast``-profile cells are shown as scaled timings.
+(profile ``kubernetes-defaults``, or backend ``kube`` on a profile that is not
+a scaled one)
+are judged against the documented seconds; ``fast``-profile cells, on the lab's
+model or its real cluster, are shown as scaled timings.
 
 A verdict is computed only from what was measured: a cell whose runs all
 aborted, or a same-behaviour claim whose other side aborted, did not recover or
@@ -67,6 +69,9 @@ __all__ = [
 
 CELL_KEYS: tuple[str, ...] = ("fault", "variant", "kind", "backend", "profile", "healers")
 REAL_PROFILE = "kubernetes-defaults"
+# The profiles of cluster.profiles that scale the platform's timings (named here:
+# reports read rows, not the cluster package).
+SCALED_PROFILES = ("fast",)
 
 
 class Verdict(StrEnum):
@@ -226,7 +231,9 @@ def healers_label(healers: Iterable[str]) -> str:
 
 
 def judged_with_real_timings(backend: str, profile: str) -> bool:
-    return backend == "kube" or profile == REAL_PROFILE
+    """A cluster's own timings: the defaults profile, or a kube cluster whose
+    profile is not a scaled one (a lab cluster started with ``fast`` is)."""
+    return profile == REAL_PROFILE or (backend == "kube" and profile not in SCALED_PROFILES)
 
 
 def fmt_s(value: float | None) -> str:

@@ -404,8 +404,9 @@ def render_html(
         parts.append(f'<p class="note"><b>{_e(_accelerators_note(summary))}</b></p>')
     parts += [
         "<p>Verdicts are given only for runs with real platform timings (profile "
-        "<code>kubernetes-defaults</code> or backend <code>kube</code>), judged on the median "
-        "RTO. Other profiles scale the platform's timings and get no verdict. Hover a verdict "
+        "<code>kubernetes-defaults</code>, or backend <code>kube</code> not on a scaled "
+        "profile), judged on the median RTO. Other profiles scale the platform's timings "
+        "and get no verdict. Hover a verdict "
         f'for the reason.</p><p class="legend">{legend}</p>',
         "<h2>Documented vs measured</h2>",
         _comparison_html(summary),
@@ -455,8 +456,8 @@ def render_markdown(summary: ReportSummary) -> str:
     if _accelerators_note(summary):
         out += [f"**{_accelerators_note(summary)}**", ""]
     out += [
-        "Verdicts only for real platform timings (profile `kubernetes-defaults` or backend "
-        "`kube`), judged on the median RTO.",
+        "Verdicts only for real platform timings (profile `kubernetes-defaults`, or backend "
+        "`kube` not on a scaled profile), judged on the median RTO.",
         "",
         "## Documented vs measured",
         "",

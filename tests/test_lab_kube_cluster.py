@@ -13,6 +13,7 @@ controller), and a teardown after a SIGKILL of every cluster process.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -39,6 +40,7 @@ from core.wait import poll_until
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 LAB = PrivateLab("kcluster", "rtokc", "kcn")
+ROOT = Path(__file__).resolve().parent.parent
 RTO = [str(Path(sys.executable).parent / "rto")]  # the console script of this venv
 
 
@@ -154,6 +156,23 @@ def test_power_off_is_seen_by_the_real_node_controller(api: k8s.ApiClient) -> No
     finally:
         driver.power_on(node)
     poll_until(lambda: _ready(api).get(node, False), 60, f"{node} Ready again", interval=0.5)
+
+
+def test_rto_run_on_the_real_cluster(lab: None, tmp_path: Path) -> None:
+    """``rto run`` of an unchanged experiment file, through the kube backend."""
+    env = {**os.environ, "RTO_KUBE_CONFIG": str(paths.kube_dir() / "rto-kube.yaml")}
+    runs = tmp_path / "runs"
+    proc = subprocess.run(
+        [*RTO, "run", str(ROOT / "experiments/pods/process-crash.yaml"), "--backend", "kube",
+         "--runs-dir", str(runs)],
+        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    row = json.loads((runs / "results.jsonl").read_text().splitlines()[-1])
+    assert (row["backend"], row["profile"], row["status"]) == ("kube", "fast", "recovered")
+    assert 0 < row["rto_s"] < 60
+    # The real kubelet restarted the container: the workload's instance changed.
+    assert row["same_instance"] is False
 
 
 def test_teardown_after_sigkill_of_every_cluster_process(lab: None) -> None:

@@ -372,3 +372,13 @@ def test_bad_store_line_is_a_spec_error(tmp_path: Path) -> None:
     results.write_text('{"run_id": "x"}\n')
     with pytest.raises(SpecError, match="line 1 is not a valid run result"):
         build_report(results, tmp_path / "out")
+
+
+def test_a_kube_cluster_on_a_scaled_profile_gets_no_verdict() -> None:
+    """The lab's real cluster started with ``fast`` runs scaled knobs, like the model."""
+    from reports.analysis import judged_with_real_timings
+
+    assert not judged_with_real_timings("kube", "fast")
+    assert judged_with_real_timings("kube", "kind")  # a cluster's own timings
+    assert judged_with_real_timings("kube", "kubernetes-defaults")
+    assert not judged_with_real_timings("lab", "fast")
