@@ -59,6 +59,10 @@ class RunResult(BaseModel):
     # choice made at `rto lab up`, see cluster.lab.accel), None for a pod run
     # or a backend that cannot tell. VM figures under TCG are not KVM figures.
     accelerator: str | None = None
+    # What the run was measured on: "Kubernetes v1.34.4" (a real API server's
+    # version), "lab model" (the lab's own control plane and agents), None when
+    # unknown (rows written before this existed).
+    platform: str | None = None
 
 
 class ResultsStore:

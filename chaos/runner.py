@@ -383,7 +383,15 @@ class Run:
             timeline=self.timeline.events(),
             metrics=self.metrics,
             accelerator=self._accelerator(),
+            platform=self._platform(),
         )
+
+    def _platform(self) -> str | None:
+        """What the run was measured on ("Kubernetes v1.34.4", "lab model")."""
+        try:
+            return self.backend.platform_version()
+        except HarnessError:
+            return None  # the row is written whatever the backend says
 
     def _accelerator(self) -> str | None:
         """What ran the VM of a VMI run ("kvm"/"tcg"); None for pods or unknown."""

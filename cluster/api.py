@@ -197,6 +197,12 @@ class Observed(Protocol):
         report never passes TCG figures off as KVM ones."""
         ...
 
+    def platform_version(self) -> str | None:
+        """What the run was measured on, e.g. "Kubernetes v1.34.4" (the API
+        server's version), or "lab model" where no Kubernetes component runs;
+        None when the backend cannot tell. Stored on every result row."""
+        ...
+
 
 @runtime_checkable
 class WorkloadActions(Protocol):

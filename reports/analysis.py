@@ -151,6 +151,9 @@ class CellSummary(BaseModel):
     # What ran the VMs of a vmi cell ("tcg", "kvm", "kvm+tcg"); "" for pods or
     # rows that did not record it (RunResult.accelerator).
     accelerator: str = ""
+    # What the cell was measured on ("Kubernetes v1.34.4", "lab model", both
+    # joined with " + "); "" for rows that did not record it (RunResult.platform).
+    platform: str = ""
     aborted_runs: tuple[tuple[str, str], ...] = ()  # (run_id, error) of each aborted run
 
     @property
@@ -280,6 +283,7 @@ _COLUMNS = [
     "error",
     "injected",
     "accelerator",
+    "platform",
 ]
 
 
@@ -317,6 +321,7 @@ def runs_frame(rows: Sequence[RunResult]) -> pd.DataFrame:
                 "error": r.error or "",
                 "injected": any(e.kind is EventKind.FAULT_INJECTED for e in r.timeline),
                 "accelerator": r.accelerator or "",
+                "platform": r.platform or "",
             }
         )
     return pd.DataFrame.from_records(records, columns=_COLUMNS)
@@ -345,6 +350,7 @@ class _Stats(TypedDict):
     aborted_before_fault: int
     abort_reasons: tuple[str, ...]
     accelerator: str
+    platform: str
     aborted_runs: tuple[tuple[str, str], ...]
 
 
@@ -371,6 +377,7 @@ def _stats(group: pd.DataFrame) -> _Stats:
         "aborted_before_fault": int((~aborted["injected"].astype(bool)).sum()),
         "abort_reasons": tuple(dict.fromkeys(reasons)),
         "accelerator": "+".join(accelerators),
+        "platform": " + ".join(sorted({p for p in group["platform"].tolist() if p})),
         "aborted_runs": tuple(zip(aborted["run_id"].tolist(), reasons, strict=True)),
     }
 

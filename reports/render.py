@@ -85,6 +85,8 @@ def _measured(c: CellSummary | None) -> str:
         parts.append(f"{c.aborted} aborted")
     if c.side is not Side.MEASURED:
         parts.append(f"not measured: {c.side.value}")
+    if c.platform:
+        parts.append(f"on {c.platform}")
     if c.kind == "vmi":
         parts.append(f"VMI figures: {accelerator_label(c.accelerator)}")
     return ", ".join(parts)
@@ -221,6 +223,8 @@ def _cells_html(summary: ReportSummary) -> str:
             )
         )
         setting = _setting_text((c.variant, c.backend, c.profile, c.healers))
+        if c.platform:
+            setting += f"; on {c.platform}"
         if c.kind == "vmi":
             setting += f"; VMI figures: {accelerator_label(c.accelerator)}"
         rows.append(

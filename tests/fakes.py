@@ -237,6 +237,9 @@ class FakeBackend:
     def log_path(self, workload: str) -> Path | None:
         return self.log_files.get(workload)
 
+    def platform_version(self) -> str | None:
+        return "fake cluster"
+
     def vm_accelerator(self) -> str | None:
         return self.accelerator
 

@@ -170,6 +170,7 @@ def test_rto_run_on_the_real_cluster(lab: None, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     row = json.loads((runs / "results.jsonl").read_text().splitlines()[-1])
     assert (row["backend"], row["profile"], row["status"]) == ("kube", "fast", "recovered")
+    assert row["platform"] == f"Kubernetes {paths.KUBE_VERSION}"
     assert 0 < row["rto_s"] < 60
     # The real kubelet restarted the container: the workload's instance changed.
     assert row["same_instance"] is False

@@ -382,3 +382,22 @@ def test_a_kube_cluster_on_a_scaled_profile_gets_no_verdict() -> None:
     assert judged_with_real_timings("kube", "kind")  # a cluster's own timings
     assert judged_with_real_timings("kube", "kubernetes-defaults")
     assert not judged_with_real_timings("lab", "fast")
+
+
+def test_cells_name_the_platform_they_were_measured_on(tmp_path: Path) -> None:
+    """Pod cells say which Kubernetes (or the lab's model) gave their figures."""
+    real = run("process-crash", "pod", 1.9, backend="kube").model_copy(
+        update={"platform": "Kubernetes v1.34.4"}
+    )
+    model = run("process-crash", "pod", 0.04).model_copy(update={"platform": "lab model"})
+    cells = summarise([real, model], load_expectations())
+    assert {(c.backend, c.platform) for c in cells} == {
+        ("kube", "Kubernetes v1.34.4"),
+        ("lab", "lab model"),
+    }
+    store = ResultsStore(tmp_path / "runs")
+    for r in (real, model):
+        store.append(r)
+    build_report(store.path, tmp_path / "out")
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "on Kubernetes v1.34.4" in md and "on lab model" in md

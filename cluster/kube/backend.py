@@ -115,6 +115,7 @@ class KubeBackend:
         self._log_followers: dict[str, PodLogFollower] = {}
         self._log_dir: Path | None = None
         self._log_lock = threading.Lock()  # log_path from the recorder and the runner
+        self._platform: str | None = None  # platform_version(), asked once
 
     # --- plumbing (client.py) ------------------------------------------------------
     def _explain(self, exc: ApiException, verb: str, resource: str) -> BackendError:
@@ -371,6 +372,16 @@ class KubeBackend:
             container = "guest-console-log" if "guest-console-log" in names else "compute"
         meta = pod["metadata"]
         return LogSource(meta["namespace"], meta["name"], container, meta.get("uid", ""))
+
+    def platform_version(self) -> str | None:
+        """ "Kubernetes <gitVersion>" of the API server, asked once; None if it does not say."""
+        if self._platform is None:
+            try:
+                info = self.client.call("get", "version", k8s.VersionApi(self.client.api).get_code)
+                self._platform = f"Kubernetes {info.git_version}"
+            except BackendError:
+                self._platform = ""
+        return self._platform or None
 
     def vm_accelerator(self) -> str | None:
         """Unknown on a real cluster: whether KubeVirt emulates (useEmulation) or

@@ -264,6 +264,11 @@ class LabBackend:
             return logs / "vmi" / f"{w.name}.console.log"
         return logs / "pods" / f"{w.name}.log"
 
+    def platform_version(self) -> str | None:
+        # This backend's pods and VMIs run on the project's model of the control
+        # plane and kubelet (controlplane.py, agent.py), whatever else is up.
+        return "lab model"
+
     def vm_accelerator(self) -> str | None:
         # Chosen and stored by `rto lab up` (cluster.lab.accel); None: no VMs.
         chosen = self.store.get_setting("accelerator")
