@@ -33,4 +33,4 @@ def test_a_kube_cluster_is_never_brought_up_by_the_harness() -> None:
 
 def test_the_lab_contributes_its_command_group() -> None:
     lab = cli.cli.commands["lab"]
-    assert sorted(lab.commands) == ["doctor", "down", "images", "status", "up"]  # type: ignore[attr-defined]
+    assert sorted(lab.commands) == ["doctor", "down", "images", "kubeconfig", "status", "up"]  # type: ignore[attr-defined]

@@ -63,9 +63,10 @@ def test_campaign_dry_run_prints_every_run_and_touches_nothing(
     assert "dry run: 8 runs planned" in out
     for k in range(1, 9):
         assert f"run {k}/8: " in out
-    # An existing pod: the exec kill; an existing one on node1: cordon and evict.
+    # An existing pod: the kill from a node pod; an existing one on node1: cordon and evict.
     assert "process-crash on pod web-crash, healers watchdog,eviction" in out
-    assert f"[dry-run] exec kill -9 1 in {NS}/web-crash-a1:main" in out
+    assert f"[dry-run] SIGKILL the main process of {NS}/web-crash-a1:main (container " in out
+    assert "from a node pod on node1" in out
     assert "fault: node-drain on node1\n[dry-run] cordon node node1\n" in out
     assert f"[dry-run] evict pod {NS}/web-drain-a1" in out
     assert f"[dry-run] exec kill -9 QEMU in {NS}/virt-launcher-vm-crash-" in out
