@@ -144,6 +144,9 @@ class FakeCluster:
     def vm_accelerator(self) -> None:
         return None  # nor what runs the VMs
 
+    def platform_version(self) -> None:
+        return None  # nor what the cluster runs
+
     # --- HealerActions: what the healers do --------------------------------------
     def set_restart_healing(self, enabled: bool) -> None:
         self.actions.append(("set_restart_healing", str(enabled)))

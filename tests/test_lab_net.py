@@ -30,6 +30,15 @@ def _tcp_reachable(ns: str, ip: str, port: int, timeout: float = 0.3) -> bool:
     return in_netns(ns, connect)
 
 
+def _reachable(ns: str, ip: str, port: int) -> bool:
+    """Reachable within up to 15 tries of 0.3 s. A single try failed once on a
+    busy 2-core CI run right after the veths were made, and passed alone; the
+    cause was not pinned (a first SYN lost while the hops resolve their
+    neighbours would do it). Unreachable asserts keep the single try: a cut
+    path never answers however long one waits."""
+    return any(_tcp_reachable(ns, ip, port) for _ in range(15))
+
+
 def test_names_and_addresses() -> None:
     assert net.node_ns("node1") == f"{net.NS_PREFIX}-node1"
     assert net.pod_ns("web") == f"{net.NS_PREFIX}-p-web"
@@ -47,26 +56,26 @@ def test_hub_node_pod_connectivity_and_partitions(isolated_lab: IsolatedLab) -> 
     assert ip == "198.18.19.5"
     assert set(net.lab_netns()) == {net.HUB_NS, net.node_ns(lab.node), net.pod_ns(pod)}
     node_ip = state.node_ip(lab.index)
-    assert _tcp_reachable(net.HUB_NS, ip, 9)
-    assert _tcp_reachable(net.HUB_NS, node_ip, 9)
+    assert _reachable(net.HUB_NS, ip, 9)
+    assert _reachable(net.HUB_NS, node_ip, 9)
     # The pod reaches the hub through its node (default routes both ways).
-    assert _tcp_reachable(net.pod_ns(pod), state.HUB_IP, 9)
+    assert _reachable(net.pod_ns(pod), state.HUB_IP, 9)
 
     net.partition_pod(pod)
     net.partition_pod(pod)  # idempotent
     assert net.is_partitioned(pod=pod)
     assert not _tcp_reachable(net.HUB_NS, ip, 9)
-    assert _tcp_reachable(net.HUB_NS, node_ip, 9)  # only the pod is cut off
+    assert _reachable(net.HUB_NS, node_ip, 9)  # only the pod is cut off
     net.heal_pod_partition(pod)
     net.heal_pod_partition(pod)
-    assert _tcp_reachable(net.HUB_NS, ip, 9)
+    assert _reachable(net.HUB_NS, ip, 9)
 
     net.partition_node(lab.node)
     assert net.is_partitioned(node=lab.node)
     assert not _tcp_reachable(net.HUB_NS, node_ip, 9)
     assert not _tcp_reachable(net.HUB_NS, ip, 9)
     net.heal_node_partition(lab.node)
-    assert _tcp_reachable(net.HUB_NS, ip, 9)
+    assert _reachable(net.HUB_NS, ip, 9)
 
     # A pod re-created (e.g. rescheduled back) gets a fresh namespace; the old
     # identity no longer matches, so a stale delete leaves the new one alone.

@@ -82,6 +82,9 @@ class FakeBackend:
     def vm_accelerator(self) -> None:
         return None
 
+    def platform_version(self) -> None:
+        return None
+
 
 def test_the_fake_plays_the_recorders_role() -> None:
     assert isinstance(FakeBackend(FakeClock(0.0)), Observed)
