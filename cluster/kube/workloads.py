@@ -18,10 +18,11 @@ restart, so a restart is told from a recovery of the same process.
   KubeVirt needs to live-migrate a VMI on the pod network, and which forwards
   every port to the guest.
 
-Unverified here (no cluster on these machines; see README "Real clusters"):
-that CirrOS's busybox has ``nc -l -p`` as used, that its kernel has the
-i6300esb driver, that ``virsh`` in the virt-launcher answers inject-nmi, and
-the boot times.
+The pod workload runs on real kubelets in the lab's cluster (``rto lab up
+--kube``, tests/test_lab_kube_cluster.py), in a busybox image. Unverified here
+(no KubeVirt components run on these machines): that CirrOS's busybox has
+``nc -l -p`` as used, that its kernel has the i6300esb driver, that ``virsh``
+in the virt-launcher answers inject-nmi, and the boot times.
 """
 
 from __future__ import annotations

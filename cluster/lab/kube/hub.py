@@ -17,6 +17,7 @@ accounts, NodeRestriction) and the profile's knobs (``flags``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -157,9 +158,8 @@ def _wait(component: str, ready: Callable[[], bool], timeout: float) -> None:
         ) from None
 
 
-def _https_ok(url: str, pki: Pki) -> Callable[[], bool]:
-    ctx = ssl.create_default_context(cafile=str(pki.ca))
-    ctx.load_cert_chain(str(pki.crt("admin")), str(pki.key("admin")))
+def _https_ok(url: str, ctx: ssl.SSLContext) -> Callable[[], bool]:
+    """A check: does ``url`` answer 200 over TLS with ``ctx``?"""
 
     def check() -> bool:
         try:
@@ -169,6 +169,21 @@ def _https_ok(url: str, pki: Pki) -> Callable[[], bool]:
             return False
 
     return check
+
+
+def _admin_tls(pki: Pki) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    ctx.load_cert_chain(str(pki.crt("admin")), str(pki.key("admin")))
+    return ctx
+
+
+def _unverified_tls() -> ssl.SSLContext:
+    # The controller-manager's and scheduler's serving certificates are
+    # self-signed at start; only their liveness matters here.
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def _etcd_healthy() -> bool:
@@ -241,7 +256,7 @@ def start_hub(flags: ComponentFlags, nodes: list[tuple[str, str]], timeout: floa
         *flags.argv("apiserver"),
     ])  # fmt: skip
     # From the host, through the host link: what the harness and kubectl use.
-    _wait("kube-apiserver", _https_ok(f"{api_server_url()}/readyz", pki), timeout)
+    _wait("kube-apiserver", _https_ok(f"{api_server_url()}/readyz", _admin_tls(pki)), timeout)
     _spawn("kube-controller-manager", [
         f"--kubeconfig={kcs / 'controller-manager.kubeconfig'}",
         f"--authentication-kubeconfig={kcs / 'controller-manager.kubeconfig'}",
@@ -264,24 +279,9 @@ def start_hub(flags: ComponentFlags, nodes: list[tuple[str, str]], timeout: floa
     ])  # fmt: skip
     # Their healthz answer anonymous GETs on the hub's loopback (default ports).
     for component, port in (("kube-controller-manager", 10257), ("kube-scheduler", 10259)):
-        _wait(component, lambda p=port: _in_hub(_insecure_ok(f"https://127.0.0.1:{p}/healthz")), 60)  # type: ignore[misc]
+        healthz = _https_ok(f"https://127.0.0.1:{port}/healthz", _unverified_tls())
+        _wait(component, functools.partial(_in_hub, healthz), 60)
     (kdir / "kube-profile.json").write_text(json.dumps(flags.as_dict(), indent=1) + "\n")
-
-
-def _insecure_ok(url: str) -> Callable[[], bool]:
-    # Their serving certificates are self-signed at start; only liveness matters.
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-
-    def check() -> bool:
-        try:
-            with urllib.request.urlopen(url, context=ctx, timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    return check
 
 
 def _first_service_ip() -> str:
