@@ -59,6 +59,7 @@ from kubernetes.client.exceptions import ApiException
 from cluster.kube.backend import KubeBackend
 from cluster.kube.config import KubeConfig
 from cluster.lab.kube.kubevirt_crds import install_crds
+from cluster.lab.kube.pki import make_ca, make_cert
 from core.errors import LabError
 from core.wait import poll_until
 
@@ -93,53 +94,12 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _make_pki(d: Path) -> None:
-    """CA, apiserver serving cert, admin + nobody client certs, SA key (EC P-256: fast)."""
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    _openssl(
-        "req",
-        "-x509",
-        *ec,
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=rto-real-ca",
-        cwd=d,
-    )
-    for name, subject, san in (
-        ("apiserver", "/CN=kube-apiserver", "IP:127.0.0.1,DNS:localhost"),
-        ("admin", "/O=system:masters/CN=rto-admin", ""),
-        ("nobody", f"/CN={NOBODY}", ""),
-    ):
-        _openssl(
-            "req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=d
-        )
-        ext = (
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-            "extendedKeyUsage=serverAuth,clientAuth\n" + (f"subjectAltName={san}\n" if san else "")
-        )
-        (d / f"{name}.ext").write_text(ext)
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            f"{name}.ext",
-            "-out",
-            f"{name}.crt",
-            cwd=d,
-        )
+    """CA, apiserver serving cert, admin + nobody client certs, SA key (EC P-256: fast),
+    with the lab's own certificate code (cluster/lab/kube/pki.py)."""
+    make_ca(d, "rto-real-ca")
+    make_cert(d, "apiserver", "/CN=kube-apiserver", ["IP:127.0.0.1", "DNS:localhost"])
+    make_cert(d, "admin", "/O=system:masters/CN=rto-admin")
+    make_cert(d, "nobody", f"/CN={NOBODY}")
     _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "sa.key", cwd=d)
     _openssl("ec", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
 
