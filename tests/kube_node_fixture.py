@@ -17,7 +17,6 @@ and a serving certificate for its address.
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import ssl
@@ -38,53 +37,21 @@ from private_lab import PrivateLab
 from cluster.lab import cgroups, net, state
 from cluster.lab.kube import node as kube_node
 from cluster.lab.kube import paths
+from cluster.lab.kube.pki import kubeconfig, make_ca, make_cert
 from core.wait import poll_until
 
 __all__ = ["NS", "KubeNodeLab", "kube_node_lab"]
 
 T = TypeVar("T")
 NS = "rto"
-_EC = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
 
 
 def _openssl(pki: Path, *args: str) -> None:
     subprocess.run(["openssl", *args], cwd=pki, check=True, capture_output=True)
 
 
-def _cert(pki: Path, name: str, subject: str, sans: str = "") -> None:
-    _openssl(pki, "req", *_EC, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
-    (pki / f"{name}.ext").write_text(
-        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth,clientAuth\n" + (f"subjectAltName={sans}\n" if sans else "")
-    )
-    _openssl(pki, "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "1", "-extfile", f"{name}.ext",
-             "-out", f"{name}.crt")  # fmt: skip
-
-
 def _kubeconfig(path: Path, pki: Path, who: str, server: str) -> None:
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "t",
-                "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")},
-            }
-        ],
-        "users": [
-            {
-                "name": who,
-                "user": {
-                    "client-certificate": str(pki / f"{who}.crt"),
-                    "client-key": str(pki / f"{who}.key"),
-                },
-            }
-        ],
-        "contexts": [{"name": "t", "context": {"cluster": "t", "user": who}}],
-        "current-context": "t",
-    }
-    path.write_text(json.dumps(doc))  # JSON is YAML
+    kubeconfig(path, server, pki / "ca.crt", pki / f"{who}.crt", pki / f"{who}.key", who)
 
 
 @dataclass
@@ -158,15 +125,16 @@ def _get_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
 def _control_plane(lab: KubeNodeLab) -> None:
     pki = lab.pki
     pki.mkdir(parents=True)
-    _openssl(pki, "req", "-x509", *_EC, "-keyout", "ca.key", "-out", "ca.crt", "-days", "1",
-             "-subj", "/CN=rto-kube-node-test-ca")  # fmt: skip
-    _cert(pki, "apiserver", "/CN=kube-apiserver", f"IP:{state.HUB_IP},IP:127.0.0.1")
-    _cert(pki, "admin", "/O=system:masters/CN=rto-admin")
-    _cert(pki, "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client")
+    make_ca(pki, "rto-kube-node-test-ca")
+    make_cert(pki, "apiserver", "/CN=kube-apiserver", [f"IP:{state.HUB_IP}", "IP:127.0.0.1"])
+    make_cert(pki, "admin", "/O=system:masters/CN=rto-admin")
+    make_cert(pki, "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client")
     server = f"https://{state.HUB_IP}:{paths.API_PORT}"
     for node, index in lab.nodes.items():
-        _cert(pki, node, f"/O=system:nodes/CN=system:node:{node}")
-        _cert(pki, f"{node}-serving", f"/CN={node}", f"IP:{state.node_ip(index)},DNS:{node}")
+        make_cert(pki, node, f"/O=system:nodes/CN=system:node:{node}")
+        make_cert(
+            pki, f"{node}-serving", f"/CN={node}", [f"IP:{state.node_ip(index)}", f"DNS:{node}"]
+        )
         _kubeconfig(paths.kube_dir() / f"{node}.kubeconfig", pki, node, server)
     _openssl(pki, "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "sa.key")
     _openssl(pki, "ec", "-in", "sa.key", "-pubout", "-out", "sa.pub")
