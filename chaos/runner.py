@@ -389,7 +389,7 @@ class Run:
     def _platform(self) -> str | None:
         """What the run was measured on ("Kubernetes v1.34.4", "lab model")."""
         try:
-            return self.backend.platform_version()
+            return self.backend.platform_version(WorkloadKind(self.spec.rto.target.kind))
         except HarnessError:
             return None  # the row is written whatever the backend says
 

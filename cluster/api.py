@@ -197,10 +197,10 @@ class Observed(Protocol):
         report never passes TCG figures off as KVM ones."""
         ...
 
-    def platform_version(self) -> str | None:
-        """What the run was measured on, e.g. "Kubernetes v1.34.4" (the API
-        server's version), or "lab model" where no Kubernetes component runs;
-        None when the backend cannot tell. Stored on every result row."""
+    def platform_version(self, kind: WorkloadKind | None = None) -> str | None:
+        """What a workload of ``kind`` is measured on, e.g. "Kubernetes v1.34.4"
+        (the API server's version), or "lab model" where no Kubernetes component
+        runs it; None when the backend cannot tell. Stored on every result row."""
         ...
 
 
@@ -345,7 +345,7 @@ class Backend(Observed, WorkloadActions, FaultActions, HealerActions, RunHooks, 
 
 class BackendProvider(Protocol):
     """How a backend is found by name: an ``rto.backends`` entry point names a
-    class of this shape (``cluster.lab.provider``, ``cluster.kube.provider``).
+    class of this shape (``cluster.lab_cluster``, ``cluster.kube.provider``).
 
     Read by ``chaos.backends``; the provider is made with no arguments.
     """

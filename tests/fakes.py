@@ -83,6 +83,9 @@ class FakeBackend:
         if state_file is not None and not state_file.exists():
             state_file.write_text(json.dumps(self._mem))
 
+    def close(self) -> None:
+        """Nothing held (the real backends close clients and connections)."""
+
     # --- state plumbing ------------------------------------------------------------
     @contextmanager
     def _state(self, call: str | None = None) -> Iterator[dict[str, Any]]:
@@ -237,7 +240,7 @@ class FakeBackend:
     def log_path(self, workload: str) -> Path | None:
         return self.log_files.get(workload)
 
-    def platform_version(self) -> str | None:
+    def platform_version(self, kind: WorkloadKind | None = None) -> str | None:
         return "fake cluster"
 
     def vm_accelerator(self) -> str | None:

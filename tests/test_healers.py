@@ -144,7 +144,7 @@ class FakeCluster:
     def vm_accelerator(self) -> None:
         return None  # nor what runs the VMs
 
-    def platform_version(self) -> None:
+    def platform_version(self, kind: object = None) -> None:
         return None  # nor what the cluster runs
 
     # --- HealerActions: what the healers do --------------------------------------

@@ -82,7 +82,7 @@ class FakeBackend:
     def vm_accelerator(self) -> None:
         return None
 
-    def platform_version(self) -> None:
+    def platform_version(self, kind: object = None) -> None:
         return None
 
 

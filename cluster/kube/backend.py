@@ -373,7 +373,7 @@ class KubeBackend:
         meta = pod["metadata"]
         return LogSource(meta["namespace"], meta["name"], container, meta.get("uid", ""))
 
-    def platform_version(self) -> str | None:
+    def platform_version(self, kind: WorkloadKind | None = None) -> str | None:
         """ "Kubernetes <gitVersion>" of the API server, asked once; None if it does not say."""
         if self._platform is None:
             try:

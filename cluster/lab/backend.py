@@ -264,7 +264,7 @@ class LabBackend:
             return logs / "vmi" / f"{w.name}.console.log"
         return logs / "pods" / f"{w.name}.log"
 
-    def platform_version(self) -> str | None:
+    def platform_version(self, kind: WorkloadKind | None = None) -> str | None:
         # This backend's pods and VMIs run on the project's model of the control
         # plane and kubelet (controlplane.py, agent.py), whatever else is up.
         return "lab model"
