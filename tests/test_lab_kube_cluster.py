@@ -8,16 +8,20 @@ pinned kubelet version, the profile's real flags in effect (the
 DefaultTolerationSeconds admission writes 6 s into a pod), the kube backend
 driving a workload on it through the kube config the lab writes, the ``lab``
 power driver (a powered-off node turns NotReady by the real node lifecycle
-controller), and a teardown after a SIGKILL of every cluster process.
+controller), a switch of the running cluster to the other profile and back
+(``set_profile``: objects and containers survive), and a teardown after a
+SIGKILL of every cluster process.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +36,8 @@ from cluster.kube.backend import KubeBackend
 from cluster.kube.config import load_kube_config
 from cluster.lab import lifecycle
 from cluster.lab.kube import cluster as kube_cluster
-from cluster.lab.kube import hub, paths
+from cluster.lab.kube import hub, images, paths
+from cluster.lab.kube import node as kube_node
 from cluster.lab.power_driver import LabPowerDriver
 from core.errors import BackendError
 from core.wait import poll_until
@@ -176,6 +181,101 @@ def test_rto_run_on_the_real_cluster(lab: None, tmp_path: Path) -> None:
     assert row["same_instance"] is False
 
 
+def _pids() -> dict[str, int | None]:
+    """Pid of every cluster process a profile switch may or may not restart."""
+    out = {c: hub.component_pid(c) for c in hub.COMPONENTS}
+    for n in (LAB.node(1), LAB.node(2)):
+        for c in ("holder", "containerd", "kubelet"):
+            out[f"{n}/{c}"] = kube_node.component_pid(n, c)
+    return out
+
+
+def _cmdline(pid: int | None) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+
+
+def _leases_are(api: k8s.ApiClient, nodes: list[str], want: tuple[int | None, int]) -> bool:
+    """Does every node have ``want``: nodeLeaseDurationSeconds in its kubelet's config
+    file, and in the Lease the running kubelet renews?
+
+    Not the kubelet's /configz: the API server reaches a kubelet by its Node's
+    hostname, which does not resolve in the lab.
+    """
+    out = []
+    for node in nodes:
+        cfg = json.loads((kube_node.node_run_dir(node) / "kubelet.yaml").read_text())
+        lease = k8s.CoordinationV1Api(api).read_namespaced_lease(node, "kube-node-lease")
+        out.append((cfg.get("nodeLeaseDurationSeconds"), lease.spec.lease_duration_seconds))
+    return set(out) == {want}
+
+
+def _sleeper(core: k8s.CoreV1Api) -> tuple[str, str, int]:
+    """(uid, containerID, restartCount) of the one Running and Ready pod of ``keep``."""
+    pods = core.list_namespaced_pod(kube_cluster.NAMESPACE, label_selector="app=keep").items
+    assert len(pods) == 1, [p.metadata.name for p in pods]
+    pod = pods[0]
+    ready = {c.type: c.status for c in pod.status.conditions or []}.get("Ready")
+    (cs,) = pod.status.container_statuses
+    assert cs.state.running is not None and ready == "True", pod.status
+    return pod.metadata.uid, cs.container_id, cs.restart_count
+
+
+def test_set_profile_switches_the_running_cluster(api: k8s.ApiClient) -> None:
+    """fast -> kubernetes-defaults -> fast without losing a Node, a Deployment or its pod.
+
+    etcd, the scheduler, containerd and the pod's container keep running; the
+    API server, controller-manager and kubelets restart with the new flags.
+    """
+    core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
+    labels = {"app": "keep"}
+    container = {"name": "c", "image": images.busybox_image(), "imagePullPolicy": "Never",
+                 "command": ["sleep", "3600"]}  # fmt: skip
+    apps.create_namespaced_deployment(kube_cluster.NAMESPACE, {
+        "metadata": {"name": "keep"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels},
+                              "spec": {"containers": [container],
+                                       "terminationGracePeriodSeconds": 0}}},
+    })  # fmt: skip
+    try:
+        poll_until(lambda: _sleeper(core), 60, "keep Running", interval=0.5,
+                   retry_on=(AssertionError, TypeError))  # fmt: skip
+        pod = _sleeper(core)
+        nodes = {n.metadata.name: n.metadata.uid for n in core.list_node().items}
+        pids = _pids()
+        t0 = time.monotonic()
+        kube_cluster.set_profile("fast")  # what it runs already
+        took = {"fast (no-op)": time.monotonic() - t0}
+        assert _pids() == pids
+        for profile in ("kubernetes-defaults", "fast"):
+            fast = profile == "fast"
+            t0 = time.monotonic()
+            kube_cluster.set_profile(profile)
+            took[profile] = time.monotonic() - t0
+            assert load_kube_config(kube_cluster.kube_config_path()).profile == profile
+            assert kube_cluster.cluster_status()["profile"] == profile  # type: ignore[index]
+            kcm = _cmdline(hub.component_pid("kube-controller-manager"))
+            assert ("--node-monitor-grace-period=2s" in kcm) is fast
+            apiserver = _cmdline(hub.component_pid("kube-apiserver"))
+            assert ("--default-not-ready-toleration-seconds=6" in apiserver) is fast
+            # The file has the field only on fast; the running kubelet's Lease always.
+            want = (1, 1) if fast else (None, 40)
+            check = functools.partial(_leases_are, api, sorted(nodes), want)
+            poll_until(check, 10, f"kubelet config and Lease {want}")
+            assert _ready(api) == dict.fromkeys(nodes, True)
+            assert {n.metadata.name: n.metadata.uid for n in core.list_node().items} == nodes
+            assert _sleeper(core) == pod  # same pod, same container, no restart
+            now = _pids()
+            kept = [k for k in now if k.endswith(("holder", "containerd"))]
+            kept += ["etcd", "kube-scheduler"]
+            assert {k: now[k] for k in kept} == {k: pids[k] for k in kept}
+            assert all(now[k] not in (None, pids[k]) for k in now if k not in kept), (now, pids)
+            pids = now
+        print("set_profile wall clock:", {k: f"{v:.2f} s" for k, v in took.items()})
+    finally:
+        apps.delete_namespaced_deployment("keep", kube_cluster.NAMESPACE)
+
+
 def test_teardown_after_sigkill_of_every_cluster_process(lab: None) -> None:
     """Last in the module: SIGKILL everything, then lab_down must leave nothing."""
     pids = lifecycle.lab_processes({LAB.node(1), LAB.node(2), hub.HUB_CGROUP})
@@ -184,4 +284,6 @@ def test_teardown_after_sigkill_of_every_cluster_process(lab: None) -> None:
         os.kill(pid, signal.SIGKILL)
     lifecycle.lab_down()
     assert lifecycle.leftovers({LAB.node(1), LAB.node(2)}) == {}
+    with pytest.raises(BackendError, match="real cluster is not up"):
+        kube_cluster.set_profile("kubernetes-defaults")
     # The module fixture's own lab_down then runs on an empty machine.

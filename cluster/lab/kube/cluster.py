@@ -5,15 +5,19 @@ Called by ``cluster.lab.lifecycle`` (``lab_up(kube=True)``, ``lab_down``,
 the hub (``hub``), then one containerd + kubelet per node (``node``), and
 returns when every Node is Ready in the API server: readiness is what the real
 node lifecycle controller says, read through the official client.
-``teardown`` works from what exists (cgroups, pid files, mounts), never from
-what a previous process claimed, so it also cleans up after a SIGKILL of
-everything.
+``set_profile`` switches the running cluster to another timing profile (a
+campaign's entries run on both): it restarts the API server,
+controller-manager and kubelets with the new flags and keeps etcd, containerd
+and the pods. ``teardown`` works from what exists (cgroups, pid files,
+mounts), never from what a previous process claimed, so it also cleans up
+after a SIGKILL of everything.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,7 @@ from kubernetes import config as k8s_config
 
 from cluster.lab import state
 from cluster.lab.kube import hub, images, node, paths
-from cluster.lab.kube.flags import component_flags
+from cluster.lab.kube.flags import ComponentFlags, component_flags
 from cluster.lab.kube.kubevirt_crds import install_crds
 from cluster.lab.kube.pki import Pki
 from core.errors import HarnessError, LabError
@@ -38,6 +42,7 @@ __all__ = [
     "kube_config_path",
     "kubelet_spec",
     "ready_nodes",
+    "set_profile",
     "start_cluster",
     "start_kubelet",
     "teardown",
@@ -87,25 +92,47 @@ def cluster_up() -> bool:
     return (paths.kube_dir() / "cluster.json").exists()
 
 
+def _cluster_doc() -> dict[str, Any]:
+    """``cluster.json``: the profile, version and nodes (name -> lab index) of the cluster."""
+    try:
+        doc: dict[str, Any] = json.loads((paths.kube_dir() / "cluster.json").read_text())
+        return doc
+    except (OSError, ValueError):
+        raise LabError("the lab's real cluster is not up (no cluster.json)") from None
+
+
 def _profile() -> str:
     try:
-        doc = json.loads((paths.kube_dir() / "cluster.json").read_text())
-        return str(doc["profile"])
-    except (OSError, ValueError, KeyError):
-        raise LabError("the lab's real cluster is not up (no cluster.json)") from None
+        return str(_cluster_doc()["profile"])
+    except KeyError:
+        raise LabError("the lab's cluster.json names no profile") from None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Readers (the kube backend, ``lab status``) never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def start_cluster(profile: str, nodes: list[tuple[str, int]], timeout: float = 120) -> None:
     """Hub, then every node; returns when all ``nodes`` are Ready (else ``LabError``)."""
     flags = component_flags(profile)
     hub.start_hub(flags, [(n, state.node_ip(i)) for n, i in nodes])
-    (paths.kube_dir() / "cluster.json").write_text(
-        json.dumps({"profile": profile, "version": paths.KUBE_VERSION, "nodes": dict(nodes)}) + "\n"
-    )
+    doc = {"profile": profile, "version": paths.KUBE_VERSION, "nodes": dict(nodes)}
+    _write_atomic(paths.kube_dir() / "cluster.json", json.dumps(doc) + "\n")
     for name, index in nodes:
         node.start_node(kubelet_spec(name, index, profile))
     api = api_client()
-    want = {n for n, _ in nodes}
+    try:
+        _prepare(api, [n for n, _ in nodes])
+        _wait_nodes_ready(api, {n for n, _ in nodes}, timeout)
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+
+
+def _wait_nodes_ready(api: k8s.ApiClient, want: set[str], timeout: float) -> None:
+    """Return once every Node of ``want`` is Ready (else ``LabError`` naming the late ones)."""
 
     def all_ready() -> bool:
         try:
@@ -115,7 +142,6 @@ def start_cluster(profile: str, nodes: list[tuple[str, int]], timeout: float = 1
         return all(ready.get(n, False) for n in want)
 
     try:
-        _prepare(api, [n for n, _ in nodes])
         poll_until(all_ready, timeout, "lab Nodes Ready", interval=0.5)
     except WaitTimeout:
         with contextlib.suppress(OSError, k8s.ApiException):
@@ -125,8 +151,79 @@ def start_cluster(profile: str, nodes: list[tuple[str, int]], timeout: float = 1
                 f"(their kubelet and containerd logs: {paths.node_dir(late[0]).parent}/*/)"
             ) from None
         raise LabError(f"lab Nodes not Ready after {timeout:.0f} s") from None
+
+
+def set_profile(profile: str, timeout: float = 120) -> None:
+    """Switch the running cluster to ``profile``: restart what runs with other flags.
+
+    A campaign runs entries on several profiles against one cluster, and a
+    new cluster per profile would cost a ``lab up`` (and lose its objects).
+    etcd (the Nodes, Deployments, Pods), containerd and the pods' containers
+    keep running; the API server, controller-manager and kubelets whose
+    running flags or config differ from ``profile``'s restart. Returns when
+    the API server is ready and every Node Ready; then the kube config and
+    ``cluster.json`` name the new profile. Nothing restarts (a no-op) when
+    everything already runs ``profile``'s flags. ``LabError`` (a
+    ``BackendError``) when the cluster is not up or a component does not
+    come back (with its log's tail); ``timeout`` bounds each wait. What is
+    outdated is read from the running processes, so after a failed switch
+    the same call restarts what is still missing or wrong.
+    """
+    flags = component_flags(profile)
+    if not cluster_up() or not hub.etcd_running():
+        raise LabError("the lab's real cluster is not up: `rto lab up --kube` first")
+    specs = [kubelet_spec(n, i, profile) for n, i in sorted(_cluster_doc()["nodes"].items())]
+    stale_hub = hub.outdated(flags)
+    stale_kubelets = [s for s in specs if node.kubelet_outdated(s)]
+    if stale_hub or stale_kubelets:
+        # Checked before anything stops: a switch never starts on half a cluster.
+        off = [s.node for s in specs if node.component_pid(s.node, "containerd") is None]
+        if off:
+            raise LabError(f"lab nodes {', '.join(off)} are powered off: power them on first")
+        _restart(flags, stale_hub, stale_kubelets, timeout)
+    if _profile() != profile:
+        _record_profile(profile)
+
+
+def _restart(
+    flags: ComponentFlags,
+    stale_hub: list[str],
+    stale_kubelets: list[node.KubeletSpec],
+    timeout: float,
+) -> None:
+    """Restart the given components with ``flags``; every Node Ready at the end.
+
+    The controller-manager is stopped first and started last whenever
+    anything restarts: its node monitor then never counts the API server's
+    or a kubelet's restart against a Lease (on ``fast``, 2 s of silence would
+    mark a Node NotReady and taint it), and it starts counting afresh.
+    """
+    stale = set(stale_hub) | {"kube-controller-manager"}
+    for component in reversed(hub.CONTROL_PLANE):
+        if component in stale:
+            hub.stop_component(component)
+    if "kube-apiserver" in stale:
+        hub.start_components(["kube-apiserver"], flags, timeout)
+    for spec in stale_kubelets:
+        node.restart_kubelet(spec)
+    hub.start_components([c for c in stale if c != "kube-apiserver"], flags, timeout)
+    hub.record_flags(flags)
+    api = api_client()
+    try:
+        _wait_nodes_ready(api, set(_cluster_doc()["nodes"]), timeout)
     finally:
         api.close()  # type: ignore[no-untyped-call]
+
+
+def _record_profile(profile: str) -> None:
+    """Name ``profile`` in ``cluster.json`` and the kube config (the backend checks it)."""
+    doc = {**_cluster_doc(), "profile": profile}
+    _write_atomic(paths.kube_dir() / "cluster.json", json.dumps(doc) + "\n")
+    try:
+        kube = yaml.safe_load(kube_config_path().read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise LabError(f"cannot read the lab's kube config {kube_config_path()}: {exc}") from exc
+    _write_kube_config({**kube, "profile": profile})
 
 
 NAMESPACE = "rto"  # where the harness's workloads go (the kube config's namespaces)
@@ -163,9 +260,14 @@ def _prepare(api: k8s.ApiClient, nodes: list[str]) -> None:
         "probe": "service-proxy",
         "profile": _profile(),
     }
-    kube_config_path().write_text(
+    _write_kube_config(doc)
+
+
+def _write_kube_config(doc: dict[str, Any]) -> None:
+    _write_atomic(
+        kube_config_path(),
         "# Written by `rto lab up --kube`: the kube backend on the lab's real cluster.\n"
-        + yaml.safe_dump(doc, sort_keys=False)
+        + yaml.safe_dump(doc, sort_keys=False),
     )
 
 

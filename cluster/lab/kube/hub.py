@@ -1,6 +1,8 @@
 """The lab's real control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
 
-Called by ``cluster.lab.kube.cluster`` at ``rto lab up`` and by ``lab_down``.
+Called by ``cluster.lab.kube.cluster`` at ``rto lab up``, by ``lab_down``,
+and at a profile switch (``outdated``, ``stop_component``,
+``start_components``: the control plane restarts, etcd and its data stay).
 Every process runs in the hub network namespace (where the model's control
 plane also runs) and in the cgroup ``rto-lab/kube-hub``, so a teardown after a
 SIGKILL of everything finds and kills it by cgroup, not by what a pid file
@@ -25,7 +27,7 @@ import ssl
 import subprocess
 import threading
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cluster.lab import cgroups, net, state
@@ -37,18 +39,27 @@ from core.wait import WaitTimeout, poll_until
 
 __all__ = [
     "COMPONENTS",
+    "CONTROL_PLANE",
     "HUB_CGROUP",
     "admin_kubeconfig",
     "api_server_url",
+    "component_pid",
+    "etcd_running",
     "hub_alive",
     "hub_log",
     "kill_hub",
     "node_kubeconfig",
+    "outdated",
+    "record_flags",
+    "start_components",
     "start_hub",
+    "stop_component",
 ]
 
 HUB_CGROUP = "kube-hub"  # a "node" name for cgroups.*: rto-lab/kube-hub
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+CONTROL_PLANE = COMPONENTS[1:]  # what a profile switch may restart: etcd (the data) stays
+_STOP_TIMEOUT = 15.0
 _ETCD = "http://127.0.0.1:2379"
 
 
@@ -123,8 +134,18 @@ def _component_pid(component: str) -> int | None:
     return pid if mine and alive and exe_ok else None
 
 
+def component_pid(component: str) -> int | None:
+    """The pid of a running hub component (what a switch restarted shows in it)."""
+    return _component_pid(component)
+
+
 def hub_alive() -> dict[str, bool]:
     return {c: _component_pid(c) is not None for c in COMPONENTS}
+
+
+def etcd_running() -> bool:
+    """Does etcd (the cluster's data) run? A profile switch needs it and keeps it."""
+    return _component_pid("etcd") is not None
 
 
 def _in_hub(fn: Callable[[], bool]) -> bool:
@@ -209,9 +230,9 @@ def start_hub(flags: ComponentFlags, nodes: list[tuple[str, str]], timeout: floa
     kubeconfig(admin_kubeconfig(), api_server_url(), pki.ca, pki.crt("admin"), pki.key("admin"),
                ADMIN_USER, inline=True)  # fmt: skip
     local = f"https://127.0.0.1:{paths.API_PORT}"  # components in the hub netns
-    kcs = paths.kube_dir() / "kubeconfigs"
     for who in ("controller-manager", "scheduler"):
-        kubeconfig(kcs / f"{who}.kubeconfig", local, pki.ca, pki.crt(who), pki.key(who), who)
+        crt, key = pki.crt(who), pki.key(who)
+        kubeconfig(_kubeconfigs() / f"{who}.kubeconfig", local, pki.ca, crt, key, who)
     bridge = f"https://{state.HUB_IP}:{paths.API_PORT}"  # kubelets, over the lab bridge
     for name, _ip in nodes:
         crt, key = pki.crt(f"{name}-kubelet"), pki.key(f"{name}-kubelet")
@@ -228,7 +249,24 @@ def start_hub(flags: ComponentFlags, nodes: list[tuple[str, str]], timeout: floa
         "--log-level=warn",
     ])  # fmt: skip
     _wait("etcd", lambda: _in_hub(_etcd_healthy), 30)
-    _spawn("kube-apiserver", [
+    start_components(CONTROL_PLANE, flags, timeout)
+    record_flags(flags)
+
+
+def record_flags(flags: ComponentFlags) -> None:
+    """``kube-profile.json``: the values the components run with, for the report."""
+    text = json.dumps(flags.as_dict(), indent=1) + "\n"
+    (paths.kube_dir() / "kube-profile.json").write_text(text)
+
+
+def _kubeconfigs() -> Path:
+    """The controller-manager's and scheduler's kubeconfigs (server: the hub's loopback)."""
+    return paths.kube_dir() / "kubeconfigs"
+
+
+def _apiserver_argv(flags: ComponentFlags) -> list[str]:
+    kdir, pki = paths.kube_dir(), Pki.default()
+    return [
         f"--etcd-servers={_ETCD}", "--bind-address=0.0.0.0",
         f"--advertise-address={state.HUB_IP}", f"--secure-port={paths.API_PORT}",
         f"--tls-cert-file={pki.crt('apiserver')}", f"--tls-private-key-file={pki.key('apiserver')}",
@@ -253,11 +291,17 @@ def start_hub(flags: ComponentFlags, nodes: list[tuple[str, str]], timeout: floa
         "--requestheader-username-headers=X-Remote-User",
         "--requestheader-group-headers=X-Remote-Group",
         "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        # On SIGTERM, end open watches (their clients re-watch) within 2 s:
+        # left open, they hold the shutdown until its 60 s timeout, and a
+        # profile switch (``stop_component``) would SIGKILL it after 15 s.
+        "--shutdown-watch-termination-grace-period=2s",
         *flags.argv("apiserver"),
-    ])  # fmt: skip
-    # From the host, through the host link: what the harness and kubectl use.
-    _wait("kube-apiserver", _https_ok(f"{api_server_url()}/readyz", _admin_tls(pki)), timeout)
-    _spawn("kube-controller-manager", [
+    ]  # fmt: skip
+
+
+def _controller_manager_argv(flags: ComponentFlags) -> list[str]:
+    kdir, pki, kcs = paths.kube_dir(), Pki.default(), _kubeconfigs()
+    return [
         f"--kubeconfig={kcs / 'controller-manager.kubeconfig'}",
         f"--authentication-kubeconfig={kcs / 'controller-manager.kubeconfig'}",
         f"--authorization-kubeconfig={kcs / 'controller-manager.kubeconfig'}",
@@ -270,18 +314,100 @@ def start_hub(flags: ComponentFlags, nodes: list[tuple[str, str]], timeout: floa
         # Its default /usr/libexec/kubernetes/... would be created on the host.
         f"--flex-volume-plugin-dir={kdir / 'flexvolume'}",
         *flags.argv("controller_manager"),
-    ])  # fmt: skip
-    _spawn("kube-scheduler", [
+    ]  # fmt: skip
+
+
+def _scheduler_argv(flags: ComponentFlags) -> list[str]:
+    kcs = _kubeconfigs()  # no profile knob: ``flags`` only for the table's shape
+    return [
         f"--kubeconfig={kcs / 'scheduler.kubeconfig'}",
         f"--authentication-kubeconfig={kcs / 'scheduler.kubeconfig'}",
         f"--authorization-kubeconfig={kcs / 'scheduler.kubeconfig'}",
         "--bind-address=127.0.0.1", "--leader-elect=false",
-    ])  # fmt: skip
+    ]  # fmt: skip
+
+
+_ARGV: dict[str, Callable[[ComponentFlags], list[str]]] = {
+    "kube-apiserver": _apiserver_argv,
+    "kube-controller-manager": _controller_manager_argv,
+    "kube-scheduler": _scheduler_argv,
+}
+
+
+def _ready_check(component: str) -> Callable[[], bool]:
+    """What "ready" means for a control-plane component, as a check."""
+    if component == "kube-apiserver":
+        # From the host, through the host link: what the harness and kubectl use.
+        return _https_ok(f"{api_server_url()}/readyz", _admin_tls(Pki.default()))
     # Their healthz answer anonymous GETs on the hub's loopback (default ports).
-    for component, port in (("kube-controller-manager", 10257), ("kube-scheduler", 10259)):
-        healthz = _https_ok(f"https://127.0.0.1:{port}/healthz", _unverified_tls())
-        _wait(component, functools.partial(_in_hub, healthz), 60)
-    (kdir / "kube-profile.json").write_text(json.dumps(flags.as_dict(), indent=1) + "\n")
+    port = {"kube-controller-manager": 10257, "kube-scheduler": 10259}[component]
+    healthz = _https_ok(f"https://127.0.0.1:{port}/healthz", _unverified_tls())
+    return functools.partial(_in_hub, healthz)
+
+
+def start_components(components: Sequence[str], flags: ComponentFlags, timeout: float) -> None:
+    """Start control-plane ``components`` (in ``CONTROL_PLANE`` order) with ``flags``; ready.
+
+    The API server is awaited before the others are spawned (they need it);
+    the others start side by side and are awaited together. etcd must run.
+    """
+    todo = [c for c in CONTROL_PLANE if c in components]
+    if "kube-apiserver" in todo:
+        _spawn("kube-apiserver", _ARGV["kube-apiserver"](flags))
+        _wait("kube-apiserver", _ready_check("kube-apiserver"), timeout)
+        todo.remove("kube-apiserver")
+    for component in todo:
+        _spawn(component, _ARGV[component](flags))
+    for component in todo:
+        _wait(component, _ready_check(component), min(timeout, 60))
+
+
+def stop_component(component: str) -> None:
+    """SIGTERM ``component`` and wait for its exit (SIGKILL after ``_STOP_TIMEOUT``).
+
+    Graceful, unlike ``kill_hub``: the API server drains its watches, the
+    others release their ports, so a successor started at once can bind them.
+    """
+    pid = _component_pid(component)
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+
+    def gone() -> bool:
+        return _component_pid(component) is None
+
+    try:
+        poll_until(gone, _STOP_TIMEOUT, f"{component} to exit", interval=0.05)
+    except WaitTimeout:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        try:
+            poll_until(gone, 5, f"{component} to die", interval=0.05)
+        except WaitTimeout:
+            raise LabError(f"{component} (pid {pid}) survived SIGKILL") from None
+
+
+def _running_argv(component: str) -> list[str] | None:
+    """The flags ``component`` runs with (what follows its binary), None if it does not run."""
+    pid = _component_pid(component)
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes() if pid is not None else b""
+    except OSError:
+        return None
+    words = [w.decode(errors="replace") for w in raw.split(b"\0")[:-1]]
+    binary = str(paths.bin_dir() / component)
+    # Just after the spawn it may still be ``nsenter --net=... <binary> ...``.
+    return words[words.index(binary) + 1 :] if binary in words else None
+
+
+def outdated(flags: ComponentFlags) -> list[str]:
+    """Control-plane components not running with ``flags`` (or not running), in start order.
+
+    Read from each process's command line, not from a record of what was
+    asked for: a switch that failed half-way is seen as it is.
+    """
+    return [c for c in CONTROL_PLANE if _running_argv(c) != _ARGV[c](flags)]
 
 
 def _first_service_ip() -> str:

@@ -2,7 +2,8 @@
 
 Called by the real cluster's lifecycle (``start_node`` at ``lab up`` and at a
 node's power-on, ``stop_node``/``cleanup_node`` at ``lab down`` and after a
-power-off, ``leftovers`` in ``lab status``); the API (the hub half) is the
+power-off, ``leftovers`` in ``lab status``, ``kubelet_outdated`` and
+``restart_kubelet`` at a profile switch); the API (the hub half) is the
 kubelets' only peer. Each node runs, all in its lab cgroup (so
 ``cgroups.kill_node`` is its power-off) and in its network namespace:
 
@@ -56,12 +57,15 @@ __all__ = [
     "HOST_SYSCTLS",
     "KubeletSpec",
     "cleanup_node",
+    "component_pid",
     "containerd_address",
     "holder_pid",
+    "kubelet_outdated",
     "leftovers",
     "node_log",
     "node_processes",
     "node_run_dir",
+    "restart_kubelet",
     "start_node",
     "stop_node",
 ]
@@ -199,6 +203,11 @@ def _kubepods_cgroup(node: str) -> str:
     return f"/{cgroups.LAB_CGROUP}/{cgroups.node_dir(node)}/kubepods"
 
 
+def component_pid(node: str, component: str) -> int | None:
+    """The pid of the node's ``holder``, ``containerd`` or ``kubelet`` if it runs."""
+    return _alive(node, component)
+
+
 def holder_pid(node: str) -> int | None:
     """The process holding the node's mount namespace (``nsenter --mount=/proc/<pid>/ns/mnt``)."""
     return _alive(node, "holder")
@@ -308,6 +317,11 @@ def _wait(node: str, component: str, what: str, ready: Callable[[], bool], timeo
 
 
 # --- cgroups --------------------------------------------------------------------
+
+
+def _kubelet_cgroup_root(node: str) -> str:
+    """The kubelet's ``cgroupRoot``: the node's own cgroup."""
+    return f"/{Path(cgroups.LAB_CGROUP) / cgroups.node_dir(node)}"
 
 
 def _ensure_kubelet_cgroup_root(node: str) -> str:
@@ -671,12 +685,10 @@ def _start(spec: KubeletSpec) -> None:
     run, disk = node_run_dir(node), paths.node_dir(node)
     for d in (run / "cni" / "net.d", run / "kubelet", disk / "logs", disk / "pod-logs"):
         d.mkdir(parents=True, exist_ok=True)
-    cgroup_root = _ensure_kubelet_cgroup_root(node)
+    _ensure_kubelet_cgroup_root(node)
     images.all_images()  # packed before containerd needs the pause reference
     (run / "containerd.toml").write_text(_containerd_config(node))
     (run / "cni" / "net.d" / "10-rto-pods.conflist").write_text(_cni_conflist(node, spec.index))
-    kubelet_yaml = run / "kubelet.yaml"
-    kubelet_yaml.write_text(json.dumps(_kubelet_config(spec, cgroup_root), indent=1) + "\n")
 
     holder = _start_holder(spec)
     containerd = paths.bin_dir() / "containerd"
@@ -687,6 +699,28 @@ def _start(spec: KubeletSpec) -> None:
     imported = images.import_images(containerd_address(node))
     t_images = time.monotonic() - t0
     net.route_to_node(paths.pod_cidr(spec.index), spec.index)
+    _spawn_kubelet(spec, holder)
+    # The phases of a start, for the lab's figures (and a slow start's diagnosis).
+    with open(_log(node, "start"), "a") as f:
+        f.write(
+            f"{time.strftime('%H:%M:%S')} start: containerd answering {t_containerd:.2f} s, "
+            f"images {t_images:.2f} s (imported: {', '.join(imported) or 'none'}), "
+            f"kubelet healthz {time.monotonic() - t0:.2f} s\n"
+        )
+
+
+def _kubelet_yaml(spec: KubeletSpec) -> str:
+    """The kubelet's config file for ``spec``."""
+    cfg = _kubelet_config(spec, _kubelet_cgroup_root(spec.node))
+    return json.dumps(cfg, indent=1) + "\n"
+
+
+def _spawn_kubelet(spec: KubeletSpec, holder: int) -> None:
+    """Write the kubelet's config, start it in the node's namespaces, await its healthz port."""
+    node = spec.node
+    run = node_run_dir(node)
+    kubelet_yaml = run / "kubelet.yaml"
+    kubelet_yaml.write_text(_kubelet_yaml(spec))
     _spawn(node, "kubelet", _in_node(holder, node, [
         str(paths.bin_dir() / "kubelet"),
         f"--config={kubelet_yaml}",
@@ -700,13 +734,35 @@ def _start(spec: KubeletSpec) -> None:
     ns = net.node_ns(node)
     _wait(node, "kubelet", "kubelet healthz port",
           lambda: net.can_connect(ns, "127.0.0.1", KUBELET_HEALTHZ_PORT, 0.5), 60)  # fmt: skip
-    # The phases of a start, for the lab's figures (and a slow start's diagnosis).
-    with open(_log(node, "start"), "a") as f:
-        f.write(
-            f"{time.strftime('%H:%M:%S')} start: containerd answering {t_containerd:.2f} s, "
-            f"images {t_images:.2f} s (imported: {', '.join(imported) or 'none'}), "
-            f"kubelet healthz {time.monotonic() - t0:.2f} s\n"
-        )
+
+
+def kubelet_outdated(spec: KubeletSpec) -> bool:
+    """Is the node's kubelet not running with ``spec``'s config (or not running at all)?
+
+    The config file is written just before each kubelet start and read by the
+    kubelet only then, so it says what the running one was given.
+    """
+    try:
+        current = (node_run_dir(spec.node) / "kubelet.yaml").read_text()
+    except OSError:
+        return True
+    return _alive(spec.node, "kubelet") is None or current != _kubelet_yaml(spec)
+
+
+def restart_kubelet(spec: KubeletSpec) -> None:
+    """Restart only the kubelet, with ``spec``'s config; returns once it serves healthz.
+
+    A kubelet reads its config at start only, so a new profile needs a new
+    process. containerd and the shims stay: the pods' containers keep running
+    (no graceful node shutdown is configured, so a SIGTERMed kubelet leaves
+    them alone) and the new kubelet adopts them from the runtime.
+    """
+    node = spec.node
+    holder = _alive(node, "holder")
+    if holder is None or _alive(node, "containerd") is None:
+        raise LabError(f"node {node} is not running (powered off?): power it on first")
+    _term(node, "kubelet")
+    _spawn_kubelet(spec, holder)
 
 
 def _term(node: str, component: str) -> None:
@@ -721,6 +777,10 @@ def _term(node: str, component: str) -> None:
     except WaitTimeout:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+        # Gone before a successor binds its ports (a restart follows at once).
+        with contextlib.suppress(WaitTimeout):
+            poll_until(lambda: _alive(node, component) is None, 5,
+                       f"{component} of {node} to die", interval=0.05)  # fmt: skip
 
 
 def stop_node(node: str) -> None:
