@@ -2,7 +2,8 @@
 
 Each ``rto.backends`` entry point (pyproject.toml) names a
 ``cluster.api.BackendProvider`` class: ``lab`` is the embedded lab
-(``cluster.lab.provider``), ``kube`` a real cluster (``cluster.kube.provider``).
+(``cluster.lab_cluster``: its pods on its real cluster), ``kube`` a real
+cluster (``cluster.kube.provider``).
 Read by the CLI, the campaign (which also brings a cluster up and down through
 the provider), the journal replay (``rto revert`` rebuilds the backend each
 record names) and the Chaos Toolkit functions. Nothing here imports a backend

@@ -11,13 +11,13 @@ import pytest
 from chaos import cli
 from chaos.backends import BACKENDS, get_provider
 from cluster.kube.provider import KubeProvider
-from cluster.lab.provider import LabProvider
+from cluster.lab_cluster import LabClusterProvider
 from core.errors import BackendError, SpecError
 
 
 def test_both_backends_are_declared() -> None:
     assert BACKENDS == ("kube", "lab")
-    assert isinstance(get_provider("lab"), LabProvider)
+    assert isinstance(get_provider("lab"), LabClusterProvider)
     assert isinstance(get_provider("kube"), KubeProvider)
 
 

@@ -48,10 +48,12 @@ def lab_commands(revert_pending: Callable[[], None]) -> click.Group:
     @click.option("--nodes", default=3, show_default=True, type=click.IntRange(2, 8))
     @click.option("--vms", is_flag=True, help="also a libvirtd per node, so VMIs can run")
     @click.option(
-        "--kube",
-        is_flag=True,
-        help="also the real Kubernetes cluster: etcd, apiserver, controller-manager, "
-        "scheduler on the hub, a containerd and a kubelet per node",
+        "--kube/--model",
+        default=True,
+        show_default=True,
+        help="--kube: the real Kubernetes cluster (etcd, apiserver, controller-manager, "
+        "scheduler on the hub, a containerd and a kubelet per node) runs the pods; "
+        "--model: the lab's own model of them does (no Kubernetes component)",
     )
     def lab_up_cmd(profile: str, nodes: int, vms: bool, kube: bool) -> None:
 

@@ -274,6 +274,9 @@ def _apiserver_argv(flags: ComponentFlags) -> list[str]:
         f"--kubelet-client-certificate={pki.crt('apiserver-kubelet-client')}",
         f"--kubelet-client-key={pki.key('apiserver-kubelet-client')}",
         f"--kubelet-certificate-authority={pki.ca}",
+        # Reach kubelets (logs, exec, the node proxy) at their node IP: the lab
+        # has no DNS, so a node's hostname resolves to nothing.
+        "--kubelet-preferred-address-types=InternalIP",
         f"--service-account-key-file={pki.dir / 'sa.pub'}",
         f"--service-account-signing-key-file={pki.dir / 'sa.key'}",
         "--service-account-issuer=https://kubernetes.default.svc",

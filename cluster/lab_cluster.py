@@ -1,0 +1,274 @@
+"""The lab's backend once its real cluster is up: pods through ``cluster.kube``.
+
+Made by ``LabClusterProvider`` (the ``lab`` entry of ``rto.backends``) when
+``rto lab up`` started the real Kubernetes components (``cluster.lab.kube``);
+read by the runner, faults, healers and recorder like any ``cluster.api.Backend``.
+
+Pods are real: they are Deployments in the lab's API server, run by its kubelets,
+and every pod call goes to a ``KubeBackend`` on the config the lab wrote
+(``/var/lib/rto-lab/kube/rto-kube.yaml``), the same code a user points at their
+own cluster. VMIs are still the lab's (``cluster.lab.backend.LabBackend``:
+libvirt domains, watchdog, live migration) until the lab's VMI code reconciles
+``kubevirt.io/v1`` objects; their calls go there. Calls on a node reach both
+sides where both must see them (cordon, fence); the node itself is the lab's
+(power, network cut). Nodes are read from the real API server: its Nodes and
+Leases are what the platform decides on. The lab and the kube backend do not
+know each other (an import-linter contract); this module, above both, joins them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from cluster.api import (
+    Backend,
+    Event,
+    NodeStatus,
+    ProbeTarget,
+    VolumeFailure,
+    WorkloadKind,
+    WorkloadStatus,
+)
+from cluster.kube.backend import KubeBackend
+from cluster.kube.config import load_kube_config
+from cluster.lab.backend import LabBackend
+from cluster.lab.kube import cluster as kube_cluster
+from cluster.lab.kube.paths import KUBE_VERSION
+from cluster.lab.lifecycle import lab_down, lab_up
+from core.errors import BackendError
+from core.samples import MetricSample
+
+__all__ = ["LabClusterBackend", "LabClusterProvider"]
+
+
+def _kube_backend() -> KubeBackend:
+    return KubeBackend(load_kube_config(kube_cluster.kube_config_path()))
+
+
+def _switch_real_cluster(profile: str) -> None:
+    kube_cluster.set_profile(profile)
+
+
+class LabClusterBackend:
+    """Pods on the lab's real cluster (kube backend), VMIs on the lab's own code."""
+
+    name = "lab"
+    dry_run = False
+
+    def __init__(
+        self,
+        lab: LabBackend,
+        kube: KubeBackend,
+        reload_kube: Callable[[], KubeBackend] = _kube_backend,
+        switch_cluster: Callable[[str], None] | None = None,
+    ) -> None:
+        self.lab, self.kube = lab, kube
+        self._reload_kube = reload_kube
+        # Restarts the real components with the profile's flags.
+        self._switch_cluster = switch_cluster or _switch_real_cluster
+        self.clock = lab.clock
+
+    def close(self) -> None:
+        try:
+            self.kube.close()
+        finally:
+            self.lab.close()
+
+    # --- routing -------------------------------------------------------------------
+    def _is_vmi(self, workload: str) -> bool:
+        """The lab holds the VMIs only: anything else is a pod of the cluster."""
+        return any(w.name == workload for w in self.lab.workloads())
+
+    def _side(self, workload: str) -> Backend:
+        return self.lab if self._is_vmi(workload) else self.kube
+
+    # --- reading -------------------------------------------------------------------
+    def nodes(self) -> list[NodeStatus]:
+        powered = {m.name: m.powered for m in self.lab.nodes()}
+        return [self._with_power(n, powered) for n in self.kube.nodes()]
+
+    def node(self, name: str) -> NodeStatus:
+        return self._with_power(self.kube.node(name), {name: self.lab.node(name).powered})
+
+    @staticmethod
+    def _with_power(n: NodeStatus, powered: dict[str, bool]) -> NodeStatus:
+        # Only the lab knows whether it cut a node's power; the API server sees
+        # a silent kubelet either way.
+        return n if n.name not in powered else dataclasses.replace(n, powered=powered[n.name])
+
+    def workloads(self) -> list[WorkloadStatus]:
+        return self.lab.workloads() + self.kube.workloads()
+
+    def workload(self, name: str) -> WorkloadStatus:
+        return self._side(name).workload(name)
+
+    def probe_target(self, workload: str) -> ProbeTarget | None:
+        return self._side(workload).probe_target(workload)
+
+    def events(self, since: float) -> Iterator[Event]:
+        # Both stamp with the monotonic clock (core.clock.RealClock, KubeTimeline).
+        yield from heapq.merge(
+            list(self.lab.events(since)), list(self.kube.events(since)), key=lambda e: e.at
+        )
+
+    def metrics(self, workload: str) -> MetricSample | None:
+        return self._side(workload).metrics(workload)
+
+    def log_path(self, workload: str) -> Path | None:
+        return self._side(workload).log_path(workload)
+
+    def vm_accelerator(self) -> str | None:
+        return self.lab.vm_accelerator()
+
+    def platform_version(self, kind: WorkloadKind | None = None) -> str | None:
+        if kind is WorkloadKind.VMI:
+            return self.lab.platform_version(kind)
+        return self.kube.platform_version(kind)
+
+    # --- workloads -------------------------------------------------------------------
+    def create_workload(
+        self,
+        name: str,
+        kind: WorkloadKind,
+        node: str | None = None,
+        *,
+        watchdog_heartbeat_s: int | None = 2,
+        eviction_strategy: str = "LiveMigrate",
+    ) -> None:
+        side: Backend = self.lab if kind is WorkloadKind.VMI else self.kube
+        side.create_workload(
+            name,
+            kind,
+            node,
+            watchdog_heartbeat_s=watchdog_heartbeat_s,
+            eviction_strategy=eviction_strategy,
+        )
+
+    def delete_workload(self, name: str) -> None:
+        self._side(name).delete_workload(name)
+
+    def wait_ready(self, name: str, timeout: float) -> WorkloadStatus | None:
+        return self._side(name).wait_ready(name, timeout)
+
+    # --- faults ----------------------------------------------------------------------
+    def kill_main_process(self, workload: str) -> None:
+        self._side(workload).kill_main_process(workload)
+
+    def hang_workload(self, workload: str) -> None:
+        self._side(workload).hang_workload(workload)
+
+    def cordon(self, node: str) -> None:
+        # The real scheduler must skip it (pods), and so must the lab's VMI placement.
+        self.kube.cordon(node)
+        self.lab.cordon(node)
+
+    def uncordon(self, node: str) -> None:
+        self.kube.uncordon(node)
+        self.lab.uncordon(node)
+
+    def evict(self, workload: str) -> None:
+        self._side(workload).evict(workload)
+
+    def power_off(self, node: str) -> None:
+        # The lab's power-off kills everything in the node's cgroup: kubelet,
+        # containerd, containers, libvirtd and QEMUs alike.
+        self.lab.power_off(node)
+
+    def power_on(self, node: str) -> None:
+        self.lab.power_on(node)  # reboots the node: agent, libvirtd, containerd, kubelet
+
+    def partition_node(self, node: str) -> None:
+        self.lab.partition_node(node)  # the node's netns: the kubelet loses the API too
+
+    def heal_node_partition(self, node: str) -> None:
+        self.lab.heal_node_partition(node)
+
+    def partition_workload(self, workload: str) -> None:
+        self._side(workload).partition_workload(workload)
+
+    def heal_workload_partition(self, workload: str) -> None:
+        self._side(workload).heal_workload_partition(workload)
+
+    def fail_volume(self, workload: str, mode: VolumeFailure) -> None:
+        if not self._is_vmi(workload):
+            # The kube backend would freeze the volumes under the pod's kubelet
+            # dir: the lab's real pods have none yet, so nothing would fail and
+            # the run would "recover" from a fault that never happened.
+            raise BackendError(
+                f"cannot fail the volume of pod {workload}: the pods of the lab's real "
+                "cluster have no volume the lab can fail yet (VMI volumes can)"
+            )
+        self.lab.fail_volume(workload, mode)
+
+    def repair_volume(self, workload: str, mode: VolumeFailure) -> None:
+        if self._is_vmi(workload):
+            self.lab.repair_volume(workload, mode)
+        # A pod's volume was never failed (fail_volume refuses): nothing to repair.
+
+    # --- healer actions ----------------------------------------------------------------
+    def restart_healing(self) -> bool:
+        return self.lab.restart_healing()
+
+    def set_restart_healing(self, enabled: bool) -> None:
+        # The lab's agents restart crashed QEMUs only when it is on; the kubelet
+        # always restarts containers (the flag tells the watchdog healer).
+        self.lab.set_restart_healing(enabled)
+        self.kube.set_restart_healing(enabled)
+
+    def fence(self, node: str) -> None:
+        # The real out-of-service taint lets the pod-GC delete the dead node's
+        # pods; the lab's fence releases its VMIs.
+        self.kube.fence(node)
+        self.lab.fence(node)
+
+    def unfence(self, node: str) -> None:
+        self.kube.unfence(node)
+        self.lab.unfence(node)
+
+    def resume_workload(self, workload: str) -> None:
+        self._side(workload).resume_workload(workload)
+
+    def reschedule(self, workload: str) -> None:
+        self._side(workload).reschedule(workload)
+
+    def migrate(self, workload: str, node: str | None = None) -> dict[str, str]:
+        if not self._is_vmi(workload):
+            raise BackendError(f"{workload} is a pod: only a VMI can be live-migrated")
+        return self.lab.migrate(workload, node)
+
+    # --- around a run --------------------------------------------------------------------
+    @property
+    def profile(self) -> str | None:
+        return self.lab.profile
+
+    def set_profile(self, name: str) -> None:
+        """Both halves: the lab's VMI timings, and the real components' flags
+        (restarted with the profile's, ``cluster.lab.kube.cluster.set_profile``)."""
+        self.lab.set_profile(name)
+        if self.kube.profile != name:
+            self._switch_cluster(name)
+            old, self.kube = self.kube, self._reload_kube()  # it read the old profile
+            old.close()
+
+
+class LabClusterProvider:
+    """``cluster.api.BackendProvider`` for the lab: a real cluster when one is up."""
+
+    name = "lab"
+
+    def backend(self) -> Backend:
+        lab = LabBackend()
+        if not kube_cluster.cluster_up():
+            return lab  # a lab brought up without its real cluster (`lab up --model`)
+        return LabClusterBackend(lab, _kube_backend())
+
+    def up(self, profile: str, nodes: int, vms: bool) -> str | None:
+        choice = lab_up(profile=profile, nodes=nodes, vms=vms, kube=True)
+        what = f"Kubernetes {KUBE_VERSION} on {nodes} nodes"
+        return what if choice is None else f"{what}; VM accelerator: {choice.describe()}"
+
+    def down(self) -> None:
+        lab_down()
