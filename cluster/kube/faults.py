@@ -4,10 +4,12 @@ Filled with the facade's ``KubeClient`` and ``KubeReader`` (and an optional
 ``PowerDriver``); read by the facade, whose ``cluster.api.FaultActions`` methods
 delegate here. Kill and hang go through the exec subresource, cordon and evict
 (backing off while a PodDisruptionBudget says not now) through the API, network
-partitions through a NetworkPolicy or a privileged node pod, volume failures
-through a hot-unplug (VMI) or fsfreeze (pod). Reverts read their state back
-from the cluster (the VM spec keeps the unplugged volume), so ``rto revert``
-after a killed harness can undo a fault from the journal alone.
+partitions through the power driver when it is also a ``PartitionDriver`` (the
+node's owner cuts from outside the node), else a NetworkPolicy or a privileged
+node pod, volume failures through a hot-unplug (VMI) or fsfreeze (pod). Reverts
+read their state back from the cluster (the VM spec keeps the unplugged volume),
+so ``rto revert`` after a killed harness can undo a fault from the journal alone
+(a pod cut made through a driver is healed at the pod's address then).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from tenacity import Retrying, retry_if_exception, wait_exponential
 
 from cluster.api import VolumeFailure, WorkloadKind
 from cluster.kube.client import KV, KubeClient, Obj
-from cluster.kube.power import PowerDriver, get_power_driver
+from cluster.kube.power import PartitionDriver, PowerDriver, get_power_driver
 from cluster.kube.reading import KubeReader
 from core.errors import BackendError
 from core.wait import stop_after
@@ -33,6 +35,8 @@ class KubeFaults:
     def __init__(self, k: KubeClient, r: KubeReader, power: PowerDriver | None = None) -> None:
         self.k, self.r = k, r
         self._power = power
+        # workload -> (node, IP) of the pod cuts made through a PartitionDriver.
+        self._pod_cuts: dict[str, tuple[str, str]] = {}
 
     # --- faults ------------------------------------------------------------------
     def kill_main_process(self, workload: str) -> None:
@@ -215,7 +219,52 @@ class KubeFaults:
     def _policy_name(self, workload: str) -> str:
         return f"rto-partition-{workload}"
 
+    def _partitioner(self) -> PartitionDriver | None:
+        """The configured driver when it can cut networks itself, else None."""
+        driver = self._driver()
+        return driver if isinstance(driver, PartitionDriver) else None
+
+    def _address_of(self, workload: str) -> tuple[str, str] | None:
+        """(node, IP) of the workload's pod, or of its VMI; None while it has none.
+
+        No pod and no VMI is an answer, not an error (a heal replayed after the
+        workload is gone); a failing API call still raises.
+        """
+        pod = self.r.current_pods().get(workload)
+        if pod is not None:
+            ip = (pod.get("status") or {}).get("podIP")
+            node = (pod.get("spec") or {}).get("nodeName")
+        else:
+            vmi = next(
+                (v for v in self.r.raw_vmis() if self.r.vmi_status(v).name == workload), None
+            )
+            if vmi is None:
+                return None
+            ifaces = (vmi.get("status") or {}).get("interfaces") or []
+            ip = ifaces[0].get("ipAddress") if ifaces else None
+            node = (vmi.get("status") or {}).get("nodeName")
+        return (str(node), str(ip)) if ip and node else None
+
     def partition_workload(self, workload: str) -> None:
+        driver = self._partitioner()
+        if driver is not None:
+            self.r.workload(workload)
+            where = self._address_of(workload)
+            if where is None:
+                raise BackendError(f"workload {workload!r} has no address yet: nothing to cut off")
+            node, ip = where
+
+            def cut() -> None:
+                driver.partition_pod(node, ip)
+                # Healed where it was cut, even if the pod moves meanwhile (an eviction).
+                self._pod_cuts[workload] = (node, ip)
+
+            self.k.act(
+                f"cut {workload} ({ip}) off the network on {node} "
+                f"({self.k.config.power_driver} driver)",
+                cut,
+            )
+            return
         self.r.workload(workload)
         ns = self.k.config.namespaces[0]
         body: Obj = {
@@ -235,6 +284,19 @@ class KubeFaults:
         )
 
     def heal_workload_partition(self, workload: str) -> None:
+        driver = self._partitioner()
+        if driver is not None:
+            # The cut this process made, and (a journal replay after a crash of
+            # the harness knows only the name) the workload's address now.
+            cuts = [c for c in (self._pod_cuts.get(workload), self._address_of(workload)) if c]
+            for node, ip in dict.fromkeys(cuts):
+                self.k.act(
+                    f"heal the network cut of {workload} ({ip}) on {node} "
+                    f"({self.k.config.power_driver} driver)",
+                    partial(driver.heal_pod_partition, node, ip),
+                )
+            self._pod_cuts.pop(workload, None)  # after the heals: a failed one is retried
+            return
         ns, name = self.k.config.namespaces[0], self._policy_name(workload)
         self.k.act(
             f"delete NetworkPolicy {ns}/{name}",
@@ -271,6 +333,13 @@ class KubeFaults:
 
     def partition_node(self, node: str, max_seconds: int = 600) -> None:
         self.k.target_node(node)
+        driver = self._partitioner()
+        if driver is not None:
+            self.k.act(
+                f"cut node {node} off the network ({self.k.config.power_driver} driver)",
+                lambda: driver.partition_node(node),
+            )
+            return
         # The node cannot hear a revert while cut off: the pod lifts the cut by
         # itself after max_seconds, and on SIGTERM once the kubelet is back.
         script = (
@@ -288,6 +357,13 @@ class KubeFaults:
 
     def heal_node_partition(self, node: str) -> None:
         self.k.target_node(node)
+        driver = self._partitioner()
+        if driver is not None:
+            self.k.act(
+                f"heal the network cut of node {node} ({self.k.config.power_driver} driver)",
+                lambda: driver.heal_node_partition(node),
+            )
+            return
         ns, name = self.k.config.namespaces[0], f"rto-node-partition-{node}"
         self.k.act(
             f"delete node pod {ns}/{name} (lifts the cut)",

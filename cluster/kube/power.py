@@ -7,17 +7,34 @@ group ``rto.power_drivers`` (IPMI, Redfish, a cloud API: a class taking
 Built in: ``kind`` (the node is a Docker container: ``docker stop``/``start``)
 and ``libvirt`` (the node is a libvirt domain: ``virsh destroy``/``start``).
 A power-off is abrupt on purpose: it is the fault "node lost", not a shutdown.
+
+A driver may also offer optional capabilities, found by ``isinstance`` on the
+``runtime_checkable`` protocols below (no registration): ``PartitionDriver``
+(``partition_node``/``heal_node_partition``, ``partition_pod``/
+``heal_pod_partition``) when the node's owner can cut a node, or one pod
+address, off the network from outside the node. ``KubeFaults`` then uses it for
+the network-partition fault instead of a node pod (which a cut-off node cannot
+be told to remove) or a NetworkPolicy (which a CNI may not enforce). Heals
+must be idempotent: a revert replayed from the journal may run them twice, or
+after the pod is gone.
 """
 
 from __future__ import annotations
 
 import subprocess
 from importlib.metadata import entry_points
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from core.errors import BackendError
 
-__all__ = ["ENTRY_POINT_GROUP", "KindDriver", "LibvirtDriver", "PowerDriver", "get_power_driver"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "KindDriver",
+    "LibvirtDriver",
+    "PartitionDriver",
+    "PowerDriver",
+    "get_power_driver",
+]
 
 ENTRY_POINT_GROUP = "rto.power_drivers"
 
@@ -26,6 +43,27 @@ class PowerDriver(Protocol):
     def power_off(self, node: str) -> None: ...
 
     def power_on(self, node: str) -> None: ...
+
+
+@runtime_checkable
+class PartitionDriver(Protocol):
+    """Optional: network cuts made by the node's owner, outside the node.
+
+    ``partition_node`` drops everything the node sends or receives on its
+    network (its kubelet loses the API server: the real fault);
+    ``partition_pod`` drops what the node forwards to or from ``pod_ip`` (a
+    pod, or a VMI's address, on ``node``), leaving the node and its other pods
+    alone. All four are idempotent; a heal of a cut that is not there (or of a
+    pod that is gone) does nothing.
+    """
+
+    def partition_node(self, node: str) -> None: ...
+
+    def heal_node_partition(self, node: str) -> None: ...
+
+    def partition_pod(self, node: str, pod_ip: str) -> None: ...
+
+    def heal_pod_partition(self, node: str, pod_ip: str) -> None: ...
 
 
 def _run(argv: list[str], what: str) -> None:

@@ -7,7 +7,9 @@ hub netns with bridge ``br0`` 198.18.0.1/24; node netns with ``eth0``
 198.18.0.(10+i)/24 plugged into ``br0`` and a pod bridge ``cbr0``
 198.18.(10+i).1/24; pod netns with ``eth0`` 198.18.(10+i).<slot>/24 plugged
 into its node's ``cbr0``. Netlink goes through pyroute2; partitions are an nft
-table ``rto_chaos`` run with the ``nft`` CLI inside the namespace.
+table ``rto_chaos`` run with the ``nft`` CLI inside the namespace. The kube
+backend's lab node driver (``cluster.lab.power_driver``) also cuts one address
+that a node routes (a real kubelet's pod) with ``partition_ip``.
 
 Namespace names start with ``NS_PREFIX`` ("rto"). Tests set another prefix with
 ``set_prefix`` (and ``RTO_LAB_NS_PREFIX`` for child processes) so that they can
@@ -45,16 +47,20 @@ __all__ = [
     "delete_node_net",
     "delete_pod_net",
     "enter_netns",
+    "heal_ip_partition",
     "heal_node_partition",
     "heal_pod_partition",
     "host_link_exists",
+    "is_ip_partitioned",
     "is_partitioned",
     "is_partitioned_ns",
     "lab_netns",
     "netns_inode",
     "node_ns",
+    "partition_ip",
     "partition_node",
     "partition_pod",
+    "partitioned_ips",
     "pod_ip",
     "pod_ns",
     "route_to_node",
@@ -518,6 +524,80 @@ def partition_pod(pod: str) -> None:
 
 def heal_pod_partition(pod: str) -> None:
     _heal(pod_ns(pod))
+
+
+_LAB_NET = ipaddress.ip_network("198.18.0.0/15")
+_IP_TABLE_PREFIX = "rto_ip_"
+
+
+def _ip_table(ip: str) -> str:
+    """The nft table that cuts ``ip`` (LabError unless it is an IPv4 address of the lab)."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        raise LabError(f"{ip!r} is not an IP address") from None
+    if not isinstance(addr, ipaddress.IPv4Address) or addr not in _LAB_NET:
+        raise LabError(f"{ip} is not a lab address ({_LAB_NET}): the lab cuts only its own")
+    return _IP_TABLE_PREFIX + str(addr).replace(".", "_")
+
+
+def is_ip_partitioned(node: str, ip: str) -> bool:
+    """Whether ``node``'s netns holds the drop table of ``ip``."""
+    table = _ip_table(ip)
+    if not _exists(node_ns(node)):
+        return False
+    return _nft(node_ns(node), ["list", "table", "ip", table]).returncode == 0
+
+
+def partition_ip(node: str, ip: str) -> None:
+    """Drop every packet ``node`` forwards to or from ``ip`` (idempotent).
+
+    For an address behind the node (a pod on its bridge): everything reaching
+    it from the lab, and everything it sends out, is routed by the node, so the
+    forward hook of the node's netns sees all of it. The node's own traffic
+    (its kubelet's probes of the pod, its API server connection) is untouched,
+    as a NetworkPolicy would leave it. Pods on the same node's bridge are
+    bridged, not routed: they may still reach each other.
+    """
+    table = _ip_table(ip)
+    if not _exists(node_ns(node)):
+        raise LabError(f"node {node} has no network namespace {node_ns(node)}; is the lab up?")
+    if is_ip_partitioned(node, ip):
+        return
+    rules = f"""
+table ip {table} {{
+    chain forward {{ type filter hook forward priority -300; policy accept;
+        ip saddr {ip} drop; ip daddr {ip} drop; }}
+}}
+"""
+    res = _nft(node_ns(node), ["-f", "-"], stdin=rules)
+    if res.returncode != 0:
+        raise LabError(f"nft could not cut {ip} off on {node}: {res.stderr.strip()}")
+
+
+def heal_ip_partition(node: str, ip: str) -> None:
+    """Remove the drop table of ``ip`` from ``node`` (idempotent; no netns: nothing to do)."""
+    table = _ip_table(ip)
+    if not is_ip_partitioned(node, ip):
+        return
+    res = _nft(node_ns(node), ["delete", "table", "ip", table])
+    if res.returncode != 0:
+        raise LabError(f"nft could not heal {ip} on {node}: {res.stderr.strip()}")
+
+
+def partitioned_ips(node: str) -> list[str]:
+    """The addresses ``partition_ip`` cut on ``node`` now (none if it has no netns)."""
+    if not _exists(node_ns(node)):
+        return []
+    res = _nft(node_ns(node), ["list", "tables", "ip"])
+    if res.returncode != 0:
+        raise LabError(f"nft could not list the tables of {node}: {res.stderr.strip()}")
+    names = [line.split()[-1] for line in res.stdout.splitlines() if line.startswith("table ip ")]
+    return sorted(
+        n.removeprefix(_IP_TABLE_PREFIX).replace("_", ".")
+        for n in names
+        if n.startswith(_IP_TABLE_PREFIX)
+    )
 
 
 def lab_netns() -> list[str]:

@@ -7,11 +7,20 @@ named by ``power_driver: lab`` in the kube config the lab writes at ``lab up
 node's cgroup and SIGKILL every process in it (kubelet, containerd, shims,
 containers, the node's libvirtd and QEMUs); power-on is a reboot of the node
 (``lifecycle.reboot_node``), which starts its containerd and kubelet again.
+
+It is also a ``cluster.kube.power.PartitionDriver``: the harness owns the
+node's network namespace, so it cuts from outside the node and a cut-off node
+needs to hear nothing to be healed. A node partition is the lab's own
+(``net.partition_node``: everything on the node's eth0, so its kubelet loses
+the API server); a pod partition drops what the node forwards to and from
+the pod's address (``net.partition_ip``), which is how the hub's probers and
+the API server's service proxy reach it. Only the lab's own namespaces and
+198.18.0.0/15 addresses are touched.
 """
 
 from __future__ import annotations
 
-from cluster.lab import cgroups, lifecycle
+from cluster.lab import cgroups, lifecycle, net
 from cluster.lab.store import Store
 from core.errors import BackendError
 
@@ -19,7 +28,8 @@ __all__ = ["LabPowerDriver"]
 
 
 class LabPowerDriver:
-    """``cluster.kube.power.PowerDriver`` for the nodes of the lab on this machine."""
+    """``PowerDriver`` and ``PartitionDriver`` (``cluster.kube.power``) for the
+    nodes of the lab on this machine."""
 
     def __init__(self, **_: str) -> None:
         pass
@@ -46,3 +56,26 @@ class LabPowerDriver:
             lifecycle.reboot_node(store, store.node(node))
         finally:
             store.close()
+
+    def _known(self, node: str) -> None:
+        store = Store()
+        try:
+            self._node(store, node)
+        finally:
+            store.close()
+
+    def partition_node(self, node: str) -> None:
+        self._known(node)
+        net.partition_node(node)
+
+    def heal_node_partition(self, node: str) -> None:
+        self._known(node)
+        net.heal_node_partition(node)
+
+    def partition_pod(self, node: str, pod_ip: str) -> None:
+        self._known(node)
+        net.partition_ip(node, pod_ip)
+
+    def heal_pod_partition(self, node: str, pod_ip: str) -> None:
+        self._known(node)
+        net.heal_ip_partition(node, pod_ip)
