@@ -193,6 +193,7 @@ def run_campaign(
     if lab_lifecycle:
         up, down = _cluster_lifecycle(spec.backend, lab_up, lab_down)
         up(first_profile, spec.nodes, spec.vms)
+    backend: Backend | None = None
     try:
         backend = backend_factory(spec.backend)
         opts = options or RunOptions()
@@ -236,8 +237,14 @@ def run_campaign(
                     _delete_unless_next(backend, plan.entries, i, show)
             opts.status = status
     finally:
-        if lab_lifecycle:
-            down()
+        # Its watches and connections end before the cluster they talk to goes.
+        try:
+            close = getattr(backend, "close", None)
+            if callable(close):
+                close()
+        finally:
+            if lab_lifecycle:
+                down()
     claims_error = ""
     if spec.metric_claims:
         try:
