@@ -228,15 +228,15 @@ async def http_probe(
     request = _request(target)
     try:
         async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(target.host, target.port)
             if target.tls is not None:
-                reader, writer = await asyncio.open_connection(
-                    target.host,
-                    target.port,
-                    ssl=target.tls,
-                    server_hostname=target.server_hostname or target.host,
+                # TLS on the open connection, not open_connection(ssl=...): a
+                # timeout during that handshake left its transport unclosed
+                # (Python 3.11), one socket per timed-out probe of a slow API
+                # server. Here the writer exists and the finally closes it.
+                await writer.start_tls(
+                    target.tls, server_hostname=target.server_hostname or target.host
                 )
-            else:
-                reader, writer = await asyncio.open_connection(target.host, target.port)
             writer.write(request)
             await writer.drain()
             chunks: list[bytes] = []
