@@ -15,13 +15,12 @@ storage-eio cells on the real kubelets.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import pytest
 import yaml
 from private_lab import PrivateLab
 
+from chaos.prober import http_probe
 from cluster.api import Backend, VolumeFailure, WorkloadKind
 from cluster.lab import volumes
 from cluster.lab.kube import node as kube_node
@@ -57,25 +57,11 @@ def backend() -> Iterator[LabClusterBackend]:
 
 
 def _probe(b: Backend, timeout: float = 2.0) -> tuple[bool, str | None, str]:
-    """What the recorder's probe sees, through the API server's service proxy:
-    (answered 200 with the pod's name, instance, why not)."""
+    """What the recorder's probe sees: through the API server's service proxy."""
     target = b.probe_target(POD)
     if target is None:
         return False, None, "no probe target yet"
-    scheme = "http" if target.tls is None else "https"
-    req = urllib.request.Request(
-        f"{scheme}://{target.host}:{target.port}{target.path}", headers=dict(target.headers)
-    )
-    try:
-        with urllib.request.urlopen(req, context=target.tls, timeout=timeout) as r:
-            body = r.read().decode()
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        return False, None, f"http {exc.code}"
-    except OSError as exc:  # a timeout, a refused connection
-        return False, None, f"no answer: {exc}"
-    name, _, inst = body.strip().partition(" ")
-    return name == POD, inst or None, "ok" if name == POD else f"answer {body!r}"
+    return asyncio.run(http_probe(target, timeout, expect_name=POD))
 
 
 def _until(b: Backend, good: bool, timeout: float, what: str) -> tuple[bool, str | None, str]:
@@ -192,7 +178,6 @@ def test_a_campaign_measures_pod_storage_faults_on_real_kubelets(
         "name": "real-lab-pod-storage",
         "backend": "lab",
         "repetitions": 1,
-        "delete_workloads": True,  # and with them their volumes
         "healers": ["watchdog", "eviction"],
         "experiments": [
             {"path": str(ROOT / "experiments/pods/storage-hang.yaml"), **timing},
