@@ -26,7 +26,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from cluster.lab import state, volumes
+from cluster.lab import state
 from cluster.lab.kube import hub, images, node, paths
 from cluster.lab.kube.flags import ComponentFlags, component_flags
 from cluster.lab.kube.kubevirt_crds import install_crds
@@ -259,10 +259,6 @@ def _prepare(api: k8s.ApiClient, nodes: list[str]) -> None:
         "node_pod_enter": [],
         "probe": "service-proxy",
         "profile": _profile(),
-        # The lab's per-pod volume (cluster.lab.volumes), which its storage
-        # faults freeze and shut down; every node sees the host's mounts there
-        # (cluster.lab.kube.node), so it follows the pod like network storage.
-        "pod_volume_host_path": str(volumes.mountpoint("{workload}")),
     }
     _write_kube_config(doc)
 

@@ -13,10 +13,8 @@ kubelets' only peer. Each node runs, all in its lab cgroup (so
   own directories bound back in), so the paths the components use whatever
   their flags say (``/var/lib/kubelet/device-plugins``, ``/run/containerd/s``,
   ``/var/lib/cni``, ``/var/log/containers``, ...) are per node and vanish with
-  the namespace; the pod volumes' directory is bound back with the mounts
-  below it and follows the host's later ones (``_followed_dirs``); the six
-  ``/proc/sys`` files the kubelet sets are bind mounts of regular files: the
-  host's sysctls never change. Every mount made
+  the namespace, and the six ``/proc/sys`` files the kubelet sets are bind
+  mounts of regular files: the host's sysctls never change. Every mount made
   for the node (pod netns files, rootfs overlays, volumes) lives only in that
   namespace, so after a power-off the kernel drops them with its last process.
 - containerd (config v3: root in the node's state dir, state and sockets in
@@ -50,7 +48,7 @@ from typing import Any
 
 import yaml
 
-from cluster.lab import cgroups, net, state, volumes
+from cluster.lab import cgroups, net, state
 from cluster.lab.kube import images, paths
 from core.errors import LabError
 from core.wait import WaitTimeout, poll_until
@@ -517,27 +515,12 @@ def _files_of_kubeconfig(path: Path) -> list[Path]:
     return found
 
 
-def _followed_dirs() -> list[Path]:
-    """Host directories whose mounts the node sees, those made after it started too.
-
-    The lab's pod volumes (``cluster.lab.volumes``): one loop-mounted ext4 per
-    pod, mounted on the host before the pod is created and again by each
-    repair, and used by the pod as a hostPath on whichever node runs it (the
-    kube config's ``pod_volume_host_path``). The host's mount of the directory
-    is shared (``_share_on_host``), the node's copy a slave of it: every later
-    mount and unmount below it on the host reaches the node, none made in
-    the node reaches the host.
-    """
-    return [volumes.image_path("any").parent]
-
-
 def _needed_dirs(spec: KubeletSpec) -> list[Path]:
     """Host directories the node's processes must see under the covered trees."""
     node = spec.node
     files = [spec.kubeconfig, spec.ca_file, spec.serving_cert, spec.serving_key]
     files += _files_of_kubeconfig(spec.kubeconfig)
     dirs = {paths.node_dir(node), node_run_dir(node), paths.bin_dir(), CNI_BIN, RUNC.parent}
-    dirs |= set(_followed_dirs())
     dirs |= {f.resolve().parent for f in files}
     # Outermost only: a bind of a directory brings its subdirectories.
     ordered = sorted(dirs, key=lambda p: len(p.parts))
@@ -554,7 +537,6 @@ def _ns_script(spec: KubeletSpec) -> str:
     run = node_run_dir(node)
     nsdir = run / "ns"
     needed = _needed_dirs(spec)
-    followed = _followed_dirs()
     for c in _COVERED:
         if any(d == c or d in c.parents for d in needed):
             raise LabError(f"{c} would be hidden from node {node}: move the lab's dirs below it")
@@ -574,11 +556,6 @@ def _ns_script(spec: KubeletSpec) -> str:
         f"  for d in {' '.join(q(str(d)) for d in needed)}; do",
         '    case "$d/" in "$m"/*) keep=1 ;; esac',
         "  done",
-        # The mounts below a followed dir (pod volumes mounted before this
-        # node started) are the node's to see.
-        f"  for d in {' '.join(q(str(d)) for d in followed)}; do",
-        '    case "$m/" in "$d"/*) keep=1 ;; esac',
-        "  done",
         '  [ "$keep" = 1 ] || umount -l "$m" 2>/dev/null || true',
         "done",
         'mount -t tmpfs -o mode=0755,size=64m rto-kube-node "$NSDIR"',
@@ -591,10 +568,9 @@ def _ns_script(spec: KubeletSpec) -> str:
         lines.append(f'mkdir -p "$NSDIR/cover"{q(str(c))}')
         for d in needed:
             if c in d.parents:
-                bind = "--rbind" if d in followed else "--bind"
                 lines += [
                     f'mkdir -p "$NSDIR/cover"{q(str(d))}',
-                    f'mount {bind} {q(str(d))} "$NSDIR/cover"{q(str(d))}',
+                    f'mount --bind {q(str(d))} "$NSDIR/cover"{q(str(d))}',
                 ]
         lines.append(f'mount --rbind "$NSDIR/cover"{q(str(c))} {q(str(c))}')
     lines += [
@@ -604,36 +580,8 @@ def _ns_script(spec: KubeletSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _share_on_host(d: Path) -> None:
-    """Make the host's mount of ``d`` shared: a bind of ``d`` onto itself (idempotent).
-
-    The node's mount namespace copies the host's mounts when it is made;
-    where the host's / is private (no systemd), a mount made later below
-    ``d`` would reach no node. Only the lab's own directory gets a mount;
-    ``lab_down`` unmounts it with everything else under the state dir. (The
-    lab's libvirtd needs the same of the volumes dir: lifecycle's
-    ``_share_volumes_dir``.)
-    """
-    d.mkdir(parents=True, exist_ok=True)
-    with open("/proc/self/mountinfo") as f:
-        # field 5: the mount point; then optional fields ("shared:N") up to "-".
-        rows = [line.split() for line in f]
-    mine = [r for r in rows if r[4] == str(d)]
-    if mine and any(f.startswith("shared:") for f in mine[-1][6 : mine[-1].index("-")]):
-        return
-    cmds = [["mount", "--make-shared", str(d)]]
-    if not mine:
-        cmds.insert(0, ["mount", "--bind", str(d), str(d)])
-    for cmd in cmds:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-        if res.returncode != 0:
-            raise LabError(f"`{' '.join(cmd)}` failed: {res.stderr.strip()}")
-
-
 def _start_holder(spec: KubeletSpec) -> int:
     run = node_run_dir(spec.node)
-    for d in _followed_dirs():
-        _share_on_host(d)
     (run / "ns").mkdir(parents=True, exist_ok=True)
     script = run / "ns-setup.sh"
     script.write_text(_ns_script(spec))
