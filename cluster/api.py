@@ -94,6 +94,9 @@ class NodeStatus:
     powered: bool = True
     # Seconds since the control plane last heard the node, None if never.
     heartbeat_age: float | None = None
+    # How long that heartbeat holds by the platform's own contract (a Kubernetes
+    # Lease's leaseDurationSeconds), None where the platform states none.
+    heartbeat_valid_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class _Node:
     last_heartbeat: float | None
     fenced: bool = False
     alive: bool = True
+    lease_s: float | None = None  # how long a heartbeat holds, if the platform says
 
 
 @dataclass
@@ -103,6 +104,7 @@ class FakeCluster:
             schedulable=True,
             fenced=n.fenced,
             heartbeat_age=age,
+            heartbeat_valid_s=n.lease_s,
         )
 
     def nodes(self) -> list[NodeStatus]:
@@ -260,6 +262,23 @@ def test_eviction_fences_after_confirm_after_and_not_before(cluster: FakeCluster
     assert cluster.actions[0] == ("fence", "node1")
     fenced_at = next(t for t, _, m, _ in records.items if m.startswith("fenced node node1"))
     assert fenced_at - lost_at == pytest.approx(0.75)
+
+
+def test_eviction_waits_while_the_nodes_lease_is_valid(cluster: FakeCluster) -> None:
+    """A Lease valid 1.2 s outlasts confirm_after 0.72 s: the node is not lost before."""
+    records = Records(cluster.clock)
+    healer = EvictionHealer(period=0.05, confirm_after=0.72, fresh_within=0.35)
+    healer.prepare(_ctx(cluster, records, ["web", "api"]))
+    cluster.hosts["node1"].lease_s = 1.2
+    _run(healer, cluster, 0.5)
+    cluster.hosts["node1"].alive = False
+    lost_at = cluster.clock.now()
+    _run(healer, cluster, 1.15)  # past confirm_after, inside the lease
+    assert ("fence", "node1") not in cluster.actions
+    _run(healer, cluster, 0.1)
+    assert cluster.actions[0] == ("fence", "node1")
+    msg = next(m for _, _, m, _ in records.items if m.startswith("fenced node node1"))
+    assert "> 1.2 s" in msg and cluster.clock.now() - lost_at == pytest.approx(1.25)
 
 
 def test_eviction_reschedules_only_targets_and_leaves_other_nodes(cluster: FakeCluster) -> None:

@@ -48,14 +48,14 @@ class KubeReader:
         resp = self.k.call("list", "nodes", self.k.core.list_node, _preload_content=False)
         return list(json.loads(resp.data)["items"])
 
-    def lease_renewals(self) -> dict[str, datetime]:
-        """Node name -> the renewTime of its Lease in kube-node-lease ({} if unreadable).
+    def lease_renewals(self) -> dict[str, tuple[datetime, float | None]]:
+        """Node name -> (renewTime, leaseDurationSeconds) of its Lease in kube-node-lease.
 
-        The Lease is the kubelet's heartbeat. The Ready condition's
-        lastHeartbeatTime is not: with leases the kubelet posts its status only
-        when it changes or every nodeStatusReportFrequency (5 min by default),
-        so a healthy node's condition can be minutes old (seen on the lab's real
-        kubelets: a healer judging by it fenced a healthy node).
+        {} if unreadable. The Lease is the kubelet's heartbeat. The Ready
+        condition's lastHeartbeatTime is not: with leases the kubelet posts its
+        status only when it changes or every nodeStatusReportFrequency (5 min by
+        default), so a healthy node's condition can be minutes old (seen on the
+        lab's real kubelets: a healer judging by it fenced a healthy node).
         """
         try:
             resp = self.k.call(
@@ -67,20 +67,28 @@ class KubeReader:
             )
         except BackendError:
             return {}  # no right to read leases: fall back to the condition
-        out: dict[str, datetime] = {}
+        out: dict[str, tuple[datetime, float | None]] = {}
         for lease in json.loads(resp.data).get("items") or []:
-            renew = (lease.get("spec") or {}).get("renewTime")
+            spec = lease.get("spec") or {}
+            renew, duration = spec.get("renewTime"), spec.get("leaseDurationSeconds")
             if renew:
-                out[lease["metadata"]["name"]] = datetime.fromisoformat(
-                    renew.replace("Z", "+00:00")
+                out[lease["metadata"]["name"]] = (
+                    datetime.fromisoformat(renew.replace("Z", "+00:00")),
+                    float(duration) if isinstance(duration, int | float) else None,
                 )
         return out
 
-    def _status_of_node(self, n: Obj, renewals: dict[str, datetime] | None = None) -> NodeStatus:
+    def _status_of_node(
+        self, n: Obj, renewals: dict[str, tuple[datetime, float | None]] | None = None
+    ) -> NodeStatus:
         conds = (n.get("status") or {}).get("conditions") or []
         ready: Obj = next((c for c in conds if c.get("type") == "Ready"), {})
         age = None
-        beat: datetime | None = (renewals or {}).get(n["metadata"]["name"])
+        beat: datetime | None = None
+        valid: float | None = None
+        lease = (renewals or {}).get(n["metadata"]["name"])
+        if lease is not None:
+            beat, valid = lease
         if beat is None and ready.get("lastHeartbeatTime"):
             beat = datetime.fromisoformat(ready["lastHeartbeatTime"].replace("Z", "+00:00"))
         if beat is not None:
@@ -92,6 +100,7 @@ class KubeReader:
             schedulable=not (n.get("spec") or {}).get("unschedulable", False),
             fenced=any(t.get("key") == OUT_OF_SERVICE["key"] for t in taints),
             heartbeat_age=age,
+            heartbeat_valid_s=valid,
         )
 
     def nodes(self) -> list[NodeStatus]:
