@@ -290,15 +290,23 @@ def test_fence_evicts_and_unfence(real_apiserver: RealApiserver, cluster: Cluste
     pod = cluster.pod("web-a1", w1, web)
     db = cluster.pod("db-a1", w2, other)
     cluster.set_node_ready(w1, False)
+    # A taint a user owns: fence and unfence must keep it. (The not-ready taints are
+    # the node lifecycle controller's: it adds and removes them as it reconciles this
+    # kubelet-less Node, so they cannot be the reference.)
+    mine = {"key": "team.example/owned", "value": "yes", "effect": "NoSchedule"}
+    cluster.core.patch_node(w1, {"spec": {"taints": [mine]}})
     b = real_apiserver.backend()
     b.fence(w1)
     b.fence(w1)  # idempotent
-    # The TaintNodesByCondition admission plugin gave the new Node not-ready:NoSchedule
-    # (the emulator adds none): fence adds its taint once and keeps the others.
-    taints = [{k: t.to_dict()[k] for k in OUT_OF_SERVICE} for t in cluster.raw_node(w1).spec.taints]
-    assert [t for t in taints if t["key"] == OUT_OF_SERVICE["key"]] == [OUT_OF_SERVICE]
-    others = [t for t in taints if t["key"] != OUT_OF_SERVICE["key"]]
-    assert {"key": "node.kubernetes.io/not-ready", "value": None, "effect": "NoSchedule"} in others
+
+    def taints() -> list[dict[str, str | None]]:
+        return [
+            {k: t.to_dict()[k] for k in OUT_OF_SERVICE}
+            for t in cluster.raw_node(w1).spec.taints or ()
+        ]
+
+    assert [t for t in taints() if t["key"] == OUT_OF_SERVICE["key"]] == [OUT_OF_SERVICE]
+    assert mine in taints()
     assert b.node(w1).fenced and not b.node(w1).ready
     poll_until(
         lambda: (p := cluster.pod_or_none(pod)) is None or p.metadata.deletion_timestamp,
@@ -308,9 +316,33 @@ def test_fence_evicts_and_unfence(real_apiserver: RealApiserver, cluster: Cluste
     b.reschedule(other)  # force delete (grace 0): gone at once, no kubelet needed
     assert cluster.pod_or_none(db) is None
     b.unfence(w1)
-    left = [{k: t.to_dict()[k] for k in OUT_OF_SERVICE} for t in cluster.raw_node(w1).spec.taints]
-    assert left == others  # only its own taint removed
+    left = taints()
+    assert OUT_OF_SERVICE not in left and mine in left  # only its own taint removed
     assert not b.node(w1).fenced
+
+
+def test_fence_keeps_a_taint_written_during_its_read_modify_write(
+    real_apiserver: RealApiserver,  # noqa: F811
+    cluster: Cluster,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Someone taints the Node between fence's read and its write: the API refuses
+    the stale write (409 on the resourceVersion), fence reads again, both taints stay."""
+    w1 = cluster.node("w1")
+    theirs = {"key": "team.example/late", "value": "yes", "effect": "NoSchedule"}
+    b = real_apiserver.backend()
+    write, raced = b.client.core.patch_node, []
+
+    def racing_write(name: str, body: object, **kw: object) -> object:
+        if not raced:  # the first write only: fence has read, now someone else writes
+            raced.append(name)
+            write(name, {"spec": {"taints": [theirs]}})
+        return write(name, body, **kw)
+
+    monkeypatch.setattr(b.client.core, "patch_node", racing_write)
+    b.fence(w1)
+    taints = [{k: t.to_dict()[k] for k in OUT_OF_SERVICE} for t in cluster.raw_node(w1).spec.taints]
+    assert raced and theirs in taints and OUT_OF_SERVICE in taints
 
 
 def test_network_partition_policy(real_apiserver: RealApiserver, cluster: Cluster) -> None:  # noqa: F811

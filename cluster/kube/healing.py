@@ -16,6 +16,7 @@ from datetime import datetime
 from functools import partial
 
 from kubernetes.watch.watch import iter_resp_lines
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from cluster.api import WorkloadKind
 from cluster.kube.client import KV, OUT_OF_SERVICE, KubeClient, Obj
@@ -44,17 +45,36 @@ class KubeHealing:
         self._restart_healing = enabled
 
     def _set_taints(self, node: str, add: bool) -> None:
-        raw = self.k.target_node(node)
-        taints = [
-            t
-            for t in (raw.get("spec") or {}).get("taints") or ()
-            if t.get("key") != OUT_OF_SERVICE["key"]
-        ]
-        if add:
-            taints.append(dict(OUT_OF_SERVICE))
-        self.k.call(
-            "patch", "nodes", self.k.core.patch_node, node, {"spec": {"taints": taints or None}}
-        )
+        """Add or remove the out-of-service taint, keeping every other taint.
+
+        The taints are one list, so this is a read-modify-write. The node lifecycle
+        controller (or a user) may change the list in between; the resourceVersion
+        makes the API refuse the stale write (409) instead of dropping their taint,
+        and the list is read again.
+        """
+
+        def write() -> None:
+            raw = self.k.target_node(node)
+            taints = [
+                t
+                for t in (raw.get("spec") or {}).get("taints") or ()
+                if t.get("key") != OUT_OF_SERVICE["key"]
+            ]
+            if add:
+                taints.append(dict(OUT_OF_SERVICE))
+            body = {
+                "metadata": {"resourceVersion": raw["metadata"]["resourceVersion"]},
+                "spec": {"taints": taints or None},
+            }
+            self.k.call("patch", "nodes", self.k.core.patch_node, node, body)
+
+        Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, BackendError) and "(409)" in str(e)),
+            stop=stop_after_attempt(5),
+            wait=wait_fixed(0.05),
+            sleep=self.k.sleep,
+            reraise=True,
+        )(write)
 
     def fence(self, node: str) -> None:
         self.k.target_node(node)
