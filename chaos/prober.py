@@ -258,7 +258,12 @@ async def http_probe(
         return False, None, f"{type(exc).__name__}: {exc.strerror or exc}"
     finally:
         if writer is not None:
-            writer.close()
+            # abort, not close: close() on TLS sends close_notify and waits (up
+            # to 30 s) for the server's; a probe that timed out on a hung API
+            # server never got one, and the prober's loop ended with that
+            # socket still open (a ResourceWarning per probe). A probe has
+            # nothing more to say: drop the connection at once.
+            writer.transport.abort()
 
 
 class Prober:
