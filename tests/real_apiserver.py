@@ -7,9 +7,9 @@ tests import from fakes.py). The fixture makes a CA and certificates with
 Debian's ``openssl`` (serving cert for 127.0.0.1, an admin client cert in
 ``system:masters``, a client cert ``rto-nobody`` with no RBAC binding, an EC
 service-account key), starts etcd, kube-apiserver (Node,RBAC, default admission
-plugins) and kube-controller-manager (only the disruption and taint-eviction
-controllers: PDB status, NoExecute eviction, and node-lifecycle for the
-latter's pod index) on free ports of 127.0.0.1, waits
+plugins, privileged containers allowed) and kube-controller-manager (only the
+disruption and taint-eviction controllers: PDB status, NoExecute eviction, and
+node-lifecycle for the latter's pod index) on free ports of 127.0.0.1, waits
 for ``/readyz`` with ``core.wait.poll_until`` and writes a kubeconfig with
 contexts ``rto-real`` (admin) and ``rto-nobody``. There is no kubelet and no
 scheduler: tests create Nodes and Pods (with ``spec.nodeName``) through the API
@@ -280,6 +280,9 @@ def real_apiserver() -> Iterator[RealApiserver]:
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-cluster-ip-range={SERVICE_RANGE}",
             "--authorization-mode=Node,RBAC",
+            # As the lab's hub (cluster/lab/kube/hub.py) and kubeadm run it: the
+            # backend's node pods are privileged, refused (422) without this.
+            "--allow-privileged=true",
             "--watch-cache-sizes=configmaps#0",
             f"--cert-dir={work / 'apiserver-certs'}",
         )

@@ -40,7 +40,7 @@ from kubernetes.client.exceptions import ApiException
 from real_apiserver import NOBODY, NS, RealApiserver, real_apiserver  # noqa: F401
 
 from chaos.prober import http_probe
-from cluster.api import Phase, WorkloadKind
+from cluster.api import Phase, VolumeFailure, WorkloadKind
 from cluster.kube.backend import OUT_OF_SERVICE, KubeBackend
 from cluster.kube.watch import ResourceRef, WatchFollower
 from core.errors import BackendError
@@ -361,6 +361,85 @@ def test_network_partition_policy(real_apiserver: RealApiserver, cluster: Cluste
     b.heal_workload_partition(web)  # idempotent (journal replay)
     names = [p.metadata.name for p in net.list_namespaced_network_policy(NS).items]
     assert f"rto-partition-{web}" not in names
+
+
+def test_node_partition_and_pod_freeze_use_node_pods(
+    real_apiserver: RealApiserver,  # noqa: F811
+    cluster: Cluster,
+) -> None:
+    """The node pods (privileged, host network and PID, bound by nodeName) pass the
+    real API's validation and admission. No kubelet runs them here: what their
+    scripts do is the lab's to test; heal's graceful delete leaves the cut's pod
+    Terminating until a kubelet confirms."""
+    w1 = cluster.node("w1")
+    web = f"web-{cluster.suffix}"
+    pod = cluster.pod("web-a1", w1, web)
+    cut, freeze, thaw = (f"rto-node-{p}-{w1}" for p in ("partition", "freeze", "thaw"))
+    cluster.pods += [cut, freeze, thaw]
+    b = real_apiserver.backend()
+    b.partition_node(w1)
+    spec = cluster.pod_or_none(cut).spec
+    assert spec.node_name == w1 and spec.host_network and spec.host_pid
+    assert spec.containers[0].security_context.privileged
+    assert "iptables" in spec.containers[0].command[-1]
+    b.heal_node_partition(w1)
+    assert cluster.pod_or_none(cut).metadata.deletion_timestamp is not None
+    b.fail_volume(web, VolumeFailure.HANG)
+    uid = cluster.pod_or_none(pod).metadata.uid
+    script = cluster.pod_or_none(freeze).spec.containers[0].command[-1]
+    assert f"/var/lib/kubelet/pods/{uid}/volumes/" in script and "fsfreeze -f" in script
+    b.repair_volume(web, VolumeFailure.HANG)
+    assert "fsfreeze -u" in cluster.pod_or_none(thaw).spec.containers[0].command[-1]
+
+
+def test_pod_kill_is_a_node_pod_that_is_removed_when_done(
+    real_apiserver: RealApiserver,  # noqa: F811
+    cluster: Cluster,
+) -> None:
+    """A pod's pid 1 is killed from the node's PID namespace (not by exec: the
+    kernel drops a SIGKILL to a namespace's init sent from inside it). The test
+    stands in for the kubelet by writing the node pod's phase; a finished pod is
+    deleted at once (no grace for a pod in a terminal phase), a failed one is
+    reported."""
+    w1 = cluster.node("w1")
+    web = f"web-{cluster.suffix}"
+    pod = cluster.pod("web-a1", w1, web)
+    kill = f"rto-node-kill-{w1}"
+    cluster.pods.append(kill)
+    b = real_apiserver.backend()
+
+    def kill_reported_as(phase: str) -> list[BaseException]:
+        """kill_main_process, the node pod's ``phase`` written as its kubelet would."""
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                b.kill_main_process(web)
+            except BaseException as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        try:
+            poll_until(
+                lambda: errors or cluster.pod_or_none(kill) is not None, 10, "the kill node pod"
+            )
+            assert errors == []
+            spec = cluster.pod_or_none(kill).spec
+            assert spec.host_pid and spec.node_name == w1
+            script = spec.containers[0].command[-1]
+            assert f"{pod}-0" in script and "NSpid" in script and "kill -9" in script
+            cluster.core.patch_namespaced_pod_status(kill, NS, {"status": {"phase": phase}})
+        finally:
+            t.join(10)
+        assert not t.is_alive() and cluster.pod_or_none(kill) is None
+        return errors
+
+    assert kill_reported_as("Succeeded") == []
+    errors = kill_reported_as("Failed")
+    assert len(errors) == 1 and isinstance(errors[0], BackendError)
+    msg = str(errors[0])
+    assert f"node pod {NS}/{kill} did not kill container" in msg and "phase Failed" in msg
 
 
 def test_dry_run_touches_nothing(real_apiserver: RealApiserver, cluster: Cluster) -> None:  # noqa: F811
