@@ -188,6 +188,34 @@ def test_untargeted_node_refused(real_apiserver: RealApiserver, cluster: Cluster
     assert not cluster.raw_node(cp).spec.unschedulable
 
 
+class FakePower:
+    """A power driver that records what it is asked (the lab's drivers have tests of their own)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def power_off(self, node: str) -> None:
+        self.calls.append(("off", node))
+
+    def power_on(self, node: str) -> None:
+        self.calls.append(("on", node))
+
+
+def test_power_goes_to_the_driver_for_target_nodes_only(
+    real_apiserver: RealApiserver,  # noqa: F811
+    cluster: Cluster,
+) -> None:
+    w2 = cluster.node("w2")
+    cp = cluster.node("cp", labels={"node-role.kubernetes.io/control-plane": ""})
+    power = FakePower()
+    b = real_apiserver.backend(power=power)
+    b.power_off(w2)
+    b.power_on(w2)
+    with pytest.raises(BackendError, match="not a target"):
+        b.power_off(cp)
+    assert power.calls == [("off", w2), ("on", w2)]
+
+
 def test_rbac_denial_names_verb_and_resource(
     real_apiserver: RealApiserver,  # noqa: F811
     cluster: Cluster,
@@ -275,7 +303,12 @@ def test_cordon_and_eviction_with_pdb(real_apiserver: RealApiserver, cluster: Cl
     assert cluster.raw_node(w1).spec.unschedulable is True
     assert not b.node(w1).schedulable
     b.evict(web)
-    assert cluster.pod_or_none(pod).metadata.deletion_timestamp is not None
+    evicted = cluster.pod_or_none(pod)
+    assert evicted.metadata.deletion_timestamp is not None
+    # The Eviction subresource, not a plain delete, took it: the API server marks
+    # the pods it evicts before deleting them.
+    marks = {(c.type, c.reason) for c in evicted.status.conditions or ()}
+    assert ("DisruptionTarget", "EvictionByEvictionAPI") in marks
     assert b.workload(web).phase is Phase.TERMINATING
     b.uncordon(w1)
     assert not cluster.raw_node(w1).spec.unschedulable
@@ -455,6 +488,10 @@ def test_dry_run_touches_nothing(real_apiserver: RealApiserver, cluster: Cluster
     b.reschedule(web)
     assert cluster.raw_node(w1).metadata.resource_version == before
     assert cluster.pod_or_none(pod).metadata.resource_version == pod_before
+    net = k8s.NetworkingV1Api(cluster.core.api_client)
+    assert f"rto-partition-{web}" not in {
+        p.metadata.name for p in net.list_namespaced_network_policy(NS).items
+    }
     assert b.plan[0] == f"cordon node {w1}" and len(b.plan) == 4
 
 
