@@ -24,6 +24,8 @@ volume hotplug, pause/unpause subresources).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import os
 import socket
 import subprocess
@@ -584,6 +586,133 @@ def test_watch_relists_on_410_and_resumes(
     finally:
         f.stop()
         for c in (c2, c3):
+            try:
+                core.delete_namespaced_config_map(c, NS)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+
+class Relay:
+    """A TCP relay in front of the apiserver that a test takes down and up again.
+
+    Down, its port refuses connections and every relayed connection is cut: an
+    apiserver that died, as its clients see it. Up again on the same port: the
+    same apiserver (its watch history intact) is back.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        host, _, port = upstream.removeprefix("https://").partition(":")
+        self.upstream = (host, int(port))
+        self.port = 0
+        self.lock = threading.Lock()
+        self.conns: list[socket.socket] = []
+        self.listener: socket.socket | None = None
+        self.threads: list[threading.Thread] = []
+        self.up()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"  # the apiserver's certificate names 127.0.0.1
+
+    def up(self) -> None:
+        lst = socket.socket()
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lst.bind(("127.0.0.1", self.port))
+        lst.listen()
+        self.port, self.listener = lst.getsockname()[1], lst
+        self._spawn(self._accept, lst)
+
+    def down(self) -> None:
+        if self.listener is not None:
+            with contextlib.suppress(OSError):
+                self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept()
+            self.listener.close()
+            self.listener = None
+        with self.lock:
+            conns, self.conns = self.conns, []
+            threads, self.threads = self.threads, []
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()
+        for t in threads:
+            t.join(timeout=5)
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        t = threading.Thread(target=target, args=args, daemon=True)
+        with self.lock:
+            self.threads.append(t)
+        t.start()
+
+    def _accept(self, lst: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = lst.accept()
+            except OSError:
+                return  # down()
+            server = socket.create_connection(self.upstream)
+            with self.lock:
+                self.conns += [client, server]
+            self._spawn(self._pipe, client, server)
+            self._spawn(self._pipe, server, client)
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+def test_watch_backs_off_while_the_apiserver_is_gone_and_resumes(
+    real_apiserver: RealApiserver,  # noqa: F811
+    cluster: Cluster,
+) -> None:
+    """The apiserver goes away under an open watch (the relay the follower talks
+    through cuts it and refuses new connections): the follower reconnects with
+    growing back-off; once the server is back it resumes from the version it
+    held, without a re-list, and gets the change made while it was gone."""
+    relay = Relay(real_apiserver.server)
+    api = real_apiserver.api()
+    api.configuration.host = relay.url
+    seen: list[tuple[str, str]] = []
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the real back-off, recorded
+        sleeps.append(seconds)
+        time.sleep(seconds)
+
+    label = f"rto-test={cluster.suffix}"
+    f = WatchFollower(
+        api,
+        ResourceRef("", "v1", "configmaps", NS),
+        lambda t, o: seen.append((t, o["metadata"]["name"])),
+        label_selector=label,
+        sleep=sleep,
+    )
+    labels = {"rto-test": cluster.suffix}
+    c1, c2 = (f"{n}-{cluster.suffix}" for n in ("c1", "c2"))
+    core = cluster.core
+    core.create_namespaced_config_map(NS, {"metadata": {"name": c1, "labels": labels}})
+    try:
+        f.start()
+        poll_until(lambda: f.stats["streams"] == 1, 10, "the follower's watch stream")
+        assert seen == [("ADDED", c1)]
+        relay.down()
+        poll_until(lambda: f.stats["reconnects"] >= 3, 20, "three reconnect attempts")
+        core.create_namespaced_config_map(NS, {"metadata": {"name": c2, "labels": labels}})
+        relay.up()
+        poll_until(lambda: ("ADDED", c2) in seen, 20, "c2 over the resumed watch")
+        assert seen == [("ADDED", c1), ("ADDED", c2)]
+        assert f.stats["lists"] == 1 and f.stats["relists_410"] == 0 and f.error is None
+        assert f.stats["reconnects"] == len(sleeps) >= 3
+        assert all(a < b for a, b in itertools.pairwise(sleeps))  # growing
+    finally:
+        f.stop()
+        relay.down()
+        for c in (c1, c2):
             try:
                 core.delete_namespaced_config_map(c, NS)
             except ApiException as exc:
