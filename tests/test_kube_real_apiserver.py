@@ -1,7 +1,7 @@
 """KubeBackend against a real etcd + kube-apiserver + kube-controller-manager.
 
-The same backend paths tests/test_kube_backend.py drives through the emulator,
-here answered by the real v1.34.4 control plane of tests/real_apiserver.py:
+The kube backend's API paths answered by the real v1.34.4 control plane of
+tests/real_apiserver.py, not by the emulator (tests/kube_emulator.py):
 RBAC refusals come from the RBAC authorizer, 429 from the Eviction subresource
 with a PodDisruptionBudget whose status the disruption controller computed,
 410 Gone from an etcd compaction, watches from the apiserver's watch cache.
@@ -10,15 +10,20 @@ There is no kubelet and no scheduler. Nodes and Pods are created through the
 API (pods with ``spec.nodeName`` set) and stood up by the admin patching their
 status subresource (Node Ready, Pod Running with a ready container), which is
 what a kubelet's status updates are to the API server: a legitimate way to make
-the objects the backend reads. The service-proxy test points an Endpoints
-object at a stand-in HTTP server on a 198.19.x address added to lo (root).
+the objects the backend reads. The node pods the backend makes (partition,
+fsfreeze, kill) are checked as the API validates and stores them, a test
+writing the phase a kubelet would; what their scripts do on a node is the lab's
+to test. An evicted or deleted pod stays Terminating (no kubelet confirms), and
+nothing recreates or places it elsewhere (no ReplicaSet controller, no
+scheduler). The service-proxy test points an Endpoints object at a stand-in
+HTTP server on a 198.19.x address added to lo (root); the outage test puts a
+relay it can cut between the follower and the apiserver.
 
-What a bare control plane cannot give stays in tests/test_kube_backend.py's
-emulator tests: containers that run (exec-based kill/hang/freeze, node pods
-running iptables or fsfreeze, logs, metrics-server), a kubelet confirming a
-graceful deletion (an evicted pod stays Terminating here), controllers
-recreating and a scheduler placing pods, and KubeVirt (VMIs, migrations,
-volume hotplug, pause/unpause subresources).
+What this control plane cannot serve stays on the emulator, in
+tests/test_kube_backend.py: ``pods/exec`` (the API server hands it to the
+node's kubelet) and virt-api's subresources.kubevirt.io (``unpause``,
+``removevolume``/``addvolume``). VMIs, VMs and migrations on KubeVirt's CRDs
+are in tests/test_kube_real_kubevirt.py.
 """
 
 from __future__ import annotations
