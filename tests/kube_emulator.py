@@ -1,26 +1,27 @@
 """A small stateful Kubernetes + KubeVirt API server for testing the kube backend.
 
-Filled by the kube tests (they seed nodes, pods, VMIs, PDBs and deny rules);
+Filled by the kube tests (they seed nodes, pods, VMIs and deny rules);
 read by the real ``kubernetes`` client through real HTTP on 127.0.0.1. Written by
 hand because the package-index emulator (kmock 0.8) falls short where the backend
 needs the wire protocol most: its lists carry the literal resourceVersion "...",
 watches ignore resourceVersion and never answer 410 Gone, label and field
 selectors are not applied, and it has no subresources (eviction, KubeVirt's
-removevolume/addvolume) and no RBAC. See the README, "Real clusters".
+removevolume/addvolume) and no RBAC. See the README, "Real clusters". What a
+real kube-apiserver can answer is tested against one (tests/real_apiserver.py):
+PDBs, 410 Gone, migrations and an absent KubeVirt are no longer modelled here.
 
 What it models: list/get/create/merge-patch/json-patch/delete of namespaced and
 cluster objects with a global resourceVersion; label and field selectors; watch
-streams (chunked JSON lines) from a resourceVersion, 410 Gone once that version is
-compacted away, server-side close (``drop_watches``) to test reconnects; the
-Eviction subresource honouring PodDisruptionBudgets (429); KubeVirt's
-removevolume/addvolume; RBAC denials by (verb, resource) rule answering 403 like
-kube-apiserver. Small controllers stand in for the kube-controller-manager and
-virt-controller where a test needs them: a deleted pod of a Deployment comes
-back on another schedulable node, a deleted VMI of a VM with runStrategy Always
-comes back, and a VirtualMachineInstanceMigration walks its phases and moves the
-VMI. The API server's service proxy (``services/NAME:PORT/proxy/...``) really
-forwards to a ready pod behind the Service (its podIP and the Service's
-targetPort; loopback pod IPs only), 503 without one. There is no kubelet:
+streams (chunked JSON lines) from a resourceVersion, server-side close
+(``drop_watches``) to test reconnects; the Eviction subresource (it deletes the
+pod); KubeVirt's pause/unpause and removevolume/addvolume; RBAC denials by
+(verb, resource) rule answering 403 like kube-apiserver. Small controllers
+stand in for the kube-controller-manager and virt-controller where a test
+needs them: a deleted pod of a Deployment comes back on another schedulable
+node, a deleted VMI of a VM with runStrategy Always comes back. The API
+server's service proxy (``services/NAME:PORT/proxy/...``) really forwards to a
+ready pod behind the Service (its podIP and the Service's targetPort; loopback
+pod IPs only), 503 without one. There is no kubelet:
 exec is not served (the backend's exec goes through an injectable executor the
 tests replace). What a kubelet and metrics-server would publish, tests set by
 hand: ``set_usage`` fills ``metrics.k8s.io/v1beta1`` PodMetrics (the whole group
@@ -63,22 +64,11 @@ RESOURCES: dict[tuple[str, str], bool] = {
     ("", "pods"): True,
     ("", "services"): True,
     ("apps", "deployments"): True,
-    ("policy", "poddisruptionbudgets"): True,
     ("networking.k8s.io", "networkpolicies"): True,
     ("kubevirt.io", "virtualmachines"): True,
     ("kubevirt.io", "virtualmachineinstances"): True,
     ("kubevirt.io", "virtualmachineinstancemigrations"): True,
 }
-MIGRATION_PHASES = (
-    "Pending",
-    "Scheduling",
-    "Scheduled",
-    "PreparingTarget",
-    "TargetReady",
-    "Running",
-    "Succeeded",
-)
-
 # The API server's service proxy: /api/v1/namespaces/NS/services/[SCHEME:]NAME[:PORT]/proxy/...
 _SERVICE_PROXY = re.compile(
     r"^/api/v1/namespaces/(?P<ns>[^/]+)/services/(?:https?:)?(?P<svc>[^/:]+)(?::(?P<port>[^/]+))?"
@@ -103,14 +93,11 @@ class _Watch:
 class KubeEmulator:
     """The server state; every method is thread-safe (one lock, one condition)."""
 
-    kubevirt: bool = True
     objects: dict[tuple[str, str, str | None, str], Obj] = field(default_factory=dict)
     log: list[tuple[int, tuple[str, str], str, Obj]] = field(default_factory=list)
     rv: int = 100
-    compacted: int = 0
     deny: set[tuple[str, str]] = field(default_factory=set)  # (verb, "pods/eviction")
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
-    migration_steps: bool = True
     # Service-proxy requests: (Authorization header seen, upstream "ip:port" or
     # "" when none was dialled, upstream path, status answered).
     proxied: list[tuple[str, str, str, int]] = field(default_factory=list)
@@ -167,22 +154,12 @@ class KubeEmulator:
                 if (g, p) == (group, plural)
             ]
 
-    def compact(self) -> None:
-        """Forget the event history: watches from an older version get 410 Gone."""
-        with self._cond:
-            self.compacted = self.rv
-            self.log.clear()
-
     def drop_watches(self) -> None:
         """Close every open watch stream server-side (as an apiserver restart does)."""
         with self._cond:
             for w in self._watches + self._log_streams:
                 w.closed = True
             self._cond.notify_all()
-
-    def open_watches(self) -> int:
-        with self._cond:
-            return sum(1 for w in self._watches if not w.closed)
 
     def open_log_streams(self) -> int:
         """Followed container logs (``pods/NAME/log?follow=true``) being served now."""
@@ -225,14 +202,6 @@ class KubeEmulator:
                 },
             },
         )
-
-    def set_node_ready(self, name: str, ready: bool) -> None:
-        with self._cond:
-            node = self.objects[("", "nodes", None, name)]
-            cond = node["status"]["conditions"][0]
-            cond["status"] = "True" if ready else "Unknown"
-            cond["reason"] = "KubeletReady" if ready else "NodeStatusUnknown"
-            self._bump(("", "nodes"), "MODIFIED", node)
 
     def set_pod_ready(self, ns: str, name: str, ready: bool, pod_ip: str | None = None) -> None:
         """The kubelet's readiness verdict (and optionally the pod's IP)."""
@@ -463,34 +432,6 @@ class KubeEmulator:
                     target=self.put, args=("kubevirt.io", plural, new), daemon=True
                 ).start()
 
-    def _run_migration(self, ns: str, name: str) -> None:
-        """virt-controller: walk the migration's phases and move the VMI."""
-        with self._cond:
-            mig = self.objects[("kubevirt.io", "virtualmachineinstancemigrations", ns, name)]
-            vmi = self.objects.get(
-                ("kubevirt.io", "virtualmachineinstances", ns, mig["spec"]["vmiName"])
-            )
-            if vmi is None:
-                mig["status"] = {"phase": "Failed"}
-                self._bump(("kubevirt.io", "virtualmachineinstancemigrations"), "MODIFIED", mig)
-                return
-            source = vmi["status"].get("nodeName")
-            target = self._schedulable(source)
-            for phase in MIGRATION_PHASES:
-                mig["status"] = {"phase": phase}
-                if phase == "Succeeded":
-                    if target is None:
-                        mig["status"] = {"phase": "Failed"}
-                    else:
-                        vmi["status"]["nodeName"] = target
-                        vmi["status"]["migrationState"] = {
-                            "sourceNode": source,
-                            "targetNode": target,
-                            "completed": True,
-                        }
-                        self._bump(("kubevirt.io", "virtualmachineinstances"), "MODIFIED", vmi)
-                self._bump(("kubevirt.io", "virtualmachineinstancemigrations"), "MODIFIED", mig)
-
 
 # --- selectors -------------------------------------------------------------------
 def _rv_of(entry: tuple[int, tuple[str, str], str, Obj]) -> int:
@@ -622,15 +563,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body() if method in ("POST", "PATCH", "PUT") else None
         if url.path in ("/api", "/apis", "/version"):
             return self._send(200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0-emu"})
-        if (
-            url.path.startswith("/apis/kubevirt.io")
-            and not emu.kubevirt
-            and "/" not in url.path[18:]
-        ):
-            return self._send(
-                404, _status(404, "NotFound", "the server could not find the requested resource")
-            )
-        if url.path == "/apis/kubevirt.io/v1" and emu.kubevirt:
+        if url.path == "/apis/kubevirt.io/v1":
             return self._send(
                 200,
                 {
@@ -651,10 +584,6 @@ class _Handler(BaseHTTPRequestHandler):
         if group == "subresources.kubevirt.io":
             group = "kubevirt.io"
         plural, ns, name, sub = m["plural"], m["ns"], m["name"], m["sub"]
-        if group.startswith("kubevirt.io") and not emu.kubevirt:
-            return self._send(
-                404, _status(404, "NotFound", "the server could not find the requested resource")
-            )
         if (group, plural) not in RESOURCES:
             return self._send(404, _status(404, "NotFound", f"unknown resource {plural}"))
         watching = query.get("watch") in ("true", "1")
@@ -731,10 +660,6 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             created = emu.put(group, plural, body)
             self._send(201, created)
-            if plural == "virtualmachineinstancemigrations" and emu.migration_steps:
-                threading.Thread(
-                    target=emu._run_migration, args=(ns, meta["name"]), daemon=True
-                ).start()
             return None
         obj = emu.objects.get(key)
         if obj is None:
@@ -994,38 +919,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _evict(self, emu: KubeEmulator, pod: Obj) -> None:
         ns = pod["metadata"]["namespace"]
-        for (g, p, n, _), pdb in emu.objects.items():
-            if (g, p, n) != ("policy", "poddisruptionbudgets", ns):
-                continue
-            want = pdb["spec"].get("selector", {}).get("matchLabels", {})
-            sel = _label_selector(",".join(f"{k}={v}" for k, v in want.items()))
-            if not sel(pod):
-                continue
-            healthy = sum(
-                1
-                for (g2, p2, n2, _), o in emu.objects.items()
-                if (g2, p2, n2) == ("", "pods", ns)
-                and sel(o)
-                and o["status"].get("phase") == "Running"
-            )
-            if healthy - 1 < int(pdb["spec"].get("minAvailable", 0)):
-                return self._send(
-                    429,
-                    _status(
-                        429,
-                        "TooManyRequests",
-                        "Cannot evict pod as it would violate the pod's disruption budget.",
-                        {
-                            "causes": [
-                                {
-                                    "reason": "DisruptionBudget",
-                                    "message": f"The disruption budget {pdb['metadata']['name']} "
-                                    f"needs {pdb['spec']['minAvailable']} healthy pods",
-                                }
-                            ]
-                        },
-                    ),
-                )
         emu.remove("", "pods", ns, pod["metadata"]["name"])
         return self._send(201, {"kind": "Status", "status": "Success", "code": 201})
 
@@ -1048,20 +941,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             with emu._cond:
                 emu._watches.append(w)
-            if since and since < emu.compacted:
-                chunk(
-                    {
-                        "type": "ERROR",
-                        "object": _status(
-                            410, "Expired", f"too old resource version: {since} ({emu.compacted})"
-                        ),
-                    }
-                )
-            else:
-                for batch in self._follow(emu, w, since, timeout):
-                    for ev in batch:
-                        chunk(ev)
-                    self.wfile.flush()
+            for batch in self._follow(emu, w, since, timeout):
+                for ev in batch:
+                    chunk(ev)
+                self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
@@ -1115,9 +998,9 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextmanager
-def emulator(kubevirt: bool = True) -> Iterator[KubeEmulator]:
+def emulator() -> Iterator[KubeEmulator]:
     """Serve a fresh emulator on 127.0.0.1 (a free port) for the block's duration."""
-    emu = KubeEmulator(kubevirt=kubevirt)
+    emu = KubeEmulator()
     server = _Server(("127.0.0.1", 0), _Handler)
     server.emu = emu
     emu.url = f"http://127.0.0.1:{server.server_address[1]}"
