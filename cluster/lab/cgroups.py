@@ -173,11 +173,30 @@ def _state(cg: Path) -> str:
     return (cg / "freezer.state").read_text().strip()
 
 
+def _task_states(cg: Path, limit: int = 6) -> str:
+    """``pid comm state wchan`` of a few tasks under ``cg``: why a freeze stalls."""
+    rows: list[str] = []
+    for sub in _walk(cg):
+        with contextlib.suppress(OSError):
+            for pid in (sub / "cgroup.procs").read_text().split():
+                with contextlib.suppress(OSError):
+                    stat = Path(f"/proc/{pid}/stat").read_text()
+                    comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+                    state = stat[stat.rindex(")") + 2]
+                    wchan = Path(f"/proc/{pid}/wchan").read_text().strip() or "-"
+                    rows.append(f"{pid} {comm} {state} {wchan}")
+    # A frozen task sleeps in __refrigerator: the others are what the freeze waits on.
+    busy = [r for r in rows if "refrigerator" not in r.rsplit(" ", 1)[-1]]
+    return "; ".join((busy or rows)[:limit]) or "no tasks"
+
+
 def _wait_frozen(cg: Path, timeout: float) -> None:
     try:
         poll_until(lambda: _state(cg) == "FROZEN", timeout, f"{cg} to freeze", interval=0.005)
     except WaitTimeout:
-        raise LabError(f"cgroup {cg} did not freeze within {timeout} s") from None
+        raise LabError(
+            f"cgroup {cg} did not freeze within {timeout} s (tasks: {_task_states(cg)})"
+        ) from None
 
 
 def kill_node(node: str) -> int:
