@@ -34,12 +34,15 @@ from cluster.api import (
 )
 from cluster.kube.backend import KubeBackend
 from cluster.kube.config import load_kube_config
+from cluster.lab import volumes
 from cluster.lab.backend import LabBackend
 from cluster.lab.kube import cluster as kube_cluster
+from cluster.lab.kube import node as kube_node
 from cluster.lab.kube.paths import KUBE_VERSION
 from cluster.lab.lifecycle import lab_down, lab_up
 from core.errors import BackendError
 from core.samples import MetricSample
+from core.wait import WaitTimeout, poll_until
 
 __all__ = ["LabClusterBackend", "LabClusterProvider"]
 
@@ -139,6 +142,11 @@ class LabClusterBackend:
         eviction_strategy: str = "LiveMigrate",
     ) -> None:
         side: Backend = self.lab if kind is WorkloadKind.VMI else self.kube
+        if kind is WorkloadKind.POD:
+            # Before the Deployment: its hostPath (type Directory, the kube
+            # config's pod_volume_host_path) is this volume's mountpoint, which
+            # every node sees (cluster.lab.kube.node follows the host's mounts).
+            volumes.ensure_volume(name)
         side.create_workload(
             name,
             kind,
@@ -148,7 +156,28 @@ class LabClusterBackend:
         )
 
     def delete_workload(self, name: str) -> None:
-        self._side(name).delete_workload(name)
+        if self._is_vmi(name):
+            self.lab.delete_workload(name)
+            return
+        # A frozen volume would keep the container from ever stopping (its
+        # writers hang uninterruptibly): thaw it first (no-op when not frozen).
+        volumes.thaw(name)
+        self.kube.delete_workload(name)
+
+        def gone() -> bool:
+            # A pod on a powered-off node never confirms its end; its node's
+            # mount namespace died with the power, and the volume with it there.
+            powered = {m.name for m in self.lab.nodes() if m.powered}
+            return not any(w.name == name and w.node in powered for w in self.kube.workloads())
+
+        # The volume can only go once nothing holds it: the pod object goes
+        # when its kubelet has stopped the containers (after their grace period).
+        try:
+            poll_until(gone, 120.0, f"the pods of deleted {name} to stop", self.clock, interval=0.5)
+        except WaitTimeout as exc:
+            raise BackendError(f"{exc}; its volume is kept (lab down removes it)") from None
+        (volumes.mountpoint(name).parent / "restart-pending").unlink(missing_ok=True)
+        volumes.destroy_volume(name)
 
     def wait_ready(self, name: str, timeout: float) -> WorkloadStatus | None:
         return self._side(name).wait_ready(name, timeout)
@@ -193,20 +222,57 @@ class LabClusterBackend:
         self._side(workload).heal_workload_partition(workload)
 
     def fail_volume(self, workload: str, mode: VolumeFailure) -> None:
-        if not self._is_vmi(workload):
-            # The kube backend would freeze the volumes under the pod's kubelet
-            # dir: the lab's real pods have none yet, so nothing would fail and
-            # the run would "recover" from a fault that never happened.
+        if self._is_vmi(workload):
+            self.lab.fail_volume(workload, mode)
+            return
+        # The pod's volume is the lab's (cluster.lab.volumes), mounted on the
+        # host and seen by every node; failing it there fails it in the pod.
+        if mode is VolumeFailure.UNPLUG:
             raise BackendError(
-                f"cannot fail the volume of pod {workload}: the pods of the lab's real "
-                "cluster have no volume the lab can fail yet (VMI volumes can)"
+                f"cannot unplug the volume of pod {workload}: hot-unplug is a VMI disk "
+                "fault; use hang or eio for pods"
             )
-        self.lab.fail_volume(workload, mode)
+        node = self.kube.workload(workload).node
+        holder = None if node is None else kube_node.holder_pid(node)
+        if holder is not None:
+            # A node whose mount namespace predates pod volumes (a lab brought
+            # up again over older nodes) shows the pod a bare directory: the
+            # fault would hit nothing and the run "recover" from nothing.
+            seen = Path(f"/proc/{holder}/mountinfo").read_text().splitlines()
+            if not any(row.split()[4] == str(volumes.mountpoint(workload)) for row in seen):
+                raise BackendError(
+                    f"node {node} does not see the volume of pod {workload}: "
+                    "take the lab down and up again (rto lab down; rto lab up)"
+                )
+        if mode is VolumeFailure.HANG:
+            volumes.freeze(workload)
+        else:
+            volumes.shutdown(workload)
 
     def repair_volume(self, workload: str, mode: VolumeFailure) -> None:
+        """Idempotent (a journal revert replays it after a harness crash)."""
         if self._is_vmi(workload):
             self.lab.repair_volume(workload, mode)
-        # A pod's volume was never failed (fail_volume refuses): nothing to repair.
+            return
+        if mode is VolumeFailure.UNPLUG:
+            return  # fail_volume refuses it for pods: nothing to repair
+        if mode is VolumeFailure.HANG:
+            volumes.thaw(workload)
+            return
+        # Beside the volume: it was repaired, its container not restarted yet
+        # (the marker outlives a harness crash between the two).
+        pending = volumes.mountpoint(workload).parent / "restart-pending"
+        if volumes.is_shut_down(workload):
+            pending.parent.mkdir(parents=True, exist_ok=True)
+            pending.touch()
+            volumes.repair(workload)
+        if not pending.exists():
+            return  # healthy volume, container restarted: nothing to do
+        # The running container still binds the dead superblock (its mount
+        # namespace keeps it): killing its main process makes the kubelet
+        # restart it, and the new container binds the fresh mount.
+        self.kube.kill_main_process(workload)
+        pending.unlink()
 
     # --- healer actions ----------------------------------------------------------------
     def restart_healing(self) -> bool:

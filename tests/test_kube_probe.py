@@ -134,6 +134,11 @@ def test_probe_target_is_the_service_proxy_and_cached(emu: KubeEmulator, tmp_pat
     emu.add_pod(NS, "web-a1", "w1", wl("web"))
     direct = make(emu, tmp_path, probe="pod-ip").probe_target("web")
     assert direct is not None and (direct.host, direct.port) == ("198.18.50.1", 8080)
+    assert direct.path == "/cgi-bin/healthz" and direct.netns is None and direct.tls is None
+    # From a namespace that reaches the pod network (the lab's hub), on the configured path.
+    inside = make(emu, tmp_path, probe="pod-ip", probe_netns="hub", probe_path="/ready")
+    t3 = inside.probe_target("web")
+    assert t3 is not None and (t3.netns, t3.path) == ("hub", "/ready")
 
 
 def test_user_service_template_and_https_api_server(tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ def bin_dir(tmp_path: Path) -> Path:
     """A PATH of busybox applets only, as in the images."""
     d = tmp_path / "bin"
     d.mkdir()
-    for applet in ("sh", "mkdir", "cat", "chmod", "printf", "httpd", "nc"):
+    for applet in ("sh", "mkdir", "cat", "chmod", "printf", "httpd", "nc", "rm"):
         (d / applet).symlink_to(str(BUSYBOX))
     return d
 
@@ -84,11 +84,16 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
         p.wait(5)
 
 
-def _pod_script(tmp: Path, port: int) -> str:
-    body = workloads.deployment("web", {"app": "web"}, "busybox", None)
+def _pod_script(tmp: Path, port: int, volume: str | None = None) -> str:
+    body = workloads.deployment("web", {"app": "web"}, "busybox", None, volume)
     container = body["spec"]["template"]["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == workloads.HEALTHZ_PATH
     script = str(container["command"][2])
+    # What the container runs is the command after Kubernetes' expansion:
+    # "$$" becomes "$", "$(WORKLOAD)" the variable's value. The script has
+    # neither, so it runs here as it runs there.
+    assert "$$" not in script and "$(WORKLOAD)" not in script
+    script = script.replace(workloads.DATA_DIR, str(tmp / "data"))
     return script.replace("/www", str(tmp / "www")).replace("8080", str(port))
 
 
@@ -109,6 +114,54 @@ def test_pod_answers_name_and_a_new_instance_per_container_start(
     ok, inst2, why = _answer(port, workloads.HEALTHZ_PATH, "web")
     assert ok, why
     assert inst1 and inst2 and inst1 != inst2
+
+
+def test_without_a_volume_the_pod_mounts_none_and_touches_no_storage(tmp_path: Path) -> None:
+    pod = workloads.deployment("web", {"app": "web"}, "busybox", None)["spec"]["template"]
+    assert "volumes" not in pod["spec"]
+    assert "volumeMounts" not in pod["spec"]["containers"][0]
+    assert workloads.DATA_DIR not in _pod_script(tmp_path, 1)
+
+
+def test_with_a_volume_the_health_check_writes_it_and_fails_when_it_cannot(
+    tmp_path: Path, bin_dir: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    body = workloads.deployment("web", {"app": "web"}, "busybox", None, "/srv/vol/web/mnt")
+    pod = body["spec"]["template"]["spec"]
+    assert pod["volumes"] == [
+        {"name": "data", "hostPath": {"path": "/srv/vol/web/mnt", "type": "Directory"}}
+    ]
+    mounts = pod["containers"][0]["volumeMounts"]
+    assert mounts == [{"name": "data", "mountPath": workloads.DATA_DIR}]
+
+    port = _free_port()
+    data = tmp_path / "data"
+    data.mkdir()
+    procs.append(
+        _run(_pod_script(tmp_path, port, "/srv/vol/web/mnt"), tmp_path, {"WORKLOAD": "web"})
+    )
+    ok, inst, why = _answer(port, workloads.HEALTHZ_PATH, "web")
+    assert ok, why
+    assert list(data.iterdir()) == []  # the check cleans up after itself
+    # Probes at once (the prober's, the kubelet's; all of a thawed volume's
+    # hung checks) each write their own file: none sees another's rm.
+    target = ProbeTarget("127.0.0.1", port, workloads.HEALTHZ_PATH)
+
+    async def burst() -> list[tuple[bool, str | None, str]]:
+        return await asyncio.gather(
+            *(http_probe(target, 5.0, expect_name="web") for _ in range(20))
+        )
+
+    answers = asyncio.run(burst())
+    assert all(ok for ok, _, _ in answers), answers
+    # A write that fails (here: the directory is gone; on the lab, an I/O
+    # error of the shut-down volume) answers 503, with the same instance.
+    data.rmdir()
+    ok, _, why = asyncio.run(http_probe(target, 1.0, expect_name="web"))
+    assert not ok and "503" in why, why
+    data.mkdir()
+    ok, inst2, why = _answer(port, workloads.HEALTHZ_PATH, "web")
+    assert ok and inst2 == inst, why
 
 
 def test_guest_user_data_answers_name_and_boot_id_on_any_path(

@@ -8,15 +8,73 @@ joined; the halves themselves are tested against the real cluster
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cluster import lab_cluster
 from cluster.api import VolumeFailure, WorkloadKind
+from cluster.lab import state
 from cluster.lab_cluster import LabClusterBackend
 from core.clock import FakeClock
 from core.errors import BackendError
 from tests.fakes import FakeBackend
+
+
+class FakeVolumes:
+    """``cluster.lab.volumes`` by hand: the state of each pod's volume, no mounts.
+
+    The real volumes are tested on loop devices (tests/test_lab_volumes.py)
+    and under real pods (tests/test_lab_pod_volumes.py).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state: dict[str, str] = {}  # pod -> "ok" | "frozen" | "dead"
+        self.calls: list[str] = []
+
+    def mountpoint(self, pod: str) -> Path:
+        return self.root / pod / "mnt"
+
+    def ensure_volume(self, pod: str) -> Path:
+        self.calls.append(f"ensure {pod}")
+        self.state.setdefault(pod, "ok")
+        return self.mountpoint(pod)
+
+    def freeze(self, pod: str) -> None:
+        self.calls.append(f"freeze {pod}")
+        self.state[pod] = "frozen"
+
+    def thaw(self, pod: str) -> None:
+        if self.state.get(pod) == "frozen":
+            self.calls.append(f"thaw {pod}")
+            self.state[pod] = "ok"
+
+    def shutdown(self, pod: str) -> None:
+        self.calls.append(f"shutdown {pod}")
+        self.state[pod] = "dead"
+
+    def is_shut_down(self, pod: str) -> bool:
+        return self.state.get(pod) == "dead"
+
+    def repair(self, pod: str) -> None:
+        self.calls.append(f"repair {pod}")
+        self.state[pod] = "ok"
+
+    def destroy_volume(self, pod: str) -> None:
+        self.calls.append(f"destroy {pod}")
+        self.state.pop(pod, None)
+
+
+@pytest.fixture(autouse=True)
+def vols(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeVolumes:
+    fake = FakeVolumes(tmp_path)
+    monkeypatch.setattr(lab_cluster, "volumes", fake)
+    # No lab of this machine (a node's mount namespace is looked at before a
+    # volume fault): node pid files are looked for here, and not found.
+    monkeypatch.setattr(state, "RUN_DIR", tmp_path / "run")
+    return fake
 
 
 def _backend() -> tuple[LabClusterBackend, FakeBackend, FakeBackend, list[str]]:
@@ -69,12 +127,59 @@ def test_node_acts_reach_the_sides_that_must_see_them() -> None:
     assert {n.name: n.powered for n in b.nodes()}["node3"] is False
 
 
-def test_pod_volume_faults_are_refused_not_faked() -> None:
-    b, _, _, _ = _backend()
+def test_a_pod_has_the_labs_volume_from_creation_to_deletion(vols: FakeVolumes) -> None:
+    b, lab, kube, _ = _backend()
     b.create_workload("web", WorkloadKind.POD, "node1")
-    with pytest.raises(BackendError, match="no volume the lab can fail"):
-        b.fail_volume("web", VolumeFailure.HANG)
-    b.repair_volume("web", VolumeFailure.HANG)  # a revert of nothing is a no-op
+    b.create_workload("vm", WorkloadKind.VMI, "node2")
+    assert vols.calls == ["ensure web"]  # a VMI's volume is the lab's own business
+    b.delete_workload("web")
+    assert vols.calls[-1] == "destroy web" and "web" not in vols.state
+    assert [w.name for w in kube.workloads()] == []
+    b.delete_workload("vm")
+    assert vols.calls[-1] == "destroy web"
+    assert "delete_workload(vm)" in lab.calls
+
+
+def test_a_pod_volume_fails_and_is_repaired_on_the_lab(vols: FakeVolumes) -> None:
+    b, _, kube, _ = _backend()
+    b.create_workload("web", WorkloadKind.POD, "node1")
+    b.fail_volume("web", VolumeFailure.HANG)
+    assert vols.state["web"] == "frozen"
+    b.repair_volume("web", VolumeFailure.HANG)
+    b.repair_volume("web", VolumeFailure.HANG)  # a replayed revert
+    assert vols.state["web"] == "ok" and vols.calls.count("thaw web") == 1
+
+    b.fail_volume("web", VolumeFailure.EIO)
+    b.repair_volume("web", VolumeFailure.EIO)
+    # The container still binds the dead mount: restarted once, after the repair.
+    assert vols.calls[-2:] == ["shutdown web", "repair web"]
+    assert kube.calls.count("kill_main_process(web)") == 1
+    b.repair_volume("web", VolumeFailure.EIO)  # a replayed revert: nothing more
+    assert vols.calls.count("repair web") == 1
+    assert kube.calls.count("kill_main_process(web)") == 1
+    assert not any(c.startswith("fail_volume") for c in kube.calls)
+
+    with pytest.raises(BackendError, match="hot-unplug is a VMI disk fault"):
+        b.fail_volume("web", VolumeFailure.UNPLUG)
+    b.repair_volume("web", VolumeFailure.UNPLUG)  # a revert of nothing is a no-op
+
+
+def test_a_repair_interrupted_before_the_restart_restarts_on_replay(vols: FakeVolumes) -> None:
+    b, _, kube, _ = _backend()
+    b.create_workload("web", WorkloadKind.POD, "node1")
+    b.fail_volume("web", VolumeFailure.EIO)
+
+    def crash(workload: str) -> None:
+        raise KeyboardInterrupt  # the harness dies between the repair and the kill
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kube, "kill_main_process", crash)
+        with pytest.raises(KeyboardInterrupt):
+            b.repair_volume("web", VolumeFailure.EIO)
+    assert vols.state["web"] == "ok"
+    b.repair_volume("web", VolumeFailure.EIO)  # the journal's replay
+    assert kube.calls.count("kill_main_process(web)") == 1
+    assert vols.calls.count("repair web") == 1
 
 
 def test_events_of_both_sides_in_time_order() -> None:

@@ -56,6 +56,16 @@ class KubeConfig(BaseModel):
     # Resumes a guest paused on an I/O error when the VMI's Paused condition
     # lags (the watchdog healer; with the condition it uses `unpause`).
     guest_resume_command: tuple[str, ...] = ("virsh", "resume", "{domain}")
+    # Where the harness's own pods keep their data: a hostPath template
+    # ("{workload}" is replaced by the workload's name) naming a directory that
+    # exists on every node and holds that workload's storage, like network
+    # storage that follows the pod to whichever node runs it. When set, the
+    # Deployment mounts it (type Directory) at /data and its health endpoint
+    # writes and reads back a file there, answering 503 when that fails (a
+    # frozen volume makes it hang). The lab sets it to its per-pod volumes,
+    # which its storage faults fail; None: no volume, the health endpoint
+    # touches no storage.
+    pod_volume_host_path: str | None = Field(default=None, pattern="^/.*[{]workload[}]")
     node_pod_image: str = "registry.k8s.io/e2e-test-images/agnhost:2.52"
     # The timing profile (cluster.profiles) the cluster's components were started
     # with, when someone knows it (the lab writes it); recorded on every run.
@@ -73,6 +83,10 @@ class KubeConfig(BaseModel):
     # runner). "pod-ip": straight to the pod IP / VMI interface IP, which only
     # works from inside the cluster network.
     probe: Literal["service-proxy", "pod-ip"] = "service-proxy"
+    # pod-ip only: the network namespace the prober enters to reach the pod
+    # network (the lab: its hub, which routes every node's pod range); None:
+    # the harness's own.
+    probe_netns: str | None = Field(default=None, min_length=1)
     # The Service probed for a workload ("{workload}" is replaced by its name).
     # The harness creates "<name>" for the workloads it creates; for your own
     # workloads name an existing Service selecting their pods (for a VMI: its

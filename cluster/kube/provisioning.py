@@ -43,7 +43,9 @@ class KubeProvisioner:
             self.k.require_kubevirt()
         self.create_service(ns, name, labels)
         if kind is WorkloadKind.POD:
-            body = workloads.deployment(name, labels, self.k.config.pod_image, sel)
+            template = self.k.config.pod_volume_host_path
+            volume = None if template is None else template.replace("{workload}", name)
+            body = workloads.deployment(name, labels, self.k.config.pod_image, sel, volume)
             self.k.act(
                 f"create Deployment {ns}/{name}",
                 lambda: self.k.call(

@@ -258,14 +258,21 @@ class KubeReader:
         """
         if self.k.config.probe == "service-proxy":
             return self._proxy_target(workload)
-        w = self.workload(workload)
-        if w.kind is WorkloadKind.POD:
-            ip = (self.pod_of(workload).get("status") or {}).get("podIP")
-            return ProbeTarget(ip, 8080) if ip else None
-        # Guest reachability, not phase: the guest's own address.
-        ifaces = (self.vmi_of(workload).get("status") or {}).get("interfaces") or []
-        ip = ifaces[0].get("ipAddress") if ifaces else None
-        return ProbeTarget(ip, 8080) if ip else None
+        cfg = self.k.config
+        # One list of pods per call: this runs every probe interval.
+        pod = self.current_pods().get(workload)
+        if pod is not None:
+            ip = (pod.get("status") or {}).get("podIP")
+        else:
+            vmi = next((v for v in self.raw_vmis() if self.vmi_status(v).name == workload), None)
+            if vmi is None:
+                return None  # no pod right now (a Deployment between two): no endpoint
+            # Guest reachability, not phase: the guest's own address.
+            ifaces = (vmi.get("status") or {}).get("interfaces") or []
+            ip = ifaces[0].get("ipAddress") if ifaces else None
+        if not ip:
+            return None
+        return ProbeTarget(ip, cfg.probe_port, cfg.probe_path, netns=cfg.probe_netns)
 
     def service_name(self, workload: str) -> str:
         return self.k.config.probe_service.format(workload=workload)

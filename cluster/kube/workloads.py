@@ -8,7 +8,10 @@ restart, so a restart is told from a recovery of the same process.
 - Pod: busybox ``httpd`` with a CGI ``/cgi-bin/healthz``, the same shape as the
   lab's pods. The instance is a random UUID drawn when the container starts:
   a container restart in the same pod (the kubelet's restart after a process
-  crash) gets a new one, as a new pod does.
+  crash) gets a new one, as a new pod does. Given a volume (the config's
+  ``pod_volume_host_path``, which the lab sets), it is mounted at ``/data``
+  and every health check writes and reads back a file there, as the lab's
+  model pods do: 503 on an I/O error, no answer while the volume is frozen.
 - VMI: a CirrOS guest whose cloud-init user data (NoCloud; CirrOS runs a user
   data script that starts with ``#!``) serves every path on 8080 with busybox
   ``nc`` in a loop; the instance is the guest kernel's boot id, new on every
@@ -29,24 +32,59 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["GUEST_ARM_WATCHDOG", "HEALTHZ_PATH", "deployment", "guest_user_data", "virtual_machine"]
+__all__ = [
+    "DATA_DIR",
+    "GUEST_ARM_WATCHDOG",
+    "HEALTHZ_PATH",
+    "deployment",
+    "guest_user_data",
+    "virtual_machine",
+]
 
 Obj = dict[str, Any]
 
 HEALTHZ_PATH = "/cgi-bin/healthz"
 PORT = 8080
+DATA_DIR = "/data"  # where a pod with a volume mounts it
 
-# Unquoted heredoc: $WORKLOAD and $inst are fixed into the CGI when it is
-# written; printf expands the \r\n when it answers.
+# The container's command: draws the instance, writes the CGI, serves it. The
+# heredoc is quoted (nothing expanded when it is written): the CGI reads
+# $WORKLOAD and $INSTANCE from the environment httpd hands down to it, and
+# printf expands the \r\n when it answers. The shell stays PID 1 and stops
+# httpd on SIGTERM: PID 1 without a handler ignores it, and every delete or
+# eviction waited out the 30 s grace period for the SIGKILL.
 _POD_SCRIPT = """set -e
 mkdir -p /www/cgi-bin
-inst=$(cat /proc/sys/kernel/random/uuid)
-cat > /www/cgi-bin/healthz <<EOF
-#!/bin/sh
-printf 'Content-Type: text/plain\\r\\n\\r\\n%s %s\\n' "$WORKLOAD" "$inst"
-EOF
+export INSTANCE="$(cat /proc/sys/kernel/random/uuid)"
+cat > /www/cgi-bin/healthz <<'EOF'
+@CGI@EOF
 chmod +x /www/cgi-bin/healthz
-exec httpd -f -p 8080 -h /www
+httpd -f -p 8080 -h /www &
+trap 'kill "$!"; exit 0' TERM
+wait
+"""
+
+_HEALTHZ_PLAIN = """#!/bin/sh
+printf 'Content-Type: text/plain\\r\\n\\r\\n%s %s\\n' "$WORKLOAD" "$INSTANCE"
+"""
+
+# With a volume: the same check as the lab's model pods (cluster/lab/rootfs.py),
+# a write read back from the volume. An I/O error answers 503 at once; a
+# frozen volume blocks the write, so the probe times out until it thaws. The
+# file is named after the CGI's PID, so concurrent probes do not share one
+# (they race, and a probe sees another's rm: a false 503). "${$}", not "$$":
+# Kubernetes turns "$$" in a container's command into "$".
+_HEALTHZ_VOLUME = """#!/bin/sh
+f=/data/.healthz.${$}
+if echo "${$}" > "$f" 2>/dev/null && read -r got < "$f" 2>/dev/null && [ "$got" = "${$}" ]; then
+    rm -f "$f" 2>/dev/null
+    printf 'Status: 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\n%s %s\\n' \\
+        "$WORKLOAD" "$INSTANCE"
+else
+    rm -f "$f" 2>/dev/null
+    printf 'Status: 503 Service Unavailable\\r\\nContent-Type: text/plain\\r\\n\\r\\n'
+    printf '%s %s volume I/O error\\n' "$WORKLOAD" "$INSTANCE"
+fi
 """
 
 # busybox nc sends its stdin and then half-closes, so the prober (which reads
@@ -82,9 +120,38 @@ def _prefer(labels: dict[str, str] | None) -> Obj | None:
 
 
 def deployment(
-    name: str, labels: dict[str, str], image: str, node_selector: dict[str, str] | None
+    name: str,
+    labels: dict[str, str],
+    image: str,
+    node_selector: dict[str, str] | None,
+    volume_host_path: str | None = None,
 ) -> Obj:
-    """One replica of the busybox health server, ``Ready`` once it answers."""
+    """One replica of the busybox health server, ``Ready`` once it answers.
+
+    ``volume_host_path``: a directory on the nodes holding this workload's
+    storage (``KubeConfig.pod_volume_host_path`` filled in), mounted at
+    ``/data`` and written by every health check; None: no volume.
+    """
+    healthz = _HEALTHZ_PLAIN if volume_host_path is None else _HEALTHZ_VOLUME
+    container: Obj = {
+        "name": "main",
+        "image": image,
+        "command": ["sh", "-c", _POD_SCRIPT.replace("@CGI@", healthz)],
+        "env": [{"name": "WORKLOAD", "value": name}],
+        "ports": [{"containerPort": PORT, "name": "probe"}],
+        "readinessProbe": {
+            "httpGet": {"path": HEALTHZ_PATH, "port": PORT},
+            "periodSeconds": 1,
+        },
+    }
+    pod: Obj = {"affinity": _prefer(node_selector), "containers": [container]}
+    if volume_host_path is not None:
+        container["volumeMounts"] = [{"name": "data", "mountPath": DATA_DIR}]
+        # Directory: the kubelet refuses to start the pod rather than create
+        # an empty directory where the storage should be.
+        pod["volumes"] = [
+            {"name": "data", "hostPath": {"path": volume_host_path, "type": "Directory"}}
+        ]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -92,25 +159,7 @@ def deployment(
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "affinity": _prefer(node_selector),
-                    "containers": [
-                        {
-                            "name": "main",
-                            "image": image,
-                            "command": ["sh", "-c", _POD_SCRIPT],
-                            "env": [{"name": "WORKLOAD", "value": name}],
-                            "ports": [{"containerPort": PORT, "name": "probe"}],
-                            "readinessProbe": {
-                                "httpGet": {"path": HEALTHZ_PATH, "port": PORT},
-                                "periodSeconds": 1,
-                            },
-                        }
-                    ],
-                },
-            },
+            "template": {"metadata": {"labels": labels}, "spec": pod},
         },
     }
 

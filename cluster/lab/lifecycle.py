@@ -270,25 +270,9 @@ def _start_virt(node: str, index: int) -> None:
     (in the node's cgroup, so a power-off takes it and its QEMUs down)."""
     from cluster.lab import virtd  # needs libvirt-python: only with VMs
 
-    _share_volumes_dir()
+    volumes.share_volumes_dir()  # libvirtd's namespace follows later mounts
     net.add_vmi_gateway(node)
     virtd.start_node_libvirtd(node, index)
-
-
-def _share_volumes_dir() -> None:
-    """Make the volumes directory a shared mount (idempotent).
-
-    libvirtd (and so QEMU) lives in a mount namespace of its own, copied when
-    it starts; on a host whose / is private, a volume mounted later by the
-    agent would never show up there. A shared bind mount of the volumes
-    directory propagates every later (u)mount below it into the daemon's
-    (slave) copy. lab_down unmounts it with everything else under STATE_DIR.
-    """
-    vol = Path(state.STATE_DIR) / "volumes"
-    vol.mkdir(parents=True, exist_ok=True)
-    if str(vol) not in _mounts_under([vol]):
-        subprocess.run(["mount", "--bind", str(vol), str(vol)], check=True, capture_output=True)
-    subprocess.run(["mount", "--make-shared", str(vol)], check=True, capture_output=True)
 
 
 def _stop_virt(node: str) -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "lab_volumes",
     "mountpoint",
     "repair",
+    "share_volumes_dir",
     "shutdown",
     "thaw",
 ]
@@ -54,6 +55,30 @@ EXT4_GOING_FLAGS_NOLOGFLUSH = 2
 
 def _vol_dir() -> Path:
     return state.STATE_DIR / "volumes"
+
+
+def share_volumes_dir() -> Path:
+    """Make the volumes directory a shared mount (idempotent); the directory.
+
+    Other mount namespaces copy the host's mounts when they are made: the
+    lab's libvirtd (and so QEMU) and each real node's namespace. Where the
+    host's / is private (no systemd), a volume mounted later would reach none
+    of them. A shared bind of the directory onto itself propagates every later
+    (u)mount below it into their (slave) copies, and nothing made there back.
+    ``lab_down`` unmounts it with everything else under the state dir.
+    """
+    d = _vol_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    with open("/proc/self/mountinfo") as f:
+        # field 5: the mount point; then optional fields ("shared:N") up to "-".
+        rows = [line.split() for line in f]
+    mine = [r for r in rows if r[4] == str(d)]
+    if mine and any(o.startswith("shared:") for o in mine[-1][6 : mine[-1].index("-")]):
+        return d
+    if not mine:
+        _run(["mount", "--bind", str(d), str(d)], f"bind {d} onto itself")
+    _run(["mount", "--make-shared", str(d)], f"make {d} a shared mount")
+    return d
 
 
 def image_path(pod: str) -> Path:

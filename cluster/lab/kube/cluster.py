@@ -26,7 +26,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from cluster.lab import state
+from cluster.lab import net, state, volumes
 from cluster.lab.kube import hub, images, node, paths
 from cluster.lab.kube.flags import ComponentFlags, component_flags
 from cluster.lab.kube.kubevirt_crds import install_crds
@@ -257,8 +257,18 @@ def _prepare(api: k8s.ApiClient, nodes: list[str]) -> None:
         # namespaces: their host network is the node's network namespace.
         "node_pod_image": images.busybox_image(),
         "node_pod_enter": [],
-        "probe": "service-proxy",
+        # Straight to the pod from the hub, as a client in the cluster network.
+        # Through the API server's service proxy every probe (50/s) was a TLS
+        # handshake and a proxied request on the control plane under test: on
+        # 2 cores its latency neared the 250 ms probe timeout while a node
+        # rebooted, and false timeouts ended recovered runs as not recovered.
+        "probe": "pod-ip",
+        "probe_netns": net.HUB_NS,
         "profile": _profile(),
+        # The lab's per-pod volume (cluster.lab.volumes), which its storage
+        # faults freeze and shut down; every node sees the host's mounts there
+        # (cluster.lab.kube.node), so it follows the pod like network storage.
+        "pod_volume_host_path": str(volumes.mountpoint("{workload}")),
     }
     _write_kube_config(doc)
 

@@ -13,8 +13,10 @@ kubelets' only peer. Each node runs, all in its lab cgroup (so
   own directories bound back in), so the paths the components use whatever
   their flags say (``/var/lib/kubelet/device-plugins``, ``/run/containerd/s``,
   ``/var/lib/cni``, ``/var/log/containers``, ...) are per node and vanish with
-  the namespace, and the six ``/proc/sys`` files the kubelet sets are bind
-  mounts of regular files: the host's sysctls never change. Every mount made
+  the namespace; the pod volumes' directory is bound back with the mounts
+  below it and follows the host's later ones (``_followed_dirs``); the six
+  ``/proc/sys`` files the kubelet sets are bind mounts of regular files: the
+  host's sysctls never change. Every mount made
   for the node (pod netns files, rootfs overlays, volumes) lives only in that
   namespace, so after a power-off the kernel drops them with its last process.
 - containerd (config v3: root in the node's state dir, state and sockets in
@@ -48,7 +50,7 @@ from typing import Any
 
 import yaml
 
-from cluster.lab import cgroups, net, state
+from cluster.lab import cgroups, net, state, volumes
 from cluster.lab.kube import images, paths
 from core.errors import LabError
 from core.wait import WaitTimeout, poll_until
@@ -262,6 +264,10 @@ def _alive(node: str, component: str) -> int | None:
     return pid
 
 
+# The processes _spawn started, to say how one that died while starting ended.
+_SPAWNED: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
+
+
 def _spawn(node: str, component: str, argv: list[str]) -> int:
     """Start ``argv`` in the node's cgroup (joined before exec); its pid."""
     log = _log(node, component)
@@ -287,6 +293,7 @@ def _spawn(node: str, component: str, argv: list[str]) -> int:
     # Reaped by a thread: while this process lives, a dead component must not
     # linger as a zombie (it would still count as a process of the node).
     threading.Thread(target=p.wait, name=f"reap-{node}-{component}", daemon=True).start()
+    _SPAWNED[(node, component)] = p
     _pid_file(node, component).write_text(f"{p.pid}\n")
     # Until the child execs, its command line is this process's: wait for it,
     # so that _alive (which checks the command line) means what it says.
@@ -298,11 +305,38 @@ def _spawn(node: str, component: str, argv: list[str]) -> int:
     return p.pid
 
 
+def _exit_status(node: str, component: str) -> str:
+    """How the process this harness started for ``component`` ended, if it did."""
+    p = _SPAWNED.get((node, component))
+    code = None if p is None else p.poll()
+    if code is None:
+        assert p is not None
+        try:
+            recorded = _pid_file(node, component).read_text().strip()
+        except OSError as exc:
+            recorded = f"unreadable ({exc.strerror})"
+        return (
+            f"pid {p.pid} still running, but not as the pid file says: pid file {recorded}, "
+            f"zombie {_is_zombie(p.pid)}, command line {_cmdline(p.pid)[:200]!r}"
+        )
+    return f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+
+
 def _wait(node: str, component: str, what: str, ready: Callable[[], bool], timeout: float) -> None:
+    spawned = _SPAWNED.get((node, component))
+
     def check() -> bool:
-        if _alive(node, component) is None:
+        # The child this process started says for sure whether it still runs;
+        # the pid file and /proc read of _alive was seen to miss a live kubelet
+        # for a moment (pid file and command line both right just after).
+        if spawned is not None:
+            gone = spawned.poll() is not None
+        else:
+            gone = _alive(node, component) is None
+        if gone:
             raise LabError(
-                f"{component} of node {node} exited while starting; its log ends:\n"
+                f"{component} of node {node} exited while starting "
+                f"({_exit_status(node, component)}); its log ends:\n"
                 f"{node_log(node, component)}"
             )
         return bool(ready())
@@ -515,12 +549,27 @@ def _files_of_kubeconfig(path: Path) -> list[Path]:
     return found
 
 
+def _followed_dirs() -> list[Path]:
+    """Host directories whose mounts the node sees, those made after it started too.
+
+    The lab's pod volumes (``cluster.lab.volumes``): one loop-mounted ext4 per
+    pod, mounted on the host before the pod is created and again by each
+    repair, and used by the pod as a hostPath on whichever node runs it (the
+    kube config's ``pod_volume_host_path``). The host's mount of the directory
+    is shared (``volumes.share_volumes_dir``), the node's copy a slave of it: every later
+    mount and unmount below it on the host reaches the node, none made in
+    the node reaches the host.
+    """
+    return [volumes.image_path("any").parent]
+
+
 def _needed_dirs(spec: KubeletSpec) -> list[Path]:
     """Host directories the node's processes must see under the covered trees."""
     node = spec.node
     files = [spec.kubeconfig, spec.ca_file, spec.serving_cert, spec.serving_key]
     files += _files_of_kubeconfig(spec.kubeconfig)
     dirs = {paths.node_dir(node), node_run_dir(node), paths.bin_dir(), CNI_BIN, RUNC.parent}
+    dirs |= set(_followed_dirs())
     dirs |= {f.resolve().parent for f in files}
     # Outermost only: a bind of a directory brings its subdirectories.
     ordered = sorted(dirs, key=lambda p: len(p.parts))
@@ -537,6 +586,7 @@ def _ns_script(spec: KubeletSpec) -> str:
     run = node_run_dir(node)
     nsdir = run / "ns"
     needed = _needed_dirs(spec)
+    followed = _followed_dirs()
     for c in _COVERED:
         if any(d == c or d in c.parents for d in needed):
             raise LabError(f"{c} would be hidden from node {node}: move the lab's dirs below it")
@@ -556,6 +606,11 @@ def _ns_script(spec: KubeletSpec) -> str:
         f"  for d in {' '.join(q(str(d)) for d in needed)}; do",
         '    case "$d/" in "$m"/*) keep=1 ;; esac',
         "  done",
+        # The mounts below a followed dir (pod volumes mounted before this
+        # node started) are the node's to see.
+        f"  for d in {' '.join(q(str(d)) for d in followed)}; do",
+        '    case "$m/" in "$d"/*) keep=1 ;; esac',
+        "  done",
         '  [ "$keep" = 1 ] || umount -l "$m" 2>/dev/null || true',
         "done",
         'mount -t tmpfs -o mode=0755,size=64m rto-kube-node "$NSDIR"',
@@ -568,9 +623,10 @@ def _ns_script(spec: KubeletSpec) -> str:
         lines.append(f'mkdir -p "$NSDIR/cover"{q(str(c))}')
         for d in needed:
             if c in d.parents:
+                bind = "--rbind" if d in followed else "--bind"
                 lines += [
                     f'mkdir -p "$NSDIR/cover"{q(str(d))}',
-                    f'mount --bind {q(str(d))} "$NSDIR/cover"{q(str(d))}',
+                    f'mount {bind} {q(str(d))} "$NSDIR/cover"{q(str(d))}',
                 ]
         lines.append(f'mount --rbind "$NSDIR/cover"{q(str(c))} {q(str(c))}')
     lines += [
@@ -582,6 +638,7 @@ def _ns_script(spec: KubeletSpec) -> str:
 
 def _start_holder(spec: KubeletSpec) -> int:
     run = node_run_dir(spec.node)
+    volumes.share_volumes_dir()  # the one followed dir (_followed_dirs)
     (run / "ns").mkdir(parents=True, exist_ok=True)
     script = run / "ns-setup.sh"
     script.write_text(_ns_script(spec))
