@@ -48,7 +48,17 @@ __all__ = ["LabClusterBackend", "LabClusterProvider"]
 
 
 def _kube_backend() -> KubeBackend:
-    return KubeBackend(load_kube_config(kube_cluster.kube_config_path()))
+    """The kube backend on the lab's kube config, with the lab's pod volumes.
+
+    Each pod's /data is a hostPath on its lab volume (cluster.lab.volumes),
+    which the storage faults freeze and shut down; every node sees the host's
+    mounts there (cluster.lab.kube.node), so it follows the pod like network
+    storage. Only this backend makes those volumes (``create_workload``), so
+    only it asks for them; the file itself leaves them out.
+    """
+    cfg = load_kube_config(kube_cluster.kube_config_path())
+    volume = str(volumes.mountpoint("{workload}"))
+    return KubeBackend(cfg.model_copy(update={"pod_volume_host_path": volume}))
 
 
 def _switch_real_cluster(profile: str) -> None:

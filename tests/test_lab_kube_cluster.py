@@ -29,12 +29,13 @@ from pathlib import Path
 import pytest
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from lab_node_kit import in_netns
 from private_lab import PrivateLab
 
 from cluster.api import WorkloadKind
 from cluster.kube.backend import KubeBackend
 from cluster.kube.config import load_kube_config
-from cluster.lab import lifecycle
+from cluster.lab import lifecycle, net
 from cluster.lab.kube import cluster as kube_cluster
 from cluster.lab.kube import hub, images, paths
 from cluster.lab.kube import node as kube_node
@@ -130,14 +131,17 @@ def test_kube_backend_runs_a_workload_on_the_lab(lab: None) -> None:
 
         poll_until(ready, 90, "web Ready", interval=0.5)
         assert kb.workload("web").node == LAB.node(1)
-        # The probe the recorder sends: through the API server's service proxy.
+        # The probe the recorder sends: straight to the pod IP, from the hub (the
+        # lab's kube config: probe pod-ip, probe_netns its hub).
         target = kb.probe_target("web")
-        assert target is not None and target.tls is not None
-        req = urllib.request.Request(
-            f"https://{target.host}:{target.port}{target.path}", headers=dict(target.headers)
-        )
-        with urllib.request.urlopen(req, context=target.tls, timeout=10) as r:
-            assert r.status == 200 and r.read().decode().startswith("web ")
+        assert target is not None and target.tls is None and target.netns == net.HUB_NS
+        url = f"http://{target.host}:{target.port}{target.path}"
+
+        def get() -> str:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return f"{r.status} {r.read().decode()}"
+
+        assert in_netns(net.HUB_NS, get).startswith("200 web ")
         # The process-crash fault: the real kubelet sees the container die and restarts it.
         before = kb.workload("web")
         kb.kill_main_process("web")

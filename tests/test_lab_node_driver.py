@@ -80,9 +80,14 @@ def _from_hub(ip: str, timeout: float = 1.0) -> tuple[bool, str]:
 
 
 def _through_proxy(kb: KubeBackend, timeout: float = 3.0) -> tuple[bool, str]:
-    """One probe as the recorder sends it on this cluster: the API server's service proxy."""
-    target = kb.probe_target("web")
-    assert target is not None
+    """One probe through the API server's service proxy (how the kube backend probes
+    from outside a cluster network; the lab's own config probes from the hub)."""
+    proxied = KubeBackend(kb.client.config.model_copy(update={"probe": "service-proxy"}))
+    try:
+        target = proxied.probe_target("web")
+    finally:
+        proxied.close()
+    assert target is not None and target.tls is not None and target.netns is None
 
     async def probe() -> tuple[bool, str]:
         good, _, reason = await http_probe(target, timeout, expect_name="web")

@@ -26,7 +26,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from cluster.lab import net, state, volumes
+from cluster.lab import net, state
 from cluster.lab.kube import hub, images, node, paths
 from cluster.lab.kube.flags import ComponentFlags, component_flags
 from cluster.lab.kube.kubevirt_crds import install_crds
@@ -265,10 +265,9 @@ def _prepare(api: k8s.ApiClient, nodes: list[str]) -> None:
         "probe": "pod-ip",
         "probe_netns": net.HUB_NS,
         "profile": _profile(),
-        # The lab's per-pod volume (cluster.lab.volumes), which its storage
-        # faults freeze and shut down; every node sees the host's mounts there
-        # (cluster.lab.kube.node), so it follows the pod like network storage.
-        "pod_volume_host_path": str(volumes.mountpoint("{workload}")),
+        # No pod_volume_host_path here: the lab's backend adds it (and makes the
+        # volume before each pod, cluster.lab_cluster). A plain `--backend kube`
+        # on this file makes pods without one, which it can run.
     }
     _write_kube_config(doc)
 
