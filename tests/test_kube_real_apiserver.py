@@ -432,6 +432,36 @@ def test_node_partition_and_pod_freeze_use_node_pods(
     assert "fsfreeze -u" in cluster.pod_or_none(thaw).spec.containers[0].command[-1]
 
 
+def test_a_second_node_cut_waits_for_the_first_cuts_pod_to_end(
+    real_apiserver: RealApiserver,  # noqa: F811
+    cluster: Cluster,
+) -> None:
+    """Heal deletes the cut's pod gracefully (its SIGTERM lifts the cut); a new cut
+    of the node made before that pod has ended waits for it instead of a 409."""
+    w1 = cluster.node("w1")
+    cut = f"rto-node-partition-{w1}"
+    cluster.pods.append(cut)
+    b = real_apiserver.backend()
+    b.partition_node(w1)
+    b.heal_node_partition(w1)
+    first = cluster.pod_or_none(cut)
+    assert first is not None and first.metadata.deletion_timestamp is not None
+
+    def kubelet_confirms() -> None:  # what the node's kubelet does when the pod has ended
+        time.sleep(1.0)
+        cluster.core.delete_namespaced_pod(cut, NS, grace_period_seconds=0)
+
+    confirm = threading.Thread(target=kubelet_confirms)
+    confirm.start()
+    try:
+        b.partition_node(w1)
+    finally:
+        confirm.join()
+    second = cluster.pod_or_none(cut)
+    assert second is not None and second.metadata.uid != first.metadata.uid
+    assert second.metadata.deletion_timestamp is None
+
+
 def test_pod_kill_is_a_node_pod_that_is_removed_when_done(
     real_apiserver: RealApiserver,  # noqa: F811
     cluster: Cluster,

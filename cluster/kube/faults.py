@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from functools import partial
 
-from tenacity import Retrying, retry_if_exception, wait_exponential
+from tenacity import RetryError, Retrying, retry_if_exception, retry_if_result, wait_exponential
 
 from cluster.api import VolumeFailure, WorkloadKind
 from cluster.kube.client import KV, KubeClient, Obj
@@ -329,7 +329,36 @@ class KubeFaults:
             },
         }
         self.k.ignore_404("delete", "pods", self.k.core.delete_namespaced_pod, name, ns)
+        self._wait_pod_gone(ns, name)
         self.k.call("create", "pods", self.k.core.create_namespaced_pod, ns, body)
+
+    def _wait_pod_gone(self, ns: str, name: str, patience: float = 60.0) -> None:
+        """Until the node pod of the same name has ended (its grace period: the
+        partition pod lifts its cut on SIGTERM). A create before that is refused
+        with 409 "object is being deleted": a second cut of a node soon after the
+        first one's heal."""
+
+        def present() -> bool:
+            try:
+                self.k.call("get", "pods", self.k.core.read_namespaced_pod, name, ns)
+            except BackendError as exc:
+                if "(404)" in str(exc):
+                    return False
+                raise
+            return True
+
+        try:
+            Retrying(
+                retry=retry_if_result(bool),
+                stop=stop_after(self.k.clock, patience),
+                wait=wait_exponential(multiplier=0.1, max=2),
+                sleep=self.k.sleep,
+            )(present)
+        except RetryError:
+            raise BackendError(
+                f"node pod {ns}/{name} of an earlier fault is still terminating after "
+                f"{patience:g} s (is the kubelet of its node up?); delete it and try again"
+            ) from None
 
     def partition_node(self, node: str, max_seconds: int = 600) -> None:
         self.k.target_node(node)
