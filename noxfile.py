@@ -54,6 +54,7 @@ def bench(session: nox.Session) -> None:
         "benchmarks/lab_rto.py",
         "benchmarks/guest_boot.py",
         "benchmarks/vmi_rto.py",
+        "benchmarks/probe_path.py",
     ]
     for bench_file in benches:
         session.run("python", bench_file)
