@@ -295,10 +295,18 @@ def _spawn(node: str, component: str, argv: list[str]) -> int:
     threading.Thread(target=p.wait, name=f"reap-{node}-{component}", daemon=True).start()
     _SPAWNED[(node, component)] = p
     _pid_file(node, component).write_text(f"{p.pid}\n")
-    # Until the child execs, its command line is this process's: wait for it,
-    # so that _alive (which checks the command line) means what it says.
+    # Until the child execs, its command line is this process's; then, when it
+    # is an nsenter, nsenter's until that execs the component (a /proc read in
+    # between came back empty and _alive said gone). Wait for the component's
+    # own command line, so that _alive (which checks it) means what it says.
+    # (Only through nsenter: the holder's unshare execs sh, which execs pause.)
+    binary = argv[argv.index("--") + 1] if argv[0] == "nsenter" and "--" in argv else ""
+
+    def execed() -> bool:
+        return _alive(node, component) is not None and _cmdline(p.pid).startswith(binary)
+
     try:
-        poll_until(lambda: p.poll() is not None or _alive(node, component) is not None, 10,
+        poll_until(lambda: p.poll() is not None or execed(), 10,
                    f"{component} of node {node} to exec", interval=0.005)  # fmt: skip
     except WaitTimeout:
         raise LabError(f"{component} of node {node} did not start within 10 s") from None
