@@ -14,6 +14,9 @@ then fails if anything of it is left on the machine.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import leftovers as machine
 import pytest
+import yaml
 
 from cluster.lab import lifecycle, net, state
 from cluster.lab.backend import LabBackend
@@ -126,3 +130,19 @@ class PrivateLab:
             finally:
                 mp.undo()
         assert not left, f"private lab {self.name} left objects behind: {left}"
+
+
+def run_rto_campaign(campaign: dict[str, object], tmp_path: Path) -> list[dict[str, object]]:
+    """``rto campaign`` (this venv's console script) on ``campaign``; its result rows.
+
+    The exit code must be 0 (the output is the assertion's message)."""
+    spec = tmp_path / "campaign.yaml"
+    spec.write_text(yaml.safe_dump(campaign))
+    runs = tmp_path / "runs"
+    rto = str(Path(sys.executable).parent / "rto")
+    proc = subprocess.run(
+        [rto, "campaign", str(spec), "--runs-dir", str(runs)],
+        capture_output=True, text=True, timeout=400, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [json.loads(line) for line in (runs / "results.jsonl").read_text().splitlines()]

@@ -532,6 +532,16 @@ def test_dry_run_touches_nothing(real_apiserver: RealApiserver, cluster: Cluster
     assert b.plan[0] == f"cordon node {w1}" and len(b.plan) == 4
 
 
+def _delete_config_maps(core: k8s.CoreV1Api, *names: str) -> None:
+    """A test's ConfigMaps gone (one already deleted is fine)."""
+    for c in names:
+        try:
+            core.delete_namespaced_config_map(c, NS)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
 def test_events_from_watches(real_apiserver: RealApiserver, cluster: Cluster) -> None:  # noqa: F811
     """List + watch followers on the real watch cache: node and pod changes arrive
     as timeline events over the stream (one list each), resourceVersion carried."""
@@ -620,12 +630,7 @@ def test_watch_relists_on_410_and_resumes(
         assert f.stats["relists_410"] == 1 and f.stats["lists"] == 2 and f.error is None
     finally:
         f.stop()
-        for c in (c2, c3):
-            try:
-                core.delete_namespaced_config_map(c, NS)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+        _delete_config_maps(core, c2, c3)
 
 
 class Relay:
@@ -747,12 +752,7 @@ def test_watch_backs_off_while_the_apiserver_is_gone_and_resumes(
     finally:
         f.stop()
         relay.down()
-        for c in (c1, c2):
-            try:
-                core.delete_namespaced_config_map(c, NS)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+        _delete_config_maps(core, c1, c2)
 
 
 def test_pod_only_account_lists_pods_without_kubevirt(

@@ -12,16 +12,12 @@ Kubernetes version it was measured on.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client as k8s
-from private_lab import PrivateLab
+from private_lab import PrivateLab, run_rto_campaign
 
 from cluster.lab.kube import cluster as kube_cluster
 from cluster.lab.kube import paths
@@ -31,7 +27,6 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 LAB = PrivateLab("lcreal", "rtolr", "node")  # node names as the experiment files place them
 ROOT = Path(__file__).resolve().parent.parent
-RTO = [str(Path(sys.executable).parent / "rto")]  # the console script of this venv
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +64,7 @@ def test_a_lab_campaign_measures_real_pods(lab: None, tmp_path: Path) -> None:
             },
         ],
     }
-    spec = tmp_path / "campaign.yaml"
-    spec.write_text(yaml.safe_dump(campaign))
-    runs = tmp_path / "runs"
-    proc = subprocess.run(
-        [*RTO, "campaign", str(spec), "--runs-dir", str(runs)],
-        capture_output=True, text=True, timeout=400, cwd=tmp_path, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = [json.loads(line) for line in (runs / "results.jsonl").read_text().splitlines()]
+    rows = run_rto_campaign(campaign, tmp_path)
     assert [(r["fault"], r["status"]) for r in rows] == [
         ("process-crash", "recovered"),
         ("node-power-off", "recovered"),

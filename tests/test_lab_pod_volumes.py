@@ -16,10 +16,8 @@ storage-eio cells on the real kubelets.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,8 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
-from private_lab import PrivateLab
+from private_lab import PrivateLab, run_rto_campaign
 
 from chaos.netns import enter_netns
 from cluster.api import Backend, ProbeTarget, VolumeFailure, WorkloadKind
@@ -42,7 +39,6 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(600)]
 
 LAB = PrivateLab("lpvol", "rtolv", "node")  # node names as the experiment files place them
 ROOT = Path(__file__).resolve().parent.parent
-RTO = [str(Path(sys.executable).parent / "rto")]  # the console script of this venv
 POD = "vweb"
 
 
@@ -215,15 +211,7 @@ def test_a_campaign_measures_pod_storage_faults_on_real_kubelets(
             {"path": str(ROOT / "experiments/pods/storage-eio.yaml"), **timing},
         ],
     }
-    spec = tmp_path / "campaign.yaml"
-    spec.write_text(yaml.safe_dump(campaign))
-    runs = tmp_path / "runs"
-    proc = subprocess.run(
-        [*RTO, "campaign", str(spec), "--runs-dir", str(runs)],
-        capture_output=True, text=True, timeout=400, cwd=tmp_path, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = [json.loads(line) for line in (runs / "results.jsonl").read_text().splitlines()]
+    rows = run_rto_campaign(campaign, tmp_path)
     assert [(r["fault"], r["variant"], r["status"]) for r in rows] == [
         ("storage-lost", "hang", "recovered"),
         ("storage-lost", "eio", "recovered"),
