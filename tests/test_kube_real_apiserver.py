@@ -432,6 +432,26 @@ def test_node_partition_and_pod_freeze_use_node_pods(
     assert "fsfreeze -u" in cluster.pod_or_none(thaw).spec.containers[0].command[-1]
 
 
+def test_a_node_pod_refused_by_pod_security_says_so_and_injects_nothing(
+    real_apiserver: RealApiserver,  # noqa: F811
+    cluster: Cluster,
+) -> None:
+    """A namespace under Pod Security "baseline" refuses the privileged node pod
+    with 403; the error names Pod Security and what to change, not RBAC."""
+    w1 = cluster.node("w1")
+    level = "pod-security.kubernetes.io/enforce"
+    cluster.core.patch_namespace(NS, {"metadata": {"labels": {level: "baseline"}}})
+    try:
+        with pytest.raises(BackendError) as err:
+            real_apiserver.backend().partition_node(w1)
+    finally:
+        cluster.core.patch_namespace(NS, {"metadata": {"labels": {level: None}}})
+    text = str(err.value)
+    assert "Pod Security admission (403)" in text and "violates PodSecurity" in text
+    assert f"{level}=privileged" in text and "RBAC" not in text
+    assert cluster.pod_or_none(f"rto-node-partition-{w1}") is None
+
+
 def test_a_second_node_cut_waits_for_the_first_cuts_pod_to_end(
     real_apiserver: RealApiserver,  # noqa: F811
     cluster: Cluster,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from functools import partial
 
+from kubernetes.client.exceptions import ApiException
 from tenacity import RetryError, Retrying, retry_if_exception, retry_if_result, wait_exponential
 
 from cluster.api import VolumeFailure, WorkloadKind
@@ -330,7 +331,20 @@ class KubeFaults:
         }
         self.k.ignore_404("delete", "pods", self.k.core.delete_namespaced_pod, name, ns)
         self._wait_pod_gone(ns, name)
-        self.k.call("create", "pods", self.k.core.create_namespaced_pod, ns, body)
+        try:
+            self.k.call("create", "pods", self.k.core.create_namespaced_pod, ns, body)
+        except BackendError as exc:
+            refusal = _privileged_refusal(exc.__cause__)
+            if refusal is None:
+                raise
+            raise BackendError(
+                f"the {purpose} fault on node {node} needs a privileged pod (host network "
+                f"and PID) in namespace {ns}, and the cluster refuses it: {refusal}. Let "
+                f"{ns} run privileged pods (namespace label "
+                "pod-security.kubernetes.io/enforce=privileged; an API server with "
+                "--allow-privileged=true), or set power_driver in the kube config to a "
+                "driver that reaches the node from outside; nothing was injected"
+            ) from None
 
     def _wait_pod_gone(self, ns: str, name: str, patience: float = 60.0) -> None:
         """Until the node pod of the same name has ended (its grace period: the
@@ -471,3 +485,23 @@ class KubeFaults:
                 )
             return
         self._fsfreeze_pod_volumes(workload, freeze=False)
+
+
+def _privileged_refusal(cause: BaseException | None) -> str | None:
+    """What the API said if it refused a node pod for being privileged, else None.
+
+    Pod Security admission answers 403 "violates PodSecurity" (which ``explain``
+    would otherwise read as RBAC); an API server without --allow-privileged
+    answers 422 "... privileged: Forbidden: disallowed by cluster policy".
+    """
+    if not isinstance(cause, ApiException):
+        return None
+    try:
+        message = str(json.loads(cause.body or "{}").get("message") or cause.reason)
+    except ValueError:
+        message = str(cause.reason)
+    if cause.status == 403 and "PodSecurity" in message:
+        return f"Pod Security admission (403): {message}"
+    if cause.status == 422 and "disallowed by cluster policy" in message:
+        return f"the API server's policy (422): {message}"
+    return None
