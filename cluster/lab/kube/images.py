@@ -29,6 +29,7 @@ import os
 import stat
 import subprocess
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,21 @@ class Image:
 # Packed images of this process, by what their inputs looked like: a node start
 # re-tars nothing unless the pause binary or the rootfs changed.
 _packed: dict[tuple[str, str], Image] = {}
+
+
+def _memo(key: tuple[str, str], build: Callable[[], Image]) -> Image:
+    """The packed image of ``key``, built once per state directory.
+
+    The state directory is part of the key, and a cached archive that is gone
+    is packed again: a process that ran one lab and then another (a private
+    lab of a test, whose directory was removed) must not hand the second lab
+    the first one's archive.
+    """
+    full = (key[0], f"{state.STATE_DIR}:{key[1]}")
+    image = _packed.get(full)
+    if image is None or not image.archive.is_file():
+        image = _packed[full] = build()
+    return image
 
 
 def _info(name: str, mode: int, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
@@ -196,25 +212,25 @@ def _pause() -> Image:
     except FileNotFoundError:
         raise LabError(f"{binary} is missing: run `bash scripts/build-kube.sh`") from None
     key = ("pause", f"{_VERSION}:{binary}:{st.st_size}:{st.st_mtime_ns}")
-    if key not in _packed:
+
+    def build() -> Image:
         layer = _layer_of_files({"pause": binary}, ("dev", "proc", "sys", "etc", "tmp"))
-        _packed[key] = _pack("pause", layer, {"Entrypoint": ["/pause"]})
-    return _packed[key]
+        return _pack("pause", layer, {"Entrypoint": ["/pause"]})
+
+    return _memo(key, build)
 
 
 def _pod() -> Image:
     root = rootfs.ensure_rootfs()
     stamp = root.parent / "busybox-rootfs.stamp"  # written by ensure_rootfs: its inputs' hash
     key = ("pod", f"{_VERSION}:{root}:{stamp.read_text().strip()}")
-    if key not in _packed:
-        config: dict[str, object] = {
-            "Entrypoint": ["/bin/start"],
-            "Env": ["PATH=/bin"],
-            "WorkingDir": "/",
-            "ExposedPorts": {"80/tcp": {}},
-        }
-        _packed[key] = _pack("pod", _layer_of_dir(root), config)
-    return _packed[key]
+    config: dict[str, object] = {
+        "Entrypoint": ["/bin/start"],
+        "Env": ["PATH=/bin"],
+        "WorkingDir": "/",
+        "ExposedPorts": {"80/tcp": {}},
+    }
+    return _memo(key, lambda: _pack("pod", _layer_of_dir(root), config))
 
 
 def pause_image() -> str:
@@ -236,7 +252,8 @@ def _busybox() -> Image:
     """
     st = rootfs.BUSYBOX.stat()
     key = ("busybox", f"{_VERSION}:{st.st_size}:{st.st_mtime_ns}")
-    if key not in _packed:
+
+    def build() -> Image:
         listed = subprocess.run(
             [str(rootfs.BUSYBOX), "--list"], capture_output=True, text=True, check=True
         ).stdout.split()
@@ -253,8 +270,9 @@ def _busybox() -> Image:
                 link.linkname = "busybox"
                 tar.addfile(link)
         config: dict[str, object] = {"Cmd": ["sh"], "Env": ["PATH=/bin"], "WorkingDir": "/"}
-        _packed[key] = _pack("busybox", buf.getvalue(), config)
-    return _packed[key]
+        return _pack("busybox", buf.getvalue(), config)
+
+    return _memo(key, build)
 
 
 def busybox_image() -> str:
