@@ -63,6 +63,7 @@ RESOURCES: dict[tuple[str, str], bool] = {
     ("", "namespaces"): False,
     ("", "pods"): True,
     ("", "services"): True,
+    ("", "configmaps"): True,
     ("apps", "deployments"): True,
     ("networking.k8s.io", "networkpolicies"): True,
     ("kubevirt.io", "virtualmachines"): True,

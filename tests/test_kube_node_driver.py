@@ -175,12 +175,37 @@ def test_heal_follows_the_cut_when_the_pod_moved(emu: KubeEmulator, tmp_path: Pa
     assert driver.heals == [("w1", "198.18.50.1"), ("w2", "198.18.51.7")]
 
 
-def test_heal_of_a_workload_that_is_gone_does_nothing(emu: KubeEmulator, tmp_path: Path) -> None:
+def test_heal_of_a_workload_that_is_gone_heals_its_recorded_cut(
+    emu: KubeEmulator, tmp_path: Path
+) -> None:
     driver = FakeNodeDriver()
     make(emu, tmp_path, driver).partition_workload("solo")
+    (cut,) = driver.cut_pods
     emu.remove("", "pods", NS, "solo")
-    make(emu, tmp_path, driver).heal_workload_partition("solo")  # no error, nothing known
-    assert driver.heals == []
+    make(emu, tmp_path, driver).heal_workload_partition("solo")  # from the record alone
+    assert driver.heals == [cut] and driver.cut_pods == set()
+    assert ("", "configmaps", NS, "rto-cut-solo") not in emu.objects
+    make(emu, tmp_path, driver).heal_workload_partition("solo")  # nothing known: nothing done
+    assert driver.heals == [cut]
+
+
+def test_heal_after_a_crash_and_a_move_heals_where_it_was_cut(
+    emu: KubeEmulator, tmp_path: Path
+) -> None:
+    """The harness died after the cut, then the pod moved: `rto revert` in a new
+    process still heals the old address, which only the cluster's record knows."""
+    driver = FakeNodeDriver()
+    make(emu, tmp_path, driver).partition_workload("web")
+    record = emu.objects[("", "configmaps", NS, "rto-cut-web")]
+    assert record["metadata"]["labels"]["rto.harness/workload"] == "web"
+    emu.remove("", "pods", NS, "web-a1")
+    new = eventually(
+        lambda: [p for p in emu.items("", "pods") if p["metadata"]["name"].startswith("web-rs-")]
+    )
+    emu.set_pod_ready(NS, new[0]["metadata"]["name"], True, pod_ip="198.18.51.7")
+    make(emu, tmp_path, driver).heal_workload_partition("web")
+    assert ("w1", "198.18.50.1") in driver.heals and driver.cut_pods == set()
+    assert ("", "configmaps", NS, "rto-cut-web") not in emu.objects
 
 
 def test_partition_of_a_pod_without_an_address_raises(emu: KubeEmulator, tmp_path: Path) -> None:

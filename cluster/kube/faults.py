@@ -22,6 +22,7 @@ from tenacity import RetryError, Retrying, retry_if_exception, retry_if_result, 
 
 from cluster.api import VolumeFailure, WorkloadKind
 from cluster.kube.client import KV, KubeClient, Obj
+from cluster.kube.cut_records import CutRecords
 from cluster.kube.power import PartitionDriver, PowerDriver, get_power_driver
 from cluster.kube.reading import KubeReader
 from core.errors import BackendError
@@ -38,6 +39,7 @@ class KubeFaults:
         self._power = power
         # workload -> (node, IP) of the pod cuts made through a PartitionDriver.
         self._pod_cuts: dict[str, tuple[str, str]] = {}
+        self._cut_records = CutRecords(k)
 
     # --- faults ------------------------------------------------------------------
     def kill_main_process(self, workload: str) -> None:
@@ -256,8 +258,10 @@ class KubeFaults:
             node, ip = where
 
             def cut() -> None:
+                # Healed where it was cut, even if the pod moves meanwhile (an
+                # eviction) or the harness dies: recorded in the cluster first.
+                self._cut_records.add(workload, node, ip)
                 driver.partition_pod(node, ip)
-                # Healed where it was cut, even if the pod moves meanwhile (an eviction).
                 self._pod_cuts[workload] = (node, ip)
 
             self.k.act(
@@ -287,16 +291,21 @@ class KubeFaults:
     def heal_workload_partition(self, workload: str) -> None:
         driver = self._partitioner()
         if driver is not None:
-            # The cut this process made, and (a journal replay after a crash of
-            # the harness knows only the name) the workload's address now.
-            cuts = [c for c in (self._pod_cuts.get(workload), self._address_of(workload)) if c]
-            for node, ip in dict.fromkeys(cuts):
+            # The cut this process made, those recorded in the cluster (a journal
+            # replay after a crash of the harness knows only the name), and the
+            # workload's address now (a cut recorded by nothing: an older harness).
+            made = self._pod_cuts.get(workload)
+            cuts: list[tuple[str, str] | None] = [made]
+            cuts += [*self._cut_records.cuts(workload), self._address_of(workload)]
+            for node, ip in dict.fromkeys(c for c in cuts if c):
                 self.k.act(
                     f"heal the network cut of {workload} ({ip}) on {node} "
                     f"({self.k.config.power_driver} driver)",
                     partial(driver.heal_pod_partition, node, ip),
                 )
-            self._pod_cuts.pop(workload, None)  # after the heals: a failed one is retried
+            if not self.k.dry_run:  # after the heals: a failed one is retried from it
+                self._cut_records.forget(workload)
+            self._pod_cuts.pop(workload, None)
             return
         ns, name = self.k.config.namespaces[0], self._policy_name(workload)
         self.k.act(
