@@ -267,6 +267,43 @@ def test_rbac_denial_names_verb_and_resource(
         cluster.rbac.delete_cluster_role(role)
 
 
+def test_an_admission_refusal_is_not_called_rbac(
+    real_apiserver: RealApiserver,  # noqa: F811
+    cluster: Cluster,
+) -> None:
+    """A ResourceQuota allowing no Deployment makes the real quota admission refuse
+    one with 403; the error passes on what admission said and does not send the
+    user to grant RBAC verbs."""
+    quota = f"rto-quota-{cluster.suffix}"
+    zero = {"count/deployments.apps": "0"}
+    cluster.core.create_namespaced_resource_quota(
+        NS, {"metadata": {"name": quota}, "spec": {"hard": zero}}
+    )
+    # What the resourcequota controller (not run here) would write.
+    cluster.core.patch_namespaced_resource_quota_status(
+        quota, NS, {"status": {"hard": zero, "used": zero}}
+    )
+    b = real_apiserver.backend()
+    name = f"quota-{cluster.suffix}"
+
+    def refused() -> BackendError | None:
+        try:
+            b.create_workload(name, WorkloadKind.POD)
+        except BackendError as exc:
+            return exc
+        b.delete_workload(name)  # admission had not seen the quota yet
+        return None
+
+    try:
+        err = poll_until(refused, 15, "quota admission refuses the Deployment", interval=0.5)
+    finally:
+        cluster.core.delete_namespaced_resource_quota(quota, NS)
+        b.delete_workload(name)
+    text = str(err)
+    assert "refused by the cluster's admission (403" in text and "quota" in text
+    assert "RBAC" not in text
+
+
 def test_missing_kubevirt(real_apiserver: RealApiserver, cluster: Cluster) -> None:  # noqa: F811
     cluster.node("w1")
     b = real_apiserver.backend()

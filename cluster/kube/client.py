@@ -108,6 +108,13 @@ class KubeClient:
             message = json.loads(exc.body or "{}").get("message", exc.reason)
         except ValueError:
             message = exc.reason
+        if exc.status == 403 and " cannot " not in message:
+            # Not the authorizer (its refusals read 'User "u" cannot VERB resource
+            # ...'): an admission plugin, such as a ResourceQuota or Pod Security.
+            return BackendError(
+                f"{verb} {resource} refused by the cluster's admission (403, context "
+                f"{self.context!r}): {message}"
+            )
         if exc.status == 403:
             return BackendError(
                 f"RBAC: the harness may not '{verb}' '{resource}' (context {self.context!r}): "
