@@ -7,9 +7,14 @@ read by the runner, faults, healers and recorder like any ``cluster.api.Backend`
 Pods are real: they are Deployments in the lab's API server, run by its kubelets,
 and every pod call goes to a ``KubeBackend`` on the config the lab wrote
 (``/var/lib/rto-lab/kube/rto-kube.yaml``), the same code a user points at their
-own cluster. VMIs are still the lab's (``cluster.lab.backend.LabBackend``:
-libvirt domains, watchdog, live migration) until the lab's VMI code reconciles
-``kubevirt.io/v1`` objects; their calls go there. Calls on a node reach both
+own cluster. VMIs are the lab's (``cluster.lab.backend.LabBackend``: libvirt
+domains, watchdog, live migration, placed by the lab's model), unless the lab
+came up with ``kubevirt`` (``rto lab up --kubevirt``): then VMIs are
+VirtualMachines of the API server, reconciled by the lab's virt-controller and
+virt-handlers (``cluster.lab.kube.virt_controller``), and every VMI call goes
+to the kube backend too, except what only the lab can do to a guest (SIGKILL
+its QEMU, hang or resume it, cut it off, unplug its disk: KubeVirt's launcher
+and virt-api are not here), done on the node its VMI status names. Calls on a node reach both
 sides where both must see them (cordon, fence); the node itself is the lab's
 (power, network cut). Nodes are read from the real API server: its Nodes and
 Leases are what the platform decides on. The lab and the kube backend do not
@@ -20,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -34,10 +41,11 @@ from cluster.api import (
 )
 from cluster.kube.backend import KubeBackend
 from cluster.kube.config import load_kube_config
-from cluster.lab import volumes
+from cluster.lab import vmi_faults, vmis, volumes
 from cluster.lab.backend import LabBackend
 from cluster.lab.kube import cluster as kube_cluster
 from cluster.lab.kube import node as kube_node
+from cluster.lab.kube.kubevirt_crds import KUBEVIRT_VERSION
 from cluster.lab.kube.paths import KUBE_VERSION
 from cluster.lab.lifecycle import lab_down, lab_up
 from core.errors import BackendError
@@ -83,6 +91,8 @@ class LabClusterBackend:
         # Restarts the real components with the profile's flags.
         self._switch_cluster = switch_cluster or _switch_real_cluster
         self.clock = lab.clock
+        # VMIs as kubevirt.io/v1 objects (lab up --kubevirt), chosen at lab up.
+        self.kubevirt = lab.store.get_setting("vmi_api") == "kubevirt"
 
     def close(self) -> None:
         try:
@@ -92,8 +102,20 @@ class LabClusterBackend:
 
     # --- routing -------------------------------------------------------------------
     def _is_vmi(self, workload: str) -> bool:
-        """The lab holds the VMIs only: anything else is a pod of the cluster."""
-        return any(w.name == workload for w in self.lab.workloads())
+        """Is it a VMI of the lab's model? Anything else is an object of the cluster."""
+        return not self.kubevirt and any(w.name == workload for w in self.lab.workloads())
+
+    def _kube_vmi(self, workload: str) -> tuple[str, str | None] | None:
+        """(node, guest address) of a kubevirt.io VMI of the cluster; None if a pod."""
+        if not self.kubevirt:
+            return None
+        w = self.kube.workload(workload)
+        if w.kind is not WorkloadKind.VMI:
+            return None
+        if w.node is None:
+            raise BackendError(f"VMI {workload} is on no node yet ({w.phase.value})")
+        target = self.kube.probe_target(workload)
+        return w.node, None if target is None else target.host
 
     def _side(self, workload: str) -> Backend:
         return self.lab if self._is_vmi(workload) else self.kube
@@ -137,8 +159,11 @@ class LabClusterBackend:
         return self.lab.vm_accelerator()
 
     def platform_version(self, kind: WorkloadKind | None = None) -> str | None:
-        if kind is WorkloadKind.VMI:
+        if kind is WorkloadKind.VMI and not self.kubevirt:
             return self.lab.platform_version(kind)
+        if kind is WorkloadKind.VMI:
+            base = self.kube.platform_version(kind) or "Kubernetes"
+            return f"{base}, KubeVirt {KUBEVIRT_VERSION} API, the lab's virt-controller"
         return self.kube.platform_version(kind)
 
     # --- workloads -------------------------------------------------------------------
@@ -151,7 +176,7 @@ class LabClusterBackend:
         watchdog_heartbeat_s: int | None = 2,
         eviction_strategy: str = "LiveMigrate",
     ) -> None:
-        side: Backend = self.lab if kind is WorkloadKind.VMI else self.kube
+        side: Backend = self.lab if kind is WorkloadKind.VMI and not self.kubevirt else self.kube
         if kind is WorkloadKind.POD:
             # Before the Deployment: its hostPath (type Directory, the kube
             # config's pod_volume_host_path) is this volume's mountpoint, which
@@ -177,7 +202,10 @@ class LabClusterBackend:
         def gone() -> bool:
             # A pod on a powered-off node never confirms its end; its node's
             # mount namespace died with the power, and the volume with it there.
+            # A VMI's QEMU holds its disk file on the volume until its handler stops it.
             powered = {m.name for m in self.lab.nodes() if m.powered}
+            if any(vmis.qemu_pid(n, name) is not None for n in powered):
+                return False
             return not any(w.name == name and w.node in powered for w in self.kube.workloads())
 
         # The volume can only go once nothing holds it: the pod object goes
@@ -194,10 +222,29 @@ class LabClusterBackend:
 
     # --- faults ----------------------------------------------------------------------
     def kill_main_process(self, workload: str) -> None:
-        self._side(workload).kill_main_process(workload)
+        at = self._kube_vmi(workload)
+        if at is None:
+            self._side(workload).kill_main_process(workload)
+            return
+        # The QEMU of the VMI runs under its node's libvirtd, not in the
+        # launcher pod: killed there, as KubeVirt's compute container's would be.
+        pid = vmis.qemu_pid(at[0], workload)
+        if pid is None:
+            raise BackendError(f"VMI {workload} has no running QEMU on {at[0]}; nothing to kill")
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            raise BackendError(
+                f"QEMU {pid} of {workload} exited before it could be killed"
+            ) from None
 
     def hang_workload(self, workload: str) -> None:
-        self._side(workload).hang_workload(workload)
+        if self._kube_vmi(workload) is None:
+            self._side(workload).hang_workload(workload)
+            return
+        reply = vmis.guest_command(workload, "hang")  # the guest's control channel
+        if reply != "hung":
+            raise BackendError(f"VMI {workload} answered {reply!r} to hang, not 'hung'")
 
     def cordon(self, node: str) -> None:
         # The real scheduler must skip it (pods), and so must the lab's VMI placement.
@@ -226,14 +273,36 @@ class LabClusterBackend:
         self.lab.heal_node_partition(node)
 
     def partition_workload(self, workload: str) -> None:
-        self._side(workload).partition_workload(workload)
+        at = self._kube_vmi(workload)
+        if at is None:
+            self._side(workload).partition_workload(workload)
+            return
+        if at[1] is None:
+            raise BackendError(f"VMI {workload} has no address yet: nothing to cut off")
+        vmi_faults.partition_vmi(at[0], workload, at[1])
 
     def heal_workload_partition(self, workload: str) -> None:
+        if self.kubevirt and not self._is_pod(workload):
+            # Every node: the VMI may have moved (or be gone) since it was cut off.
+            vmi_faults.heal_vmi([m.name for m in self.lab.nodes()], workload)
+            return
         self._side(workload).heal_workload_partition(workload)
+
+    def _is_pod(self, workload: str) -> bool:
+        return any(w.name == workload and w.kind is WorkloadKind.POD for w in self.kube.workloads())
 
     def fail_volume(self, workload: str, mode: VolumeFailure) -> None:
         if self._is_vmi(workload):
             self.lab.fail_volume(workload, mode)
+            return
+        at = self._kube_vmi(workload)
+        if at is not None:
+            if mode is VolumeFailure.UNPLUG:
+                vmi_faults.unplug_disk(at[0], workload)  # virt-api's removevolume is not here
+            elif mode is VolumeFailure.HANG:
+                volumes.freeze(workload)
+            else:
+                volumes.shutdown(workload)
             return
         # The pod's volume is the lab's (cluster.lab.volumes), mounted on the
         # host and seen by every node; failing it there fails it in the pod.
@@ -264,6 +333,9 @@ class LabClusterBackend:
         if self._is_vmi(workload):
             self.lab.repair_volume(workload, mode)
             return
+        if self.kubevirt and not self._is_pod(workload):
+            self._repair_kube_vmi_volume(workload, mode)
+            return
         if mode is VolumeFailure.UNPLUG:
             return  # fail_volume refuses it for pods: nothing to repair
         if mode is VolumeFailure.HANG:
@@ -283,6 +355,20 @@ class LabClusterBackend:
         # restart it, and the new container binds the fresh mount.
         self.kube.kill_main_process(workload)
         pending.unlink()
+
+    def _repair_kube_vmi_volume(self, workload: str, mode: VolumeFailure) -> None:
+        """Idempotent; the VMI may be gone or elsewhere by now (a journal replay)."""
+        if mode is VolumeFailure.HANG:
+            volumes.thaw(workload)
+        elif mode is VolumeFailure.EIO:
+            if volumes.is_shut_down(workload):
+                # QEMU stays paused on the dead filesystem (PausedIOError), as
+                # KubeVirt's does: resuming or replacing it is the healer's job.
+                volumes.repair(workload)
+        else:
+            for m in self.lab.nodes():
+                if m.powered and vmis.qemu_pid(m.name, workload) is not None:
+                    vmi_faults.replug_disk(m.name, workload)
 
     # --- healer actions ----------------------------------------------------------------
     def restart_healing(self) -> bool:
@@ -305,12 +391,19 @@ class LabClusterBackend:
         self.lab.unfence(node)
 
     def resume_workload(self, workload: str) -> None:
-        self._side(workload).resume_workload(workload)
+        at = self._kube_vmi(workload)
+        if at is None:
+            self._side(workload).resume_workload(workload)
+            return
+        # Paused by an I/O error: libvirt's resume (virt-api's unpause is not here).
+        vmi_faults.resume(at[0], workload)
 
     def reschedule(self, workload: str) -> None:
         self._side(workload).reschedule(workload)
 
     def migrate(self, workload: str, node: str | None = None) -> dict[str, str]:
+        if self.kubevirt:
+            return self.kube.migrate(workload, node)  # a VirtualMachineInstanceMigration
         if not self._is_vmi(workload):
             raise BackendError(f"{workload} is a pod: only a VMI can be live-migrated")
         return self.lab.migrate(workload, node)

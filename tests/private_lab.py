@@ -100,11 +100,13 @@ class PrivateLab:
         profile: str = "fast",
         vms: bool = False,
         kube: bool = False,
+        kubevirt: bool = False,
         journal: Path | None = None,
     ) -> Iterator[LabBackend]:
         """The private lab up with ``nodes`` nodes; a LabBackend on it.
 
-        ``kube=True`` also starts the real cluster (``lab_up(kube=True)``).
+        ``kube=True`` also starts the real cluster (``lab_up(kube=True)``);
+        ``kubevirt=True`` (with both) its VMIs as kubevirt.io/v1 objects.
 
         Always closes the backend, takes the lab down and undoes the patches;
         then (only if nothing failed already) asserts nothing of it is left.
@@ -114,9 +116,12 @@ class PrivateLab:
         try:
             lifecycle.lab_down()  # an earlier aborted run of this module
             t0 = time.monotonic()
-            lifecycle.lab_up(profile, nodes, node_prefix=self.node_prefix, vms=vms, kube=kube)
+            lifecycle.lab_up(
+                profile, nodes, node_prefix=self.node_prefix, vms=vms, kube=kube, kubevirt=kubevirt
+            )
             what = f"{nodes} node{'s' if nodes != 1 else ''}, {profile}{', vms' if vms else ''}"
             what += ", real cluster" if kube else ""
+            what += ", kubevirt.io VMIs" if kubevirt else ""
             print(f"\nFIGURE lab_up({what}): {time.monotonic() - t0:.2f} s")
             backend = LabBackend()
             try:

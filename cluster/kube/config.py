@@ -94,6 +94,10 @@ class KubeConfig(BaseModel):
     probe_service: str = "{workload}"
     probe_port: int = Field(default=8080, ge=1, le=65535)
     probe_path: str = Field(default="/cgi-bin/healthz", pattern="^/")
+    # pod-ip only: where a VMI's guest answers, when not where pods do (the
+    # lab's guest serves /healthz on 80); None: probe_port and probe_path.
+    vmi_probe_port: int | None = Field(default=None, ge=1, le=65535)
+    vmi_probe_path: str | None = Field(default=None, pattern="^/")
 
     @property
     def target_pair(self) -> tuple[str, str]:

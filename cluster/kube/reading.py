@@ -128,21 +128,27 @@ class KubeReader:
         return pods
 
     def raw_vmis(self) -> list[Obj]:
+        return self._raw_kubevirt("virtualmachineinstances")
+
+    def raw_vms(self) -> list[Obj]:
+        return self._raw_kubevirt("virtualmachines")
+
+    def _raw_kubevirt(self, plural: str) -> list[Obj]:
         if not self.k.has_kubevirt():
             return []
-        vmis: list[Obj] = []
+        found: list[Obj] = []
         for ns in self.k.config.namespaces:
             try:
                 res: Any = self.k.custom.list_namespaced_custom_object(
-                    *KV, ns, "virtualmachineinstances", label_selector=self.k.selector()
+                    *KV, ns, plural, label_selector=self.k.selector()
                 )
             except ApiException as exc:
                 if exc.status == 404:
                     self.k.kubevirt = False
                     return []
-                raise self.k.explain(exc, "list", "virtualmachineinstances") from exc
-            vmis += res["items"]
-        return vmis
+                raise self.k.explain(exc, "list", plural) from exc
+            found += res["items"]
+        return found
 
     def pod_status(self, p: Obj) -> WorkloadStatus:
         st = p.get("status") or {}
@@ -200,7 +206,21 @@ class KubeReader:
 
     def workloads(self) -> list[WorkloadStatus]:
         pods = [self.pod_status(p) for p in self.current_pods().values()]
-        return pods + [self.vmi_status(v) for v in self.raw_vmis()]
+        vmis = [self.vmi_status(v) for v in self.raw_vmis()]
+        return pods + vmis + self._vms_between_vmis({w.name for w in vmis})
+
+    def _vms_between_vmis(self, have: set[str]) -> list[WorkloadStatus]:
+        """A VirtualMachine with no VMI right now (its failed one deleted, the new
+        one not made yet) is a Pending VMI workload, not a missing one."""
+        if not self.k.has_kubevirt():
+            return []
+        out: list[WorkloadStatus] = []
+        for vm in self.raw_vms():
+            labels = vm["metadata"].get("labels") or {}
+            name = labels.get(self.k.config.workload_label, vm["metadata"]["name"])
+            if name not in have and not vm["metadata"].get("deletionTimestamp"):
+                out.append(WorkloadStatus(name, WorkloadKind.VMI, Phase.PENDING, None))
+        return out
 
     def workload(self, name: str) -> WorkloadStatus:
         for w in self.workloads():
@@ -261,6 +281,7 @@ class KubeReader:
         cfg = self.k.config
         # One list of pods per call: this runs every probe interval.
         pod = self.current_pods().get(workload)
+        port, path = cfg.probe_port, cfg.probe_path
         if pod is not None:
             ip = (pod.get("status") or {}).get("podIP")
         else:
@@ -270,9 +291,10 @@ class KubeReader:
             # Guest reachability, not phase: the guest's own address.
             ifaces = (vmi.get("status") or {}).get("interfaces") or []
             ip = ifaces[0].get("ipAddress") if ifaces else None
+            port, path = cfg.vmi_probe_port or port, cfg.vmi_probe_path or path
         if not ip:
             return None
-        return ProbeTarget(ip, cfg.probe_port, cfg.probe_path, netns=cfg.probe_netns)
+        return ProbeTarget(ip, port, path, netns=cfg.probe_netns)
 
     def service_name(self, workload: str) -> str:
         return self.k.config.probe_service.format(workload=workload)

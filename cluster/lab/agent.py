@@ -212,7 +212,14 @@ class Agent:
         shutil.rmtree(runtime.bundle_dir(self.node, pod.name), ignore_errors=True)
         log.info("pod %s: stopped", pod.name)
 
+    def _vmis_elsewhere(self) -> bool:
+        """VMIs are kubevirt.io/v1 objects run by the node's virt-handler
+        (``cluster.lab.kube.virt_handler``): their domains are not this agent's."""
+        return self._setting("vmi_api") == "kubevirt"
+
     def _sync_vmis(self) -> None:
+        if self._vmis_elsewhere():
+            return
         rows = self._assignments("vmi")
         wanted = {name: (int(r["generation"]), r["ip"]) for name, r in rows.items()}
         # Live migrations off this node in flight: libvirt moves those domains.
@@ -342,7 +349,8 @@ class Agent:
         for name in runtime.list_containers(self.node):
             # Left by an agent that was killed: start from a clean slate.
             runtime.delete(self.node, name)
-        self.vmis.clean_slate()
+        if not self._vmis_elsewhere():
+            self.vmis.clean_slate()
         rfd, wfd = os.pipe()
         os.set_blocking(rfd, False)
         os.set_blocking(wfd, False)

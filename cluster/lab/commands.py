@@ -55,12 +55,23 @@ def lab_commands(revert_pending: Callable[[], None]) -> click.Group:
         "scheduler on the hub, a containerd and a kubelet per node) runs the pods; "
         "--model: the lab's own model of them does (no Kubernetes component)",
     )
-    def lab_up_cmd(profile: str, nodes: int, vms: bool, kube: bool) -> None:
+    @click.option(
+        "--kubevirt",
+        is_flag=True,
+        help="with --vms on the real cluster: VMIs are kubevirt.io/v1 objects of its API "
+        "server, reconciled by the lab's virt-controller and virt-handlers (KubeVirt's own "
+        "CRDs), and the harness drives them through the kube backend",
+    )
+    def lab_up_cmd(profile: str, nodes: int, vms: bool, kube: bool, kubevirt: bool) -> None:
 
         get_profile(profile)  # bad input fails before anything is created
+        if kubevirt and not (vms and kube):
+            raise click.UsageError("--kubevirt needs --vms and the real cluster (--kube)")
         what = "with VMs" if vms else "pods only"
+        if kubevirt:
+            what += " (kubevirt.io/v1 objects)"
         with console.status(f"bringing the lab up ({nodes} nodes, {what}, profile {profile})"):
-            choice = lab_up(profile=profile, nodes=nodes, vms=vms, kube=kube)
+            choice = lab_up(profile=profile, nodes=nodes, vms=vms, kube=kube, kubevirt=kubevirt)
         out.print(f"[green]lab up[/]: {nodes} nodes, {what}, profile {profile}", highlight=False)
         if choice is not None:
             out.print(f"VM accelerator: {choice.describe()}", highlight=False, soft_wrap=True)

@@ -31,8 +31,10 @@ from cluster.lab.accel import AccelChoice
 from cluster.lab.guest.build import build_guest
 from cluster.lab.kube import cluster as kube_cluster
 from cluster.lab.kube import hub as kube_hub
+from cluster.lab.kube import images as kube_images
 from cluster.lab.kube import node as kube_node
 from cluster.lab.kube import paths as kube_paths
+from cluster.lab.kube.virt_api import write_virt_kubeconfig
 from cluster.lab.store import NodeRow, Store, db_path
 from cluster.profiles import get_profile
 from core.clock import Clock
@@ -52,7 +54,12 @@ __all__ = [
     "set_profile",
 ]
 
-_DAEMONS = ("cluster.lab.agent", "cluster.lab.controlplane")
+_DAEMONS = (
+    "cluster.lab.agent",
+    "cluster.lab.controlplane",
+    "cluster.lab.kube.virt_controller",
+    "cluster.lab.kube.virt_handler",
+)
 # Popen objects of daemons this process started: polled so that dead ones do
 # not linger as zombies (a zombie still answers kill(pid, 0)).
 _children: dict[int, subprocess.Popen[bytes]] = {}
@@ -227,6 +234,28 @@ def _start_controlplane() -> int:
     return pid
 
 
+def _start_virt_controller() -> int:
+    """The lab's virt-controller, in the hub's netns and cgroup (the hub's teardown kills it)."""
+    return _spawn(
+        net.HUB_NS,
+        "cluster.lab.kube.virt_controller",
+        ["--image", kube_images.pause_image()],
+        _log_dir() / "virt-controller.log",
+        kube_hub.HUB_CGROUP,
+    )
+
+
+def _start_virt_handler(node: str, index: int) -> int:
+    """A node's virt-handler, in its netns and cgroup (a power-off kills it)."""
+    return _spawn(
+        net.node_ns(node),
+        "cluster.lab.kube.virt_handler",
+        ["--node", node, "--index", str(index)],
+        _log_dir() / f"{node}-virt-handler.log",
+        node,
+    )
+
+
 def _start_agent(store: Store, node: str) -> int:
     (Path(state.RUN_DIR) / node).mkdir(parents=True, exist_ok=True)
     pid = _spawn(
@@ -261,6 +290,8 @@ def reboot_node(store: Store, node: NodeRow) -> None:
     if kube_cluster.cluster_up():
         kube_node.cleanup_node(name)  # what the killed kubelet and containerd left
         kube_cluster.start_kubelet(name, node.idx)
+    if store.get_setting("vmi_api") == "kubevirt":
+        _start_virt_handler(name, node.idx)
     _start_agent(store, name)
     store.set_node_flag(name, "powered", True)
 
@@ -299,6 +330,7 @@ def lab_up(
     restart_healing: bool = True,
     vms: bool = False,
     kube: bool = False,
+    kubevirt: bool = False,
     timeout: float | None = None,
     clock: Clock | None = None,
 ) -> AccelChoice | None:
@@ -313,6 +345,10 @@ def lab_up(
     ``kube=True`` also starts the real cluster (``cluster.lab.kube``): etcd,
     kube-apiserver, kube-controller-manager and kube-scheduler in the hub, a
     containerd and a kubelet per node, and waits until every Node is Ready.
+    ``kubevirt=True`` (with both) makes VMIs ``kubevirt.io/v1`` objects of that
+    API server: the lab's virt-controller in the hub and a virt-handler per
+    node reconcile them (``cluster.lab.kube.virt_controller``), and the node
+    agents leave VMIs alone.
     Raises ``LabError`` (after tearing down what it made) if a node does not
     become Ready in time, with the tails of the daemon logs in the message.
     """
@@ -323,6 +359,10 @@ def lab_up(
         raise LabError(f"the lab runs 1..9 nodes, not {nodes}")
     if controlplane_alive() or any(kube_hub.hub_alive().values()):
         raise LabError("the lab is already up; run `rto lab down` first")
+    if kubevirt and not (kube and vms):
+        raise LabError(
+            "VMIs as kubevirt.io/v1 objects need the real cluster and VMs (--kube --vms)"
+        )
     if leftovers():
         lab_down()  # a previous lab died without its down: start clean
     choice = accel.accelerator() if vms else None
@@ -335,6 +375,7 @@ def lab_up(
         store.put_setting("restart_healing", restart_healing)
         store.put_setting("vms", vms)
         store.put_setting("accelerator", choice.accel if choice else None)
+        store.put_setting("vmi_api", "kubevirt" if kubevirt else "lab")
         if vms:
             build_guest()  # cached; agents then find it ready
         names = [f"{node_prefix}{i}" for i in range(1, nodes + 1)]
@@ -349,6 +390,11 @@ def lab_up(
             kube_cluster.start_cluster(
                 prof.name, list(zip(names, range(1, nodes + 1), strict=True))
             )
+        if kubevirt:
+            write_virt_kubeconfig()
+            _start_virt_controller()
+            for i, name in enumerate(names, start=1):
+                _start_virt_handler(name, i)
         _start_controlplane()
         for name in names:
             _start_agent(store, name)

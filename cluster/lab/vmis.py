@@ -555,6 +555,15 @@ class VmiHandler:
     def _libvirtd_up(self) -> bool:
         return virtd.libvirtd_pid(self.node) is not None
 
+    def has_domain(self, name: str) -> bool:
+        """Does a running domain of VMI ``name`` exist on this node's libvirtd?"""
+        try:
+            dom = self._domain(name)
+            return dom is not None and bool(dom.isActive())
+        except Exception as exc:  # libvirtd down: no domain either way
+            log.warning("vmi %s: domain unknown: %s", name, exc)
+            return False
+
     def statuses(self) -> dict[str, dict[str, object]]:
         return {name: vmi.status() for name, vmi in self.vmis.items()}
 

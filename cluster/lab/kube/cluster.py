@@ -264,6 +264,9 @@ def _prepare(api: k8s.ApiClient, nodes: list[str]) -> None:
         # rebooted, and false timeouts ended recovered runs as not recovered.
         "probe": "pod-ip",
         "probe_netns": net.HUB_NS,
+        # The lab's guest (cluster.lab.guest) answers GET /healthz on port 80.
+        "vmi_probe_port": 80,
+        "vmi_probe_path": "/healthz",
         "profile": _profile(),
         # No pod_volume_host_path here: the lab's backend adds it (and makes the
         # volume before each pod, cluster.lab_cluster). A plain `--backend kube`
