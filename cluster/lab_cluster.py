@@ -9,7 +9,7 @@ and every pod call goes to a ``KubeBackend`` on the config the lab wrote
 (``/var/lib/rto-lab/kube/rto-kube.yaml``), the same code a user points at their
 own cluster. VMIs are the lab's (``cluster.lab.backend.LabBackend``: libvirt
 domains, watchdog, live migration, placed by the lab's model), unless the lab
-came up with ``kubevirt`` (``rto lab up --kubevirt``): then VMIs are
+came up with ``kubevirt`` (the default of ``rto lab up --vms``): then VMIs are
 VirtualMachines of the API server, reconciled by the lab's virt-controller and
 virt-handlers (``cluster.lab.kube.virt_controller``), and every VMI call goes
 to the kube backend too, except what only the lab can do to a guest (SIGKILL
@@ -85,14 +85,15 @@ class LabClusterBackend:
         kube: KubeBackend,
         reload_kube: Callable[[], KubeBackend] = _kube_backend,
         switch_cluster: Callable[[str], None] | None = None,
+        kubevirt: bool = False,
     ) -> None:
         self.lab, self.kube = lab, kube
         self._reload_kube = reload_kube
         # Restarts the real components with the profile's flags.
         self._switch_cluster = switch_cluster or _switch_real_cluster
         self.clock = lab.clock
-        # VMIs as kubevirt.io/v1 objects (lab up --kubevirt), chosen at lab up.
-        self.kubevirt = lab.store.get_setting("vmi_api") == "kubevirt"
+        # VMIs as kubevirt.io/v1 objects of the cluster (chosen at lab up).
+        self.kubevirt = kubevirt
 
     def close(self) -> None:
         try:
@@ -432,11 +433,14 @@ class LabClusterProvider:
         lab = LabBackend()
         if not kube_cluster.cluster_up():
             return lab  # a lab brought up without its real cluster (`lab up --model`)
-        return LabClusterBackend(lab, _kube_backend())
+        kubevirt = lab.store.get_setting("vmi_api") == "kubevirt"
+        return LabClusterBackend(lab, _kube_backend(), kubevirt=kubevirt)
 
     def up(self, profile: str, nodes: int, vms: bool) -> str | None:
-        choice = lab_up(profile=profile, nodes=nodes, vms=vms, kube=True)
+        choice = lab_up(profile=profile, nodes=nodes, vms=vms, kube=True)  # VMIs: kubevirt.io
         what = f"Kubernetes {KUBE_VERSION} on {nodes} nodes"
+        if vms:
+            what += f"; VMIs as KubeVirt {KUBEVIRT_VERSION} objects (the lab's virt-controller)"
         return what if choice is None else f"{what}; VM accelerator: {choice.describe()}"
 
     def down(self) -> None:

@@ -288,6 +288,23 @@ def test_a_migration_gets_a_target_pod_off_the_source_then_ends(world: World) ->
         ),
     )
     assert (w.get("virtualmachineinstances", name) or {})["status"]["phase"] == "Running"
+    # A second migration back does not inherit the first one's outcome (the
+    # status is merge-patched: what a write does not name stays).
+    mig2 = w.custom.create_namespaced_custom_object(*KV, NS, "virtualmachineinstancemigrations", {
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceMigration",
+        "metadata": {"name": w.name("mig2")}, "spec": {"vmiName": name},
+    })  # fmt: skip
+    uid = mig2["metadata"]["uid"]
+    w.settle("a second target pod", lambda: target() is not None)
+    w.run_pod(target(), src)
+    w.settle("the second migrationState", lambda: state().get("migrationUid") == uid)
+    for _ in range(5):
+        w.ctl.reconcile()
+        time.sleep(0.1)
+    assert not state().get("completed") and not state().get("endTimestamp"), state()
+    phase2 = ((w.get("virtualmachineinstancemigrations", w.name("mig2")) or {}).get("status")
+              or {}).get("phase")  # fmt: skip
+    assert phase2 in ("TargetReady", "Running"), phase2
 
 
 def test_a_migration_of_a_vmi_that_does_not_run_fails(world: World) -> None:

@@ -30,6 +30,7 @@ from kubernetes.config.config_exception import ConfigException
 from cluster.api import (
     Event,
     NodeStatus,
+    Phase,
     ProbeTarget,
     VolumeFailure,
     WorkloadKind,
@@ -319,9 +320,29 @@ class KubeBackend:
             )
 
     def wait_ready(self, name: str, timeout: float) -> WorkloadStatus | None:
-        """None: readiness is the run's steady-state probe (through the service
-        proxy), which also holds in dry-run mode where nothing was created."""
-        return None
+        """Wait until the workload is Running with its Ready condition True (what
+        ``kubectl wait --for=condition=Ready`` waits for); its status then.
+
+        A guest's HTTP server may answer before its VMI is Ready, while the
+        guest still boots and answers slowly: a steady state read off the
+        probes alone would then start a run on a workload that is not up.
+        None in dry-run mode (nothing was created) or when it is not Ready in
+        ``timeout``; the run's steady-state probe then decides.
+        """
+        if self.dry_run:
+            return None
+        deadline = self.clock.now() + timeout
+        while True:
+            try:
+                st: WorkloadStatus | None = self.workload(name)
+            except BackendError:
+                st = None  # not made yet (a VM between two VMIs)
+            ready = None if st is None else st.condition("Ready")
+            if st is not None and st.phase is Phase.RUNNING and ready is not None and ready.status:
+                return st
+            if self.clock.now() >= deadline:
+                return None
+            self.sleep(0.25)
 
     def metrics(self, workload: str) -> MetricSample | None:
         """A metrics-server reading of the workload's pod (``cluster.kube.observe``).

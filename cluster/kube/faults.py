@@ -184,10 +184,15 @@ class KubeFaults:
                 body,
             )
         except BackendError as exc:
+            if "(404)" in str(exc):
+                # Gone while the eviction was retried: KubeVirt refuses a VMI's
+                # launcher pod eviction (429) and migrates it away, then deletes
+                # the pod. A drain counts that as done, as kubectl drain does.
+                return
             if blocked(exc):
                 raise BackendError(
                     f"eviction of {ns}/{pod} blocked by a PodDisruptionBudget "
-                    f"for {patience:.0f} s: {exc}"
+                    f"or KubeVirt's evacuation for {patience:.0f} s: {exc}"
                 ) from exc
             raise
 

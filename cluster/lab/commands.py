@@ -56,17 +56,20 @@ def lab_commands(revert_pending: Callable[[], None]) -> click.Group:
         "--model: the lab's own model of them does (no Kubernetes component)",
     )
     @click.option(
-        "--kubevirt",
-        is_flag=True,
-        help="with --vms on the real cluster: VMIs are kubevirt.io/v1 objects of its API "
-        "server, reconciled by the lab's virt-controller and virt-handlers (KubeVirt's own "
-        "CRDs), and the harness drives them through the kube backend",
+        "--kubevirt/--model-vmis",
+        default=None,
+        help="with --vms on the real cluster (the default there): VMIs are kubevirt.io/v1 "
+        "objects of its API server (KubeVirt's own CRDs), reconciled by the lab's "
+        "virt-controller and virt-handlers, driven through the kube backend; --model-vmis: "
+        "the lab model's VMIs (placed by its control plane)",
     )
-    def lab_up_cmd(profile: str, nodes: int, vms: bool, kube: bool, kubevirt: bool) -> None:
+    def lab_up_cmd(profile: str, nodes: int, vms: bool, kube: bool, kubevirt: bool | None) -> None:
 
         get_profile(profile)  # bad input fails before anything is created
         if kubevirt and not (vms and kube):
             raise click.UsageError("--kubevirt needs --vms and the real cluster (--kube)")
+        if kubevirt is None:
+            kubevirt = vms and kube
         what = "with VMs" if vms else "pods only"
         if kubevirt:
             what += " (kubevirt.io/v1 objects)"

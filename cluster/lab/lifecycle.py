@@ -330,7 +330,7 @@ def lab_up(
     restart_healing: bool = True,
     vms: bool = False,
     kube: bool = False,
-    kubevirt: bool = False,
+    kubevirt: bool | None = None,
     timeout: float | None = None,
     clock: Clock | None = None,
 ) -> AccelChoice | None:
@@ -345,10 +345,12 @@ def lab_up(
     ``kube=True`` also starts the real cluster (``cluster.lab.kube``): etcd,
     kube-apiserver, kube-controller-manager and kube-scheduler in the hub, a
     containerd and a kubelet per node, and waits until every Node is Ready.
-    ``kubevirt=True`` (with both) makes VMIs ``kubevirt.io/v1`` objects of that
-    API server: the lab's virt-controller in the hub and a virt-handler per
-    node reconcile them (``cluster.lab.kube.virt_controller``), and the node
-    agents leave VMIs alone.
+    ``kubevirt`` (default: when both ``vms`` and ``kube``) makes VMIs
+    ``kubevirt.io/v1`` objects of that API server: the lab's virt-controller in
+    the hub and a virt-handler per node reconcile them
+    (``cluster.lab.kube.virt_controller``), and the node agents leave VMIs
+    alone. ``kubevirt=False`` keeps the lab model's VMIs (placed by its
+    control plane, run by the agents).
     Raises ``LabError`` (after tearing down what it made) if a node does not
     become Ready in time, with the tails of the daemon logs in the message.
     """
@@ -359,6 +361,8 @@ def lab_up(
         raise LabError(f"the lab runs 1..9 nodes, not {nodes}")
     if controlplane_alive() or any(kube_hub.hub_alive().values()):
         raise LabError("the lab is already up; run `rto lab down` first")
+    if kubevirt is None:
+        kubevirt = vms and kube
     if kubevirt and not (kube and vms):
         raise LabError(
             "VMIs as kubevirt.io/v1 objects need the real cluster and VMs (--kube --vms)"

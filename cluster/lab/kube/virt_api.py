@@ -34,7 +34,7 @@ from kubernetes.watch.watch import iter_resp_lines
 
 from cluster.lab import state
 from cluster.lab.kube import paths
-from cluster.lab.kube.pki import ADMIN_USER, Pki, kubeconfig
+from cluster.lab.kube.pki import ADMIN_USER, Pki, kubeconfig, make_cert
 
 __all__ = [
     "ADDRESS_ANNOTATION",
@@ -48,6 +48,7 @@ __all__ = [
     "VirtApi",
     "now_iso",
     "virt_kubeconfig",
+    "webhook_tls",
     "write_virt_kubeconfig",
 ]
 
@@ -76,6 +77,12 @@ def virt_kubeconfig() -> Path:
     return paths.kube_dir() / "kubeconfigs" / "kubevirt.kubeconfig"
 
 
+def webhook_tls() -> tuple[Path, Path, Path]:
+    """(cert, key, CA) of the virt-api webhooks' serving certificate (``write_virt_kubeconfig``)."""
+    pki = Pki.default()
+    return pki.crt("virt-api"), pki.key("virt-api"), pki.ca
+
+
 def write_virt_kubeconfig() -> Path:
     """The lab's virt components' kubeconfig: the admin identity, over the lab bridge.
 
@@ -89,6 +96,8 @@ def write_virt_kubeconfig() -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     url = f"https://{state.HUB_IP}:{paths.API_PORT}"
     kubeconfig(path, url, pki.ca, pki.crt("admin"), pki.key("admin"), ADMIN_USER)
+    # The webhooks' serving certificate: the API server calls them on the hub.
+    make_cert(pki.dir, "virt-api", "/CN=virt-api", [f"IP:{state.HUB_IP}"])
     return path
 
 

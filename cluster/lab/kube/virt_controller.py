@@ -44,7 +44,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from cluster.lab import net
+from cluster.lab import net, state
 from cluster.lab.kube.virt_api import (
     ADDRESS_ANNOTATION,
     CREATED_BY,
@@ -60,13 +60,16 @@ from cluster.lab.kube.virt_api import (
     custom_path,
     now_iso,
     pods_path,
+    webhook_tls,
 )
+from cluster.lab.kube.virt_webhooks import Webhooks, register, serve
 
 __all__ = ["VirtController", "address_slots", "launcher_pod", "main", "vmi_of_vm"]
 
 log = logging.getLogger("virt-controller")
 
 _ENDED = ("Failed", "Succeeded")
+WEBHOOK_PORT = 8443  # on the hub's bridge address, where the API server calls it
 _FIRST_SLOT, _LAST_SLOT = 150, 250  # of net.VMI_SUBNET; below is the lab model's
 
 
@@ -376,6 +379,37 @@ class VirtController:
         node = st.get("nodeName")
         if not any(_pod_alive(p) for p in pods if (p.get("spec") or {}).get("nodeName") == node):
             self._fail(vmi, "NoLauncherPod")
+            return
+        self._evacuate(vmi)
+
+    def _evacuate(self, vmi: Obj) -> None:
+        """An eviction the webhook turned into an evacuation: migrate the VMI away."""
+        md, st = _md(vmi), _status(vmi)
+        away = st.get("evacuationNodeName")
+        if not away:
+            return
+        ns, name = md["namespace"], md["name"]
+        if away != st.get("nodeName"):
+            self._patch_vmi(vmi, {"status": {"evacuationNodeName": None}})  # it left
+            return
+        pending = [
+            m
+            for m in self.migrations.items()
+            if (_md(m).get("namespace"), (m.get("spec") or {}).get("vmiName")) == (ns, name)
+            and _status(m).get("phase") not in _ENDED
+        ]
+        if pending or st.get("phase") != "Running":
+            return
+        # One name per (VMI, last migration): a retried pass makes no second one.
+        last = str((st.get("migrationState") or {}).get("migrationUid") or md["uid"])
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "VirtualMachineInstanceMigration",
+            "metadata": {"name": f"kubevirt-evacuation-{name}-{last[:5]}", "namespace": ns},
+            "spec": {"vmiName": name},
+        }
+        if self.api.create(custom_path("virtualmachineinstancemigrations", ns), body):
+            log.info("vmi %s/%s: evacuation of %s: migration created", ns, name, away)
 
     # --- VirtualMachineInstanceMigration -----------------------------------------------
     def _patch_migration(self, mig: Obj, status: Obj) -> bool:
@@ -440,6 +474,9 @@ class VirtController:
             return
         if not _pod_alive(target):
             self._end_migration(mig, vmi, False, "target pod ended")
+        elif (target.get("spec") or {}).get("nodeName") == st.get("nodeName"):
+            # Placed while the VMI was elsewhere (it has moved since): no move left to make.
+            self._end_migration(mig, vmi, False, "target pod is on the VMI's node")
         elif _pod_running(target):
             state = {
                 "migrationUid": uid,
@@ -448,6 +485,12 @@ class VirtController:
                 "targetPod": _md(target)["name"],
                 "startTimestamp": now_iso(),
                 "mode": "PreCopy",
+                # A merge patch keeps what it does not name: clear the last
+                # migration's outcome, or this one would read as ended already.
+                "completed": None,
+                "failed": None,
+                "failureReason": None,
+                "endTimestamp": None,
             }
             if self._patch_vmi(vmi, {"status": {"migrationState": state}}):
                 self._patch_migration(mig, {"phase": "TargetReady"})
@@ -478,10 +521,16 @@ def main(argv: list[str] | None = None) -> int:
     api = VirtApi()
     ctl = VirtController(api, args.image)
     ctl.start()
-    log.info("virt-controller up: %d VMs, %d VMIs", len(ctl.vms.items()), len(ctl.vmis.items()))
+    hooks = Webhooks(api, ctl.pods.get, ctl.vmis.items)
+    cert, key, ca = webhook_tls()
+    server = serve(hooks, state.HUB_IP, WEBHOOK_PORT, cert, key)
+    register(api, f"https://{state.HUB_IP}:{WEBHOOK_PORT}", ca)
+    log.info("virt-controller up: %d VMs, %d VMIs; webhooks on %s:%d", len(ctl.vms.items()),
+             len(ctl.vmis.items()), state.HUB_IP, WEBHOOK_PORT)  # fmt: skip
     try:
         ctl.run(stop)
     finally:
+        server.shutdown()
         ctl.stop()
         api.close()
     return 0

@@ -1,0 +1,209 @@
+"""VMIs as kubevirt.io/v1 objects on the lab's real cluster: ``lab_up(kubevirt=True)``.
+
+A private 2-node lab on ``fast`` with the real cluster and VMs, whose VMIs are
+VirtualMachines of the lab's API server (KubeVirt's own CRDs), reconciled by
+the lab's virt-controller (hub) and virt-handlers (one per node,
+``cluster.lab.kube.virt_controller``, ``virt_handler``). The harness drives
+them through ``LabClusterBackend``, whose VMI calls now go to the kube
+backend: a VirtualMachine is created, its virt-launcher pod is placed by the
+real scheduler and run by the real kubelet, the guest boots under the node's
+libvirtd, and its status (phase, node, Ready, the guest address) is read back
+from the API server. A SIGKILL of its QEMU makes a new VMI (KubeVirt does not
+restart in place); a VirtualMachineInstanceMigration live-migrates it; a
+powered-off node's VMI comes back elsewhere once the eviction healer fences
+the node (the real out-of-service taint lets the pod GC delete the launcher).
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client as k8s
+from lab_node_kit import in_netns
+from private_lab import PrivateLab
+
+from cluster.api import Phase, WorkloadKind
+from cluster.lab import net
+from cluster.lab.kube import cluster as kube_cluster
+from cluster.lab_cluster import LabClusterBackend, LabClusterProvider
+from core.errors import BackendError
+from core.wait import poll_until
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+LAB = PrivateLab("kvirt", "rtokv", "kvn")
+KV = ("kubevirt.io", "v1")
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[LabClusterBackend]:
+    with LAB.up(2, profile="fast", vms=True, kube=True, kubevirt=True) as lab:
+        lab.close()
+        b = LabClusterProvider().backend()
+        assert isinstance(b, LabClusterBackend) and b.kubevirt
+        try:
+            yield b
+        finally:
+            for w in b.workloads():
+                b.delete_workload(w.name)
+            b.close()
+
+
+def _get(path: str, host: str, port: int) -> int:
+    def call() -> int:
+        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=2) as resp:
+            return int(resp.status)
+
+    return in_netns(net.HUB_NS, call)
+
+
+def _answers(b: LabClusterBackend, name: str) -> bool:
+    target = b.probe_target(name)
+    if target is None:
+        return False
+    try:
+        return _get(target.path, target.host, target.port) == 200
+    except OSError:
+        return False
+
+
+def _vmi_obj(name: str) -> dict[str, object]:
+    api = kube_cluster.api_client()
+    try:
+        got: dict[str, object] = k8s.CustomObjectsApi(api).get_namespaced_custom_object(
+            *KV, kube_cluster.NAMESPACE, "virtualmachineinstances", name
+        )
+        return got
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+
+
+def _launchers(name: str) -> list[k8s.V1Pod]:
+    api = kube_cluster.api_client()
+    try:
+        return list(
+            k8s.CoreV1Api(api)
+            .list_namespaced_pod(
+                kube_cluster.NAMESPACE,
+                label_selector=f"kubevirt.io=virt-launcher,vm.kubevirt.io/name={name}",
+            )
+            .items
+        )
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+
+
+def _up(b: LabClusterBackend, name: str, timeout: float = 180) -> None:
+    """Ready in the API (the handler saw the guest's ready line) and answering."""
+    assert b.wait_ready(name, timeout) is not None, f"VMI {name} not Ready in {timeout} s"
+    poll_until(lambda: _answers(b, name), timeout, f"VMI {name} answering", interval=0.5)
+
+
+def test_a_vm_runs_as_a_kubevirt_vmi_on_a_real_launcher_pod(backend: LabClusterBackend) -> None:
+    b = backend
+    t0 = time.monotonic()
+    b.create_workload("kv-a", WorkloadKind.VMI, LAB.node(1))
+    _up(b, "kv-a")
+    print(f"\nFIGURE kubevirt VM created -> guest answering: {time.monotonic() - t0:.2f} s")
+    st = b.workload("kv-a")
+    assert st.kind is WorkloadKind.VMI and st.phase is Phase.RUNNING
+    assert st.node == LAB.node(1)
+    ready = st.condition("Ready")
+    assert ready is not None and ready.status
+    vmi = _vmi_obj("kv-a")
+    assert vmi["status"]["nodeName"] == LAB.node(1)  # type: ignore[index]
+    pods = [p for p in _launchers("kv-a") if p.status.phase == "Running"]
+    assert [p.spec.node_name for p in pods] == [LAB.node(1)]
+    assert b.platform_version(WorkloadKind.VMI).startswith("Kubernetes v1.34")  # type: ignore[union-attr]
+
+
+def test_a_killed_qemu_makes_a_new_vmi(backend: LabClusterBackend) -> None:
+    b = backend
+    _up(b, "kv-a")
+    before = b.workload("kv-a").instance
+    t0 = time.monotonic()
+    b.kill_main_process("kv-a")
+    poll_until(lambda: b.workload("kv-a").instance != before, 60, "a new VMI", interval=0.2)
+    _up(b, "kv-a")
+    print(f"\nFIGURE kubevirt QEMU killed -> new VMI answering: {time.monotonic() - t0:.2f} s")
+    assert b.workload("kv-a").phase is Phase.RUNNING
+
+
+def test_a_live_migration_moves_the_vmi(backend: LabClusterBackend) -> None:
+    b = backend
+    _up(b, "kv-a")
+    src = b.workload("kv-a").node
+    figures = b.migrate("kv-a")
+    assert figures["source"] == src and figures["target"] not in ("", src), figures
+    st = b.workload("kv-a")
+    assert st.node == figures["target"] and st.phase is Phase.RUNNING
+    assert _answers(b, "kv-a")
+    poll_until(
+        lambda: (
+            [p.spec.node_name for p in _launchers("kv-a") if not p.metadata.deletion_timestamp]
+            == [figures["target"]]
+        ),
+        30,
+        "only the target's launcher pod left",
+    )
+    print(f"\nFIGURE kubevirt migration total {figures['total_ms']} ms (from migrationState)")
+
+
+def test_a_second_migration_in_flight_is_refused_by_the_webhook(
+    backend: LabClusterBackend,
+) -> None:
+    b = backend
+    _up(b, "kv-a")
+    first = b.kube.start_migration("kv-a")
+    assert first is not None
+    with pytest.raises(BackendError, match="in-flight migration"):
+        b.kube.start_migration("kv-a")
+    assert b.kube.wait_migration(first, timeout=60) == "Succeeded"
+
+
+def test_a_drain_s_eviction_becomes_a_live_migration(backend: LabClusterBackend) -> None:
+    """KubeVirt's eviction webhook: 429 and an evacuation, then the pod is gone."""
+    b = backend
+    _up(b, "kv-a")
+    before = b.workload("kv-a")
+    assert before.node is not None
+    b.cordon(before.node)
+    try:
+        t0 = time.monotonic()
+        b.evict("kv-a")  # returns once the launcher pod is gone: the VMI moved
+        print(f"\nFIGURE kubevirt eviction -> evacuated: {time.monotonic() - t0:.2f} s")
+        after = b.workload("kv-a")
+        assert after.node not in (None, before.node)
+        assert after.instance == before.instance  # the same VMI, migrated, not a new one
+        assert _answers(b, "kv-a")
+        poll_until(
+            lambda: not (_vmi_obj("kv-a").get("status") or {}).get("evacuationNodeName"),  # type: ignore[attr-defined]
+            10,
+            "evacuationNodeName cleared",
+        )
+    finally:
+        b.uncordon(before.node)
+
+
+def test_a_powered_off_node_s_vmi_comes_back_after_the_fence(backend: LabClusterBackend) -> None:
+    b = backend
+    _up(b, "kv-a")
+    node = b.workload("kv-a").node
+    assert node is not None
+    t0 = time.monotonic()
+    b.power_off(node)
+    try:
+        poll_until(lambda: not b.node(node).ready, 60, f"{node} NotReady", interval=0.5)
+        b.fence(node)
+        poll_until(lambda: b.workload("kv-a").node not in (None, node), 120,
+                   "the VMI on the other node", interval=0.5)  # fmt: skip
+        _up(b, "kv-a")
+        print(f"\nFIGURE kubevirt power-off -> fenced -> answering elsewhere: "
+              f"{time.monotonic() - t0:.2f} s")  # fmt: skip
+    finally:
+        b.unfence(node)
+        b.power_on(node)
+        poll_until(lambda: b.node(node).ready, 120, f"{node} Ready again", interval=0.5)
