@@ -12,9 +12,10 @@ domains, watchdog, live migration, placed by the lab's model), unless the lab
 came up with ``kubevirt`` (the default of ``rto lab up --vms``): then VMIs are
 VirtualMachines of the API server, reconciled by the lab's virt-controller and
 virt-handlers (``cluster.lab.kube.virt_controller``), and every VMI call goes
-to the kube backend too, except what only the lab can do to a guest (SIGKILL
-its QEMU, hang or resume it, cut it off, unplug its disk: KubeVirt's launcher
-and virt-api are not here), done on the node its VMI status names. Calls on a node reach both
+to the kube backend too (a paused guest is unpaused through virt-api's
+subresource), except what only the lab can do to a guest (SIGKILL its QEMU,
+hang it, cut it off, unplug its disk: KubeVirt's launcher is not here), done
+on the node its VMI status names. Calls on a node reach both
 sides where both must see them (cordon, fence); the node itself is the lab's
 (power, network cut). Nodes are read from the real API server: its Nodes and
 Leases are what the platform decides on. The lab and the kube backend do not
@@ -396,8 +397,13 @@ class LabClusterBackend:
         if at is None:
             self._side(workload).resume_workload(workload)
             return
-        # Paused by an I/O error: libvirt's resume (virt-api's unpause is not here).
-        vmi_faults.resume(at[0], workload)
+        paused = self.kube.workload(workload).condition("Paused")
+        if paused is not None and paused.status:
+            # KubeVirt's way: PUT .../virtualmachineinstances/NAME/unpause, through
+            # the aggregator to the lab's virt-api (cluster.lab.kube.virt_subresources).
+            self.kube.resume_workload(workload)
+            return
+        vmi_faults.resume(at[0], workload)  # not paused (yet): a no-op unless libvirt says so
 
     def reschedule(self, workload: str) -> None:
         self._side(workload).reschedule(workload)

@@ -16,18 +16,25 @@ the node (the real out-of-service taint lets the pod GC delete the launcher).
 
 from __future__ import annotations
 
+import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
 from lab_node_kit import in_netns
 from private_lab import PrivateLab
 
 from cluster.api import Phase, WorkloadKind
+from cluster.kube.watch import raw_request
 from cluster.lab import net
 from cluster.lab.kube import cluster as kube_cluster
+from cluster.lab.kube import hub
+from cluster.lab.kube.pki import Pki, kubeconfig, make_cert
 from cluster.lab_cluster import LabClusterBackend, LabClusterProvider
 from core.errors import BackendError
 from core.wait import poll_until
@@ -186,6 +193,46 @@ def test_a_drain_s_eviction_becomes_a_live_migration(backend: LabClusterBackend)
         )
     finally:
         b.uncordon(before.node)
+
+
+def test_pause_and_unpause_through_the_aggregated_virt_api(backend: LabClusterBackend) -> None:
+    """cluster/kube's subresource calls reach the lab's virt-api through the real aggregator."""
+    b = backend
+    _up(b, "kv-a")
+    b.kube.client.sub(kube_cluster.NAMESPACE, "kv-a", "pause")
+
+    def paused() -> bool:
+        c = b.workload("kv-a").condition("Paused")
+        return c is not None and c.status
+
+    poll_until(paused, 30, "the Paused condition", interval=0.2)
+    assert not _answers(b, "kv-a")
+    b.resume_workload("kv-a")  # sees Paused: the unpause subresource
+    poll_until(lambda: not paused() and _answers(b, "kv-a"), 30, "unpaused", interval=0.2)
+    # A volume the VMI does not declare: 422, as KubeVirt answers.
+    with pytest.raises(BackendError, match="422"):
+        b.kube.client.sub(kube_cluster.NAMESPACE, "kv-a", "removevolume", {"name": "nosuch"})
+
+
+def test_virt_api_authorizes_the_user_with_rbac(backend: LabClusterBackend, tmp_path: Path) -> None:
+    """A user the API server authenticates but RBAC grants nothing: 403 from virt-api."""
+    pki = Pki(tmp_path)
+    shutil.copy(Pki.default().ca, pki.ca)
+    shutil.copy(Pki.default().dir / "ca.key", pki.dir / "ca.key")
+    make_cert(pki.dir, "nobody", "/CN=rto-kv-nobody")
+    kubeconfig(tmp_path / "kc", hub.api_server_url(), pki.ca, pki.crt("nobody"),
+               pki.key("nobody"), "rto-kv-nobody")  # fmt: skip
+    api = k8s_config.new_client_from_config(config_file=str(tmp_path / "kc"))  # type: ignore[no-untyped-call]
+    try:
+        path = (f"/apis/subresources.kubevirt.io/v1/namespaces/{kube_cluster.NAMESPACE}"
+                "/virtualmachineinstances/kv-a/pause")  # fmt: skip
+        with pytest.raises(ApiException) as err:
+            raw_request(api, "PUT", path, body={})
+        assert err.value.status == 403
+        assert "rto-kv-nobody" in str(err.value.body)
+    finally:
+        api.close()
+    assert _answers(backend, "kv-a")  # refused before it touched the guest
 
 
 def test_a_powered_off_node_s_vmi_comes_back_after_the_fence(backend: LabClusterBackend) -> None:

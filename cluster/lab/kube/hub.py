@@ -33,7 +33,7 @@ from pathlib import Path
 from cluster.lab import cgroups, net, state
 from cluster.lab.kube import paths
 from cluster.lab.kube.flags import ComponentFlags
-from cluster.lab.kube.pki import ADMIN_USER, Pki, kubeconfig
+from cluster.lab.kube.pki import ADMIN_USER, FRONT_PROXY_USER, Pki, kubeconfig
 from core.errors import LabError
 from core.wait import WaitTimeout, poll_until
 
@@ -287,10 +287,14 @@ def _apiserver_argv(flags: ComponentFlags) -> list[str]:
         "--enable-admission-plugins=NodeRestriction",
         "--allow-privileged=true",
         f"--cert-dir={kdir / 'apiserver-certs'}",
-        # Without a request-header CA every component logs "missing content for
-        # CA bundle" several times a second; nothing sends such headers here.
+        # The aggregator's identity towards extension API servers (the lab's
+        # virt-api serves subresources.kubevirt.io), and the CA they check it
+        # with; routed to the APIService's endpoint, as there is no kube-proxy.
         f"--requestheader-client-ca-file={pki.ca}",
-        "--requestheader-allowed-names=rto-front-proxy",
+        f"--requestheader-allowed-names={FRONT_PROXY_USER}",
+        f"--proxy-client-cert-file={pki.crt('front-proxy-client')}",
+        f"--proxy-client-key-file={pki.key('front-proxy-client')}",
+        "--enable-aggregator-routing=true",
         "--requestheader-username-headers=X-Remote-User",
         "--requestheader-group-headers=X-Remote-Group",
         "--requestheader-extra-headers-prefix=X-Remote-Extra-",

@@ -25,6 +25,7 @@ from core.errors import LabError
 
 __all__ = ["ADMIN_USER", "Pki", "kubeconfig", "make_ca", "make_cert"]
 
+FRONT_PROXY_USER = "rto-front-proxy"  # --requestheader-allowed-names of the API server
 ADMIN_USER = "rto-admin"
 _EC = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
 _DAYS = "30"
@@ -134,6 +135,8 @@ class Pki:
             ("scheduler", "/CN=system:kube-scheduler"),
             # The API server's own calls to kubelets (logs, exec, port-forward).
             ("apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client"),
+            # The aggregator's calls to extension API servers (the lab's virt-api).
+            ("front-proxy-client", f"/CN={FRONT_PROXY_USER}"),
         ):
             make_cert(self.dir, name, subject)
         _openssl(

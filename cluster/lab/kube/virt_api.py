@@ -97,7 +97,9 @@ def write_virt_kubeconfig() -> Path:
     url = f"https://{state.HUB_IP}:{paths.API_PORT}"
     kubeconfig(path, url, pki.ca, pki.crt("admin"), pki.key("admin"), ADMIN_USER)
     # The webhooks' serving certificate: the API server calls them on the hub.
-    make_cert(pki.dir, "virt-api", "/CN=virt-api", [f"IP:{state.HUB_IP}"])
+    # The aggregator checks it for the APIService's Service name.
+    sans = [f"IP:{state.HUB_IP}", "DNS:virt-api.kubevirt.svc"]
+    make_cert(pki.dir, "virt-api", "/CN=virt-api", sans)
     return path
 
 

@@ -62,6 +62,7 @@ from cluster.lab.kube.virt_api import (
     pods_path,
     webhook_tls,
 )
+from cluster.lab.kube.virt_subresources import Subresources, libvirt_act, register_apiservice
 from cluster.lab.kube.virt_webhooks import Webhooks, register, serve
 
 __all__ = ["VirtController", "address_slots", "launcher_pod", "main", "vmi_of_vm"]
@@ -522,9 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     ctl = VirtController(api, args.image)
     ctl.start()
     hooks = Webhooks(api, ctl.pods.get, ctl.vmis.items)
-    cert, key, ca = webhook_tls()
-    server = serve(hooks, state.HUB_IP, WEBHOOK_PORT, cert, key)
-    register(api, f"https://{state.HUB_IP}:{WEBHOOK_PORT}", ca)
+    tls = webhook_tls()
+    subs = Subresources(api, ctl.vmis.get, libvirt_act)
+    server = serve(hooks, state.HUB_IP, WEBHOOK_PORT, tls, subs)
+    register(api, f"https://{state.HUB_IP}:{WEBHOOK_PORT}", tls[2])
+    register_apiservice(api, tls[2], WEBHOOK_PORT)
     log.info("virt-controller up: %d VMs, %d VMIs; webhooks on %s:%d", len(ctl.vms.items()),
              len(ctl.vmis.items()), state.HUB_IP, WEBHOOK_PORT)  # fmt: skip
     try:

@@ -30,7 +30,9 @@ from urllib.parse import urlsplit
 
 from kubernetes.client.exceptions import ApiException
 
+from cluster.lab.kube.pki import FRONT_PROXY_USER
 from cluster.lab.kube.virt_api import CREATED_BY, LAUNCHER, Obj, VirtApi, custom_path
+from cluster.lab.kube.virt_subresources import Subresources, headers_identity
 
 __all__ = ["WEBHOOK_NAME", "Decision", "Webhooks", "register", "serve"]
 
@@ -146,23 +148,64 @@ class Webhooks:
         return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": resp}
 
 
-def serve(hooks: Webhooks, host: str, port: int, cert: Path, key: Path) -> ThreadingHTTPServer:
-    """Serve ``hooks`` over HTTPS in a daemon thread; the server (``shutdown()`` stops it)."""
+def serve(
+    hooks: Webhooks,
+    host: str,
+    port: int,
+    tls: tuple[Path, Path, Path],
+    subresources: Subresources | None = None,
+) -> ThreadingHTTPServer:
+    """Serve ``hooks`` (POST, from the API server's admission) and ``subresources``
+    (GET/PUT under /apis, from its aggregator only) over HTTPS in a daemon
+    thread; the server (``shutdown()`` stops it). ``tls``: cert, key, CA."""
+    cert, key, ca = tls
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            try:
-                n = int(self.headers.get("Content-Length") or 0)
-                out = hooks.review(self.path, json.loads(self.rfile.read(n) or b"{}"))
-                body, code = json.dumps(out).encode(), 200
-            except Exception as exc:  # a bad review must not kill the server
-                log.exception("webhook %s failed", self.path)
-                body, code = json.dumps({"error": str(exc)}).encode(), 500
+        def _send(self, code: int, out: object) -> None:
+            body = json.dumps(out).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            try:
+                n = int(self.headers.get("Content-Length") or 0)
+                out, code = hooks.review(self.path, json.loads(self.rfile.read(n) or b"{}")), 200
+            except Exception as exc:  # a bad review must not kill the server
+                log.exception("webhook %s failed", self.path)
+                out, code = {"error": str(exc)}, 500
+            self._send(code, out)
+
+        def _aggregated(self, method: str) -> None:
+            n = int(self.headers.get("Content-Length") or 0)
+            if n:
+                self.rfile.read(n)  # the options bodies carry nothing the lab uses
+            peer = (
+                self.connection.getpeercert() if hasattr(self.connection, "getpeercert") else None
+            )
+            cn = dict(x[0] for x in (peer or {}).get("subject", ()))
+            if subresources is None or cn.get("commonName") != FRONT_PROXY_USER:
+                # Only the aggregator, with its front-proxy certificate, speaks for a user.
+                self._send(401, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                 "code": 401, "reason": "Unauthorized"})  # fmt: skip
+                return
+            try:
+                user, groups = headers_identity(self.headers.get_all)
+                code, out = subresources.handle(method, urlsplit(self.path).path, user, groups)
+            except Exception as exc:
+                log.exception("%s %s failed", method, self.path)
+                code, out = 500, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                  "code": 500, "message": str(exc)}  # fmt: skip
+            log.info("%s %s as %s: %d", method, self.path, user if code != 401 else "-", code)
+            self._send(code, out)
+
+        def do_GET(self) -> None:
+            self._aggregated("GET")
+
+        def do_PUT(self) -> None:
+            self._aggregated("PUT")
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # one line per admission would drown the controller's log
@@ -170,6 +213,10 @@ def serve(hooks: Webhooks, host: str, port: int, cert: Path, key: Path) -> Threa
     server = ThreadingHTTPServer((host, port), Handler)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(cert), str(key))
+    # Client certificates are optional (the admission webhooks' caller sends
+    # none); the aggregator's is checked against the lab's CA when sent.
+    ctx.load_verify_locations(str(ca))
+    ctx.verify_mode = ssl.CERT_OPTIONAL
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, name="virt-api", daemon=True).start()
     return server
