@@ -31,7 +31,7 @@ from private_lab import PrivateLab
 
 from cluster.api import Phase, WorkloadKind
 from cluster.kube.watch import raw_request
-from cluster.lab import net
+from cluster.lab import lifecycle, net
 from cluster.lab.kube import cluster as kube_cluster
 from cluster.lab.kube import hub
 from cluster.lab.kube.pki import Pki, kubeconfig, make_cert
@@ -125,6 +125,8 @@ def test_a_vm_runs_as_a_kubevirt_vmi_on_a_real_launcher_pod(backend: LabClusterB
     pods = [p for p in _launchers("kv-a") if p.status.phase == "Running"]
     assert [p.spec.node_name for p in pods] == [LAB.node(1)]
     assert b.platform_version(WorkloadKind.VMI).startswith("Kubernetes v1.34")  # type: ignore[union-attr]
+    virt = lifecycle.lab_status()["kubevirt"]
+    assert (len(virt["virt-controller"]), len(virt["virt-handler"])) == (1, 2), virt
 
 
 def test_a_killed_qemu_makes_a_new_vmi(backend: LabClusterBackend) -> None:

@@ -619,6 +619,16 @@ def _safe(fn: Callable[[], list[str]], errors: list[str]) -> list[str]:
 
 
 # --- status / settings -------------------------------------------------------------
+def _virt_status() -> dict[str, list[int]]:
+    """The pids of the lab's virt-controller and virt-handlers that run (empty: none)."""
+    found: dict[str, list[int]] = {}
+    for pid in lab_processes():
+        module = _daemon_of(pid)
+        if module is not None and module.startswith("cluster.lab.kube.virt_"):
+            found.setdefault(module.rsplit(".", 1)[1].replace("_", "-"), []).append(pid)
+    return found
+
+
 def lab_status() -> dict[str, Any]:
     """What is up: daemons, nodes, workloads and the lab's kernel objects."""
     status: dict[str, Any] = {
@@ -633,6 +643,7 @@ def lab_status() -> dict[str, Any]:
         "cgroups": cgroups.lab_cgroups(),
         "volumes": volumes.lab_volumes(),
         "kubernetes": kube_cluster.cluster_status(),
+        "kubevirt": _virt_status(),
     }
     if not db_path().exists():
         return status
