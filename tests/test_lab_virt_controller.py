@@ -185,6 +185,9 @@ def test_a_vm_gets_a_vmi_and_a_launcher_pod_the_scheduler_can_place(world: World
     # The VM's status follows its VMI.
     w.settle("the VM Running", lambda: ((w.get("virtualmachines", name) or {}).get("status") or {})
              .get("printableStatus") == "Running")  # fmt: skip
+    vm_status = (w.get("virtualmachines", name) or {}).get("status") or {}
+    assert vm_status["ready"] is True
+    assert [(c["type"], c["status"]) for c in vm_status["conditions"]] == [("Ready", "True")]
     kube = w.ctl.vmis.get(NS, name)
     assert kube is not None
 

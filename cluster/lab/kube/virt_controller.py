@@ -273,10 +273,15 @@ class VirtController:
             if phase == "Running"
             else "Starting"
         )
-        want = {"created": vmi is not None, "ready": ready, "printableStatus": printable}
+        want: Obj = {"created": vmi is not None, "ready": ready, "printableStatus": printable}
         have = {k: _status(vm).get(k) for k in want}
-        if have != want:
+        # The Ready condition too: kubectl's READY column of a VM reads it.
+        conds = {c.get("type"): c.get("status") for c in _status(vm).get("conditions") or ()}
+        if have != want or conds.get("Ready") != str(ready):
             md = _md(vm)
+            want["conditions"] = [
+                {"type": "Ready", "status": str(ready), "lastTransitionTime": now_iso()}
+            ]
             self.api.patch(
                 custom_path("virtualmachines", md["namespace"], md["name"]) + "/status",
                 {"metadata": {"resourceVersion": md["resourceVersion"]}, "status": want},
