@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import signal
 from pathlib import Path
 
 from core.errors import LabError
 from core.wait import WaitTimeout, poll_until
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CGROUP_ROOT",
@@ -212,8 +215,16 @@ def kill_node(node: str) -> int:
         pids = cgroup_pids(node)
         (top / "cgroup.kill").write_text("1")
     else:
+        # Frozen first, so nothing forks while the SIGKILLs go out.
         _set_frozen(top, True)
-        _wait_frozen(top, 5.0)
+        try:
+            _wait_frozen(top, 5.0)
+        except LabError as exc:
+            # Seen on the 6.18 kernel's v1 freezer: the state stays FREEZING
+            # although the tasks it lists sleep frozen. Kill them anyway: a
+            # frozen task dies of its SIGKILL once thawed, and the passes
+            # below take whatever forked in between.
+            log.warning("node %s: %s; killing it unfrozen", node, exc)
         pids = cgroup_pids(node)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):  # already gone
@@ -223,9 +234,24 @@ def kill_node(node: str) -> int:
         for cg in _walk(top):
             with contextlib.suppress(FileNotFoundError):
                 _set_frozen(cg, False)
+        _kill_stragglers(node, 5.0)
     _wait_empty(node, 5.0)
     _remove_children(node)
     return len(pids)
+
+
+def _kill_stragglers(node: str, timeout: float) -> None:
+    """SIGKILL what is left in the node's cgroup, pass after pass, until empty or ``timeout``."""
+
+    def empty() -> bool:
+        left = cgroup_pids(node)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return not left
+
+    with contextlib.suppress(WaitTimeout):  # _wait_empty then names the survivors
+        poll_until(empty, timeout, f"{node} to be empty", interval=0.01)
 
 
 def _wait_empty(node: str, timeout: float) -> None:
