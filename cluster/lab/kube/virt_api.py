@@ -21,10 +21,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from kubernetes import client as k8s
@@ -67,6 +69,35 @@ MIGRATION_UID = "kubevirt.io/migrationJobUID"
 # and the boot instance the guest printed (a watchdog reset makes a new one).
 ADDRESS_ANNOTATION = "lab.rto-harness.io/address"
 INSTANCE_ANNOTATION = "lab.rto-harness.io/instance"
+
+
+def metadata(obj: Obj) -> dict[str, Any]:
+    md: dict[str, Any] = obj.get("metadata") or {}
+    return md
+
+
+def status_of(obj: Obj) -> dict[str, Any]:
+    st: dict[str, Any] = obj.get("status") or {}
+    return st
+
+
+def migration_in_flight(vmi: Obj) -> dict[str, Any]:
+    """The VMI's ``migrationState`` while a migration is under way, else {}."""
+    mig: dict[str, Any] = status_of(vmi).get("migrationState") or {}
+    return mig if mig and not mig.get("completed") and not mig.get("failed") else {}
+
+
+def daemon_stop_event() -> threading.Event:
+    """Log lines with a time and the component's name; an event SIGTERM/SIGINT set."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stop = threading.Event()
+
+    def on_term(_sig: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    return stop
 
 
 def now_iso() -> str:

@@ -37,10 +37,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
-from types import FrameType
-from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
@@ -58,9 +55,16 @@ from cluster.lab.kube.virt_api import (
     ObjectCache,
     VirtApi,
     custom_path,
+    daemon_stop_event,
     now_iso,
     pods_path,
     webhook_tls,
+)
+from cluster.lab.kube.virt_api import (
+    metadata as _md,
+)
+from cluster.lab.kube.virt_api import (
+    status_of as _status,
 )
 from cluster.lab.kube.virt_subresources import Subresources, libvirt_act, register_apiservice
 from cluster.lab.kube.virt_webhooks import Webhooks, register, serve
@@ -76,16 +80,6 @@ _FIRST_SLOT, _LAST_SLOT = 150, 250  # of net.VMI_SUBNET; below is the lab model'
 
 def address_slots() -> range:
     return range(_FIRST_SLOT, _LAST_SLOT + 1)
-
-
-def _md(obj: Obj) -> dict[str, Any]:
-    md: dict[str, Any] = obj.get("metadata") or {}
-    return md
-
-
-def _status(obj: Obj) -> dict[str, Any]:
-    st: dict[str, Any] = obj.get("status") or {}
-    return st
 
 
 def _owner(obj: Obj, kind: str) -> Obj:
@@ -516,14 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="virt-controller", description=__doc__)
     parser.add_argument("--image", required=True, help="the virt-launcher pods' image")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    stop = threading.Event()
-
-    def on_term(_sig: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    stop = daemon_stop_event()
     api = VirtApi()
     ctl = VirtController(api, args.image)
     ctl.start()

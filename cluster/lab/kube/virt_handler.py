@@ -34,9 +34,7 @@ import argparse
 import contextlib
 import json
 import logging
-import signal
 import threading
-from types import FrameType
 from typing import Any
 
 from cluster.lab import net, state
@@ -49,7 +47,17 @@ from cluster.lab.kube.virt_api import (
     ObjectCache,
     VirtApi,
     custom_path,
+    daemon_stop_event,
     now_iso,
+)
+from cluster.lab.kube.virt_api import (
+    metadata as _md,
+)
+from cluster.lab.kube.virt_api import (
+    migration_in_flight as _in_flight,
+)
+from cluster.lab.kube.virt_api import (
+    status_of as _status,
 )
 from cluster.lab.vmis import VmiHandler, VmiRun
 from cluster.profiles import get_profile
@@ -59,21 +67,6 @@ from core.errors import HarnessError
 __all__ = ["VirtHandler", "desired_status", "main"]
 
 log = logging.getLogger("virt-handler")
-
-
-def _md(obj: Obj) -> dict[str, Any]:
-    md: dict[str, Any] = obj.get("metadata") or {}
-    return md
-
-
-def _status(obj: Obj) -> dict[str, Any]:
-    st: dict[str, Any] = obj.get("status") or {}
-    return st
-
-
-def _in_flight(vmi: Obj) -> dict[str, Any]:
-    mig: dict[str, Any] = _status(vmi).get("migrationState") or {}
-    return mig if mig and not mig.get("completed") and not mig.get("failed") else {}
 
 
 def desired_status(run: VmiRun) -> tuple[dict[str, Any], str | None]:
@@ -301,14 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node", required=True)
     parser.add_argument("--index", type=int, required=True)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    stop = threading.Event()
-
-    def on_term(_sig: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    stop = daemon_stop_event()
     api = VirtApi()
     handler = VirtHandler(args.node, args.index, api)
     log.info("virt-handler of %s up", args.node)

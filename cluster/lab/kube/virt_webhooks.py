@@ -31,7 +31,15 @@ from urllib.parse import urlsplit
 from kubernetes.client.exceptions import ApiException
 
 from cluster.lab.kube.pki import FRONT_PROXY_USER
-from cluster.lab.kube.virt_api import CREATED_BY, LAUNCHER, Obj, VirtApi, custom_path
+from cluster.lab.kube.virt_api import (
+    CREATED_BY,
+    LAUNCHER,
+    Obj,
+    VirtApi,
+    custom_path,
+    migration_in_flight,
+)
+from cluster.lab.kube.virt_api import metadata as _md
 from cluster.lab.kube.virt_subresources import Subresources, headers_identity
 
 __all__ = ["WEBHOOK_NAME", "Decision", "Webhooks", "register", "serve"]
@@ -41,16 +49,6 @@ log = logging.getLogger("virt-api")
 WEBHOOK_NAME = "virt-api.lab.rto-harness.io"
 Decision = tuple[bool, int, str]  # allowed, HTTP code when refused, message
 _LIVE = ("LiveMigrate", "LiveMigrateIfPossible")
-
-
-def _md(obj: Obj) -> dict[str, Any]:
-    md: dict[str, Any] = obj.get("metadata") or {}
-    return md
-
-
-def _in_flight(vmi: Obj) -> bool:
-    mig = (vmi.get("status") or {}).get("migrationState") or {}
-    return bool(mig) and not mig.get("completed") and not mig.get("failed")
 
 
 class Webhooks:
@@ -119,7 +117,7 @@ class Webhooks:
             and ((m.get("status") or {}).get("phase") or "") not in ("Succeeded", "Failed")
             and not _md(m).get("deletionTimestamp")
         ]
-        if _in_flight(vmi) or others:
+        if migration_in_flight(vmi) or others:
             name = _md(others[0]).get("name") if others else "?"
             return (
                 False,
