@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from kube_emulator import emulator, write_kubeconfig
+from kube_emulator import emulator, write_kubeconfig  # type: ignore[import-not-found]
 
 from cluster.kube.backend import KubeBackend
 from cluster.kube.config import KubeConfig

@@ -1,62 +1,64 @@
-"""Live migration of a lab VMI through LabBackend: probe-seen outage vs QEMU downtime.
+"""Live migration of a lab VMI on the lab's real cluster: probe-seen outage vs QEMU downtime.
 
 Run by hand as root (``.venv/bin/python benchmarks/migration_lab.py``); writes
 ``benchmarks/results/migration_lab.json`` and prints a table. Unlike
 ``benchmarks/migration.py`` (raw libvirt on a scratch network), this goes
 through the harness: an isolated two-node lab with VMs (own state/run dirs,
-netns prefix ``rtomb``, nodes ``mbn1``/``mbn2``), ``LabBackend.migrate`` (DB
-hand-over, the destination agent adopts the domain, the hub /32 route moves)
-and the harness's own ``chaos.recorder.Recorder`` probing ``/healthz`` every
-20 ms with a 250 ms timeout, as in a run.
+netns prefix ``rtomb``, nodes ``mbn1``/``mbn2``) whose VMIs are kubevirt.io/v1
+objects, ``LabClusterBackend.migrate`` (a VirtualMachineInstanceMigration: the
+lab's virt-controller picks it up, the source node's virt-handler live-migrates
+the domain between the nodes' libvirtds and moves the hub's /32 route to the
+destination on its Resumed/Migrated event, or when the migrate call returns if
+that event never came) and the harness's own ``chaos.recorder.Recorder``
+probing the guest's ``/healthz`` every 20 ms with a 250 ms timeout, as in a run.
 
-First the guest's normal /healthz latency is measured (the guest's static C
-server under TCG: ~10 ms on a quiet host). Then ``--count`` (20) migrations
-back and forth with the route switched on the destination's Resumed/Migrated
-event, and ``--return-count`` (6) with the route switched after the migrate call
-returns, to compare the two. Per migration: QEMU's downtime and total time,
-the prober's unavailability (PROBE_FAIL send time .. PROBE_OK answer time,
-and the same with the OK stamped at its send time, which removes one healthz
-latency), failed probes, and the differences. Everything is torn down at the
-end, also on error or Ctrl-C.
+First the guest's normal /healthz latency is measured (probed as the recorder
+probes, from the hub netns). Then ``--count`` (20) migrations back and forth.
+Per migration: QEMU's downtime (the source virt-handler logs libvirt's
+VIR_DOMAIN_JOB_DOWNTIME; KubeVirt's API does not carry it), the migration's
+start..end in its VMI status (whole seconds, as KubeVirt stamps them), the
+migrate call's wall time (API round trips and both controllers included), the
+prober's unavailability (PROBE_FAIL send time .. PROBE_OK answer time, and the
+same with the OK stamped at its send time, which removes one healthz latency),
+failed probes, and the differences. Everything is torn down at the end, also on
+error or Ctrl-C.
 
-Findings on this 2-core TCG host (see results/migration_lab*.json):
-
-- Quiet host, the guest's C /healthz (p50 10 ms), 20 ms probes with a 250 ms
-  timeout, 20 migrations (``migration_lab_20ms_quiet.json``): QEMU downtime
-  median 58.5 ms (p95 69); probe-seen unavailability median 99 ms send-stamped
-  (39 ms more than QEMU's figure) and 316 ms answer-stamped (p95 477 and 715 ms).
-  The answer stamp adds the latency of the first good probe, which was sent
-  during the switch-over and answered ~200 ms late. The tail (up to 1.5 s) is
-  the TCG guest starved of CPU while its memory is copied, which QEMU's
-  downtime figure does not count.
-- Loaded host (load average 3-4, other lab tests; ``migration_lab.json``, 100 ms
-  probes): median 456 ms answer-stamped, 248 ms send-stamped, vs QEMU's 78 ms;
-  the probes fail for the whole pre-copy (1-3 s) at times. An older shell
-  /healthz could not take 20 ms probes under that load (``migration_lab_20ms.json``). With
-a 2 s i6300esb heartbeat a pre-copy slower than ~3 s lets the watchdog reset
-the guest (``migration_lab_wdt2.json``, migrations 18-26 lost the instance), so
-the default run keeps the driver default of 30 s. The route switch on the
-destination's Resumed/Migrated event lands at QEMU's total time; switching
-after the call returns adds libvirt's finish phase (~1.3-1.8 s) of black hole.
+Result files without a ``path`` field (the ``migration_lab*.json`` of earlier
+runs) were measured on the lab's former model backend (its own control plane
+and route switch), not on this path. What they showed on this 2-core TCG host:
+the probe-seen outage exceeded QEMU's downtime (median 58.5 ms) by the latency
+of the first good probe, sent during the switch-over and answered late (99 ms
+send-stamped, 316 ms answer-stamped, 20 ms probes on a quiet host); the tail is
+the TCG guest starved of CPU while its memory is copied, which QEMU's downtime
+does not count; and with a 2 s i6300esb heartbeat a pre-copy slower than ~3 s
+let the watchdog reset the guest, so the default run keeps the driver default
+of 30 s (``--wdt``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
+import re
 import statistics
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
 
+from chaos.netns import enter_netns  # noqa: E402
+from chaos.prober import http_probe  # noqa: E402
 from chaos.recorder import Recorder  # noqa: E402
-from cluster.api import WorkloadKind  # noqa: E402
+from cluster.api import ProbeTarget, WorkloadKind  # noqa: E402
 from cluster.lab import lifecycle, net, state  # noqa: E402
+from cluster.lab_cluster import LabClusterBackend, LabClusterProvider  # noqa: E402
 from core.clock import RealClock  # noqa: E402
 from core.errors import HarnessError  # noqa: E402
 from core.timeline import EventKind, Timeline, TimelineEvent  # noqa: E402
@@ -68,13 +70,71 @@ PREFIX = "rtomb"
 NODE_PREFIX = "mbn"
 NODES = ("mbn1", "mbn2")
 VMI = "mb1"
+# What the source node's virt-handler logs once libvirt finished the migration
+# (cluster.lab.kube.virt_handler), with libvirt's VIR_DOMAIN_JOB_DOWNTIME.
+_MIGRATED = re.compile(r"vmi (\S+): migrated to (\S+) \(QEMU downtime ([0-9.]+|None) ms\)")
 
 
 def _isolate() -> None:
+    """This process (module globals) and the daemons it starts (env) on the private lab."""
     state.STATE_DIR = STATE
     state.RUN_DIR = RUN
     net.NS_PREFIX = PREFIX
     net.HUB_NS = f"{PREFIX}-hub"
+    os.environ["RTO_LAB_STATE_DIR"] = str(STATE)
+    os.environ["RTO_LAB_RUN_DIR"] = str(RUN)
+    os.environ["RTO_LAB_NS_PREFIX"] = PREFIX
+
+
+def _handler_log(node: str) -> Path:
+    """The node's virt-handler log (``cluster.lab.lifecycle`` starts it there)."""
+    return Path(state.STATE_DIR) / "logs" / f"{node}-virt-handler.log"
+
+
+def _log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _qemu_downtime(node: str, offset: int, target: str) -> float | None:
+    """QEMU's downtime (ms) of VMI's migration to ``target``, as the source
+    ``node``'s virt-handler logged it past ``offset``; None if it did not."""
+    try:
+        with open(_handler_log(node), "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return None
+    found = [m for m in _MIGRATED.finditer(text) if m.group(1) == VMI and m.group(2) == target]
+    if not found or found[-1].group(3) == "None":
+        return None
+    return float(found[-1].group(3))
+
+
+def _probe_ms(target: ProbeTarget, timeout: float) -> float | None:
+    """One probe as the recorder sends it, from the target's netns (the hub):
+    its latency in ms, None if it failed."""
+    out: list[float | None] = []
+    err: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            if target.netns is not None:
+                enter_netns(target.netns)
+            t0 = time.perf_counter()
+            good, _instance, _reason = asyncio.run(http_probe(target, timeout, expect_name=VMI))
+            out.append((time.perf_counter() - t0) * 1000 if good else None)
+        except BaseException as exc:
+            err.append(exc)
+
+    t = threading.Thread(target=body, name="healthz-latency")
+    t.start()
+    t.join()
+    if err:
+        raise err[0]
+    return out[0]
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -112,10 +172,13 @@ def _outage(events: list[TimelineEvent], start: float, end: float) -> tuple[floa
     return total * 1000, sent * 1000, n
 
 
+def _ms(value: str) -> float | None:
+    return float(value) if value else None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--count", type=int, default=20)
-    ap.add_argument("--return-count", type=int, default=6)
     ap.add_argument("--interval", type=float, default=0.02)
     ap.add_argument("--timeout", type=float, default=0.25)
     ap.add_argument("--settle", type=float, default=1.5)
@@ -128,12 +191,11 @@ def main() -> int:
         print("needs root (namespaces, libvirtd)", file=sys.stderr)
         return 2
     _isolate()
-    from cluster.lab.backend import LabBackend
 
     clock = RealClock()
     rows: list[dict[str, Any]] = []
     latency: list[float] = []
-    lab: LabBackend | None = None
+    lab: LabClusterBackend | None = None
     rec: Recorder | None = None
     error: str | None = None
     boot_s = 0.0
@@ -141,17 +203,23 @@ def main() -> int:
     try:
         lifecycle.lab_down()
         lifecycle.lab_up("fast", len(NODES), node_prefix=NODE_PREFIX, vms=True)
-        lab = LabBackend()
+        made = LabClusterProvider().backend()
+        assert isinstance(made, LabClusterBackend)
+        lab = made
         lab.create_workload(VMI, WorkloadKind.VMI, NODES[0], watchdog_heartbeat_s=args.wdt or None)
         t_boot = clock.now()
         first = lab.wait_ready(VMI, 180)
+        if first is None:
+            raise RuntimeError(f"VMI {VMI} was not Ready within 180 s")
         boot_s = clock.now() - t_boot
         print(f"VMI up in {boot_s:.1f} s (instance {first.instance})", flush=True)
+        target = lab.probe_target(VMI)
+        if target is None:
+            raise RuntimeError(f"VMI {VMI} is Ready but has no address")
         for _ in range(40):  # the guest's /healthz latency without any migration
-            t = clock.now()
-            code, _body = lab.probe(VMI, timeout=1.0)
-            if code == 200:
-                latency.append((clock.now() - t) * 1000)
+            ms = _probe_ms(target, 1.0)
+            if ms is not None:
+                latency.append(ms)
             clock.sleep(0.05)
         print(f"healthz latency: {_summary(latency)}", flush=True)
 
@@ -176,11 +244,12 @@ def main() -> int:
             "probes_failed": rec.probes_failed - failed0,
         }
         print(f"baseline without migration: {baseline}", flush=True)
-        plan = ["event"] * args.count + ["return"] * args.return_count
-        for n, mode in enumerate(plan, start=1):
+        for n in range(1, args.count + 1):
             here = lab.workload(VMI).node
+            if here not in NODES:
+                raise RuntimeError(f"VMI {VMI} is on {here!r}, not on one of {NODES}")
             dst = NODES[1] if here == NODES[0] else NODES[0]
-            lab.route_switch = mode
+            log_at = _log_size(_handler_log(here))
             failed0 = rec.probes_failed
             t0 = clock.now() - timeline.origin
             out = lab.migrate(VMI, dst)
@@ -188,19 +257,15 @@ def main() -> int:
             clock.sleep(args.settle)
             rec.wait_until_recovered(t0 + timeline.origin, 30)
             ms, ms_sent, outages = _outage(timeline.events(), t0, clock.now() - timeline.origin)
-            qemu = float(out["downtime_ms"]) if out["downtime_ms"] else None
+            qemu = _qemu_downtime(here, log_at, dst)
             w = lab.workload(VMI)
             row = {
                 "n": n,
-                "route_switch": mode,
                 "from": out["source"],
                 "to": out["target"],
                 "qemu_downtime_ms": qemu,
-                "qemu_total_ms": float(out["total_ms"]) if out["total_ms"] else None,
+                "kubevirt_total_ms": _ms(out["total_ms"]),
                 "call_ms": round((t1 - t0) * 1000, 1),
-                "route_switch_ms": float(out["route_switch_ms"])
-                if out["route_switch_ms"]
-                else None,
                 "probe_unavailable_ms": round(ms, 1),
                 "probe_unavailable_sent_stamp_ms": round(ms_sent, 1),
                 "probe_outages": outages,
@@ -211,8 +276,8 @@ def main() -> int:
             }
             rows.append(row)
             print(
-                f"{n:2d} {mode:6s} {row['from']}->{row['to']} qemu {qemu} ms "
-                f"(total {row['qemu_total_ms']}) probe {row['probe_unavailable_ms']} ms "
+                f"{n:2d} {row['from']}->{row['to']} qemu {qemu} ms "
+                f"(call {row['call_ms']} ms) probe {row['probe_unavailable_ms']} ms "
                 f"(sent-stamped {row['probe_unavailable_sent_stamp_ms']}) "
                 f"failed {row['probes_failed']} same {row['same_instance']}",
                 flush=True,
@@ -221,39 +286,39 @@ def main() -> int:
         error = str(exc)
         print(f"ERROR: {error}", file=sys.stderr, flush=True)
     finally:
-        if rec is not None:
-            rec.stop()
-        if lab is not None:
-            lab.close()
-        lifecycle.lab_down()
+        try:
+            if rec is not None:
+                rec.stop()
+        finally:
+            if lab is not None:
+                lab.close()
+            lifecycle.lab_down()
 
-    def col(mode: str, key: str) -> list[float]:
-        return [r[key] for r in rows if r["route_switch"] == mode and r[key] is not None]
+    def col(key: str) -> list[float]:
+        return [r[key] for r in rows if r[key] is not None]
 
-    summary: dict[str, dict[str, Any]] = {
-        mode: {
-            key: _summary(col(mode, key))
-            for key in (
-                "qemu_downtime_ms",
-                "qemu_total_ms",
-                "call_ms",
-                "probe_unavailable_ms",
-                "probe_unavailable_sent_stamp_ms",
-                "diff_ms",
-                "diff_sent_stamp_ms",
-                "probes_failed",
-            )
-        }
-        | {
-            "migrations": len([r for r in rows if r["route_switch"] == mode]),
-            "same_instance_all": all(r["same_instance"] for r in rows if r["route_switch"] == mode),
-        }
-        for mode in ("event", "return")
+    summary: dict[str, Any] = {
+        key: _summary(col(key))
+        for key in (
+            "qemu_downtime_ms",
+            "kubevirt_total_ms",
+            "call_ms",
+            "probe_unavailable_ms",
+            "probe_unavailable_sent_stamp_ms",
+            "diff_ms",
+            "diff_sent_stamp_ms",
+            "probes_failed",
+        )
+    } | {
+        "migrations": len(rows),
+        "same_instance_all": all(r["same_instance"] for r in rows),
     }
-    med_probe = _summary(col("event", "probe_unavailable_ms"))["median"]
-    med_diff = _summary(col("event", "diff_ms"))["median"]
+    med_probe = _summary(col("probe_unavailable_ms"))["median"]
+    med_diff = _summary(col("diff_ms"))["median"]
     result = {
         "benchmark": "migration_lab",
+        "path": "LabClusterBackend.migrate: VirtualMachineInstanceMigration on the lab's "
+        "real API server, the lab's virt-controller and virt-handlers",
         "machine": {
             "cpus": os.cpu_count(),
             "loadavg": list(os.getloadavg()),
@@ -263,8 +328,7 @@ def main() -> int:
             "probe_interval_s": args.interval,
             "probe_timeout_s": args.timeout,
             "settle_s": args.settle,
-            "count_event": args.count,
-            "count_return": args.return_count,
+            "count": args.count,
             "boot_s": round(boot_s, 2),
             "watchdog_heartbeat_s": args.wdt or "driver default (30)",
         },

@@ -5,8 +5,17 @@ Run by hand as root (``.venv/bin/python benchmarks/net_compare.py``); writes
 to judge the handbook's metric claims) and prints a table. It brings up its own
 one-node lab with VMs under private names (state/run dirs, netns prefix
 ``rtonc``, node ``ncn1``), so it never touches a lab that is up on the machine,
-runs one pod and one VMI on the same node and takes everything down at the end,
-also on error or Ctrl-C.
+runs one pod and one VMI on the same node through the lab's backend
+(``LabClusterBackend``: the pod a Deployment run by the node's kubelet and
+containerd, the VMI a kubevirt.io/v1 object run by the lab's virt-handler) and
+takes everything down at the end, also on error or Ctrl-C.
+
+The pod's servers and disk loop run inside its container: ``nsenter`` into the
+namespaces of its main process (found among the node's processes by the
+``WORKLOAD`` variable its Deployment sets), joined to its cgroups first, as
+``kubectl exec`` would run them. The pod's CPU, memory and transmitted bytes
+are read from those cgroups and its netns (the lab runs no metrics-server);
+the VMI's from its QEMU (``LabClusterBackend.metrics``).
 
 From the lab's hub netns (where the harness's prober sits), against each workload:
 
@@ -30,13 +39,14 @@ file says so in ``accelerator`` and ``caveat``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -49,8 +59,9 @@ sys.path[:0] = [str(ROOT)]
 
 from chaos.netns import enter_netns  # noqa: E402
 from cluster.api import WorkloadKind  # noqa: E402
-from cluster.lab import lifecycle, net, runtime, state  # noqa: E402
+from cluster.lab import cgroups, lifecycle, net, state  # noqa: E402
 from cluster.lab.accel import accelerator  # noqa: E402
+from cluster.lab_cluster import LabClusterBackend, LabClusterProvider  # noqa: E402
 from core.errors import HarnessError  # noqa: E402
 from core.samples import MetricSample  # noqa: E402
 
@@ -149,23 +160,95 @@ def _bulk(host: str) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-def _runc(*args: str, timeout: float = 600) -> str:
-    # A detached exec's process inherits runc's stdout: capturing it would wait
-    # for that server to exit, so detached output goes to /dev/null.
-    detached = "-d" in args[:2]
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.run(
-            ["runc", "--root", str(runtime.RUNC_ROOT(NODE)), *args],
-            stdout=subprocess.DEVNULL if detached else subprocess.PIPE,
-            stderr=err,
-            text=True,
-            timeout=timeout,
-            check=False,
+def _pod_pid() -> int:
+    """The pod's main process: its container's PID 1 (the workload's shell), the
+    node process whose environment names the workload (its Deployment sets
+    ``WORKLOAD``) and whose innermost PID is 1."""
+    for pid in cgroups.cgroup_pids(NODE):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        nspid = next((ln.split()[1:] for ln in status.splitlines() if ln.startswith("NSpid:")), [])
+        if f"WORKLOAD={POD}".encode() in env and nspid[-1:] == ["1"]:
+            return pid
+    raise HarnessError(f"no main process of pod {POD} among the processes of node {NODE}")
+
+
+def _cgroup_dirs(pid: int) -> dict[str, Path]:
+    """Controllers (as /proc/PID/cgroup names them; "" for v2) -> the cgroup
+    directory of ``pid`` in that hierarchy."""
+    root = cgroups.CGROUP_ROOT
+    out: dict[str, Path] = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        if ctrls:
+            base = root / ctrls.removeprefix("name=")
+        else:
+            base = root if cgroups.is_v2() else root / "unified"
+        where = base / path.lstrip("/")
+        if (where / "cgroup.procs").exists():
+            out[ctrls] = where
+    return out
+
+
+def _in_pod(pid: int, *args: str) -> tuple[list[str], Callable[[], None]]:
+    """(argv, preexec_fn) running busybox ``args`` in the container of ``pid``:
+    its namespaces (nsenter, which forks into the PID namespace) and, joined
+    before the exec, its cgroups (what runc exec does for kubectl exec)."""
+    procs = [d / "cgroup.procs" for d in _cgroup_dirs(pid).values()]
+
+    def join() -> None:
+        me = str(os.getpid())
+        for f in procs:
+            with contextlib.suppress(OSError):  # a hierarchy runc left alone
+                f.write_text(me)
+
+    argv = ["nsenter", f"--target={pid}", "--mount", "--uts", "--ipc", "--net", "--pid", "--"]
+    return [*argv, "/bin/busybox", *args], join
+
+
+def _pod_counters(pid: int) -> tuple[float, int]:
+    """(CPU seconds, memory bytes) of the container's cgroup."""
+    dirs = _cgroup_dirs(pid)
+    try:
+        if cgroups.is_v2():
+            d = dirs[""]
+            stat = dict(ln.split() for ln in (d / "cpu.stat").read_text().splitlines())
+            return int(stat["usage_usec"]) / 1e6, int((d / "memory.current").read_text())
+        cpu = next(d for c, d in dirs.items() if "cpuacct" in c.split(","))
+        mem = next(d for c, d in dirs.items() if "memory" in c.split(","))
+        return (
+            int((cpu / "cpuacct.usage").read_text()) / 1e9,
+            int((mem / "memory.usage_in_bytes").read_text()),
         )
-        if proc.returncode != 0:
-            err.seek(0)
-            raise HarnessError(f"runc {' '.join(args[:3])} failed: {err.read().strip()}")
-    return proc.stdout or ""
+    except (OSError, KeyError, StopIteration, ValueError) as exc:
+        raise HarnessError(f"cannot read the cgroup counters of pod {POD}: {exc!r}") from exc
+
+
+def _tx_bytes(pid: int) -> int:
+    """Bytes sent by every non-loopback interface of ``pid``'s netns."""
+    total = 0
+    for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]:
+        name, _, rest = line.partition(":")
+        if name.strip() != "lo":
+            total += int(rest.split()[8])
+    return total
+
+
+def _pod_sample() -> MetricSample:
+    pid = _pod_pid()
+    cpu, mem = _pod_counters(pid)
+    return MetricSample(
+        t=time.monotonic(),
+        workload=POD,
+        kind="pod",
+        cpu_s=cpu,
+        host_cpu_s=cpu,
+        mem_bytes=mem,
+        net_tx_bytes=_tx_bytes(pid),
+    )
 
 
 # The pod's side: the same servers and the same disk loop as the guest's
@@ -186,15 +269,40 @@ echo "disk n=$n fsync_us=$((t1 - t0)) direct_us=$((t2 - t1))"
 """
 
 
-def _pod_serve() -> None:
+def _pod_serve() -> list[subprocess.Popen[bytes]]:
+    """The echo and bulk servers in the pod, left running (the pod's end ends them)."""
     bb = "/bin/busybox"
-    _runc("exec", "-d", POD, bb, "nc", "-ll", "-p", str(ECHO_PORT), "-e", bb, "cat")
+    pid = _pod_pid()
     bulk = [bb, "dd", "if=/dev/zero", "bs=65536", "count=320"]
-    _runc("exec", "-d", POD, bb, "nc", "-ll", "-p", str(BULK_PORT), "-e", *bulk)
+    servers = [
+        ["nc", "-ll", "-p", str(ECHO_PORT), "-e", bb, "cat"],
+        ["nc", "-ll", "-p", str(BULK_PORT), "-e", *bulk],
+    ]
+    started = []
+    for args in servers:
+        argv, join = _in_pod(pid, *args)
+        started.append(
+            subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=join,
+            )
+        )
+    return started
 
 
 def _pod_disk(n: int) -> str:
-    return _runc("exec", POD, "/bin/busybox", "sh", "-c", _POD_DISK, "bench", str(n)).strip()
+    argv, join = _in_pod(_pod_pid(), "sh", "-c", _POD_DISK, "bench", str(n))
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=600, check=False,
+        preexec_fn=join,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise HarnessError(f"the disk loop in pod {POD} failed: {proc.stderr.strip()}")
+    return proc.stdout.strip()
 
 
 def _parse_disk(line: str) -> dict[str, float]:
@@ -223,15 +331,18 @@ def _wait_port(host: str, port: int, timeout: float) -> None:
             pass
 
 
-def _sample(backend: Any, name: str) -> MetricSample:
+def _sample(backend: LabClusterBackend, name: str) -> MetricSample:
+    if name == POD:
+        return _pod_sample()
     s = backend.metrics(name)
     if s is None:
         raise HarnessError(f"{name} has no metrics: it is not running")
-    assert isinstance(s, MetricSample)
     return s
 
 
-def measure(backend: Any, name: str, count: int, trials: int, disk_writes: int) -> dict[str, Any]:
+def measure(
+    backend: LabClusterBackend, name: str, count: int, trials: int, disk_writes: int
+) -> dict[str, Any]:
     """Every figure of one workload (already Ready, its servers started)."""
     target = backend.probe_target(name)
     if target is None:
@@ -307,21 +418,26 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--disk-writes must be 1..500 (the guest's data disk is 4 MiB)")
 
     from cluster.lab import vmis
-    from cluster.lab.backend import LabBackend
 
+    # This process (module globals) and the daemons it starts (env) on the private lab.
     state.STATE_DIR, state.RUN_DIR = STATE, RUN
     net.NS_PREFIX, net.HUB_NS = PREFIX, f"{PREFIX}-hub"
+    os.environ["RTO_LAB_STATE_DIR"], os.environ["RTO_LAB_RUN_DIR"] = str(STATE), str(RUN)
+    os.environ["RTO_LAB_NS_PREFIX"] = PREFIX
     started = time.monotonic()
     lifecycle.lab_down()  # a previous aborted run of this benchmark
+    servers: list[subprocess.Popen[bytes]] = []
     try:
         lifecycle.lab_up("fast", 1, node_prefix="ncn", vms=True)
-        backend = LabBackend()
+        backend = LabClusterProvider().backend()
+        assert isinstance(backend, LabClusterBackend)
         try:
             backend.create_workload(POD, WorkloadKind.POD, NODE)
             backend.create_workload(VMI, WorkloadKind.VMI, NODE)
-            backend.wait_ready(POD, 120)
-            backend.wait_ready(VMI, 300)
-            _pod_serve()
+            for name, wait in ((POD, 120), (VMI, 300)):
+                if backend.wait_ready(name, wait) is None:
+                    raise HarnessError(f"{name} was not Ready within {wait} s")
+            servers = _pod_serve()
             if vmis.guest_command(VMI, "bench-serve", timeout=60) != "serving":
                 raise HarnessError("the guest did not start its benchmark servers")
             figures = {
@@ -331,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             backend.close()
     finally:
+        for proc in servers:  # the nsenter parents; lab_down kills what is in the pod
+            proc.kill()
+            proc.wait()
         lifecycle.lab_down()
     result = {
         "benchmark": "net_compare",

@@ -111,18 +111,14 @@ def main() -> int:
     args = ap.parse_args()
 
     lab_down()
-    lab_up("fast", 2, kube=True)
+    lab_up("fast", 2)
     backend = LabClusterProvider().backend()
     assert isinstance(backend, LabClusterBackend)
     proxied: KubeBackend | None = None
     try:
         backend.create_workload(POD, WorkloadKind.POD, "node1")
-
-        def ready() -> bool:  # the kube side leaves readiness to the probe: ask the pod
-            cond = backend.workload(POD).condition("Ready")
-            return cond is not None and cond.status
-
-        poll_until(ready, 120, f"{POD} Ready", retry_on=(BackendError,), interval=0.5)
+        if backend.wait_ready(POD, 120) is None:
+            raise BackendError(f"{POD} was not Ready within 120 s")
         direct = poll_until(lambda: backend.probe_target(POD), 30, f"a pod IP for {POD}")
         proxied = KubeBackend(
             backend.kube.client.config.model_copy(update={"probe": "service-proxy"})

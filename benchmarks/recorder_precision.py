@@ -13,8 +13,11 @@ Targets:
     turn by 503 answers, refused connects, hung connections, and a "freeze"
     (answers held until the end of the window, like a thawed cgroup);
 (b) ``lab`` (``--lab``; needs a lab that is up, or ``--lab-up`` to start one and
-    tear it down after): a real lab pod frozen with
-    ``LabBackend.freeze_workload``/``thaw_workload`` for X.
+    tear it down after): a pod of the lab's real cluster (``LabClusterBackend``)
+    whose lab volume is frozen for X (``cluster.lab.volumes.freeze``/``thaw``,
+    fsfreeze, what the storage-hang fault does): the pod's health check writes
+    and reads back a file on that volume, so every answer is held until the
+    thaw (mode ``volume-freeze``).
 
 The figure of merit is |measured - X| at p50/p95; the aim is <= 40 ms at p95
 with 20 ms probing. For the freeze cases the table also shows what stamping
@@ -235,34 +238,46 @@ def lab(
         os.environ.setdefault("RTO_LAB_NS_PREFIX", "rtobn")
     # Imported lazily: the loopback half must run where no lab code works.
     from cluster.api import WorkloadKind
-    from cluster.lab.backend import LabBackend
+    from cluster.lab import volumes
     from cluster.lab.lifecycle import lab_down, lab_status, lab_up
+    from cluster.lab_cluster import LabClusterBackend, LabClusterProvider
 
     if bring_up:
         lab_up("fast", nodes=1, node_prefix="bn")
     elif not lab_status().get("up"):
         raise SystemExit("--lab: the lab is not up (run `rto lab up` or pass --lab-up)")
-    be = LabBackend()
+    try:
+        be = LabClusterProvider().backend()
+        assert isinstance(be, LabClusterBackend)
+    except BaseException:
+        if bring_up:
+            lab_down()
+        raise
     name = "rto-bench"
     try:
-        be.create_workload(name, WorkloadKind.POD)
-        be.wait_ready(name, timeout=60)
+        be.create_workload(name, WorkloadKind.POD)  # with its lab volume at /data
+        if be.wait_ready(name, timeout=60) is None:
+            raise SystemExit(f"lab: pod {name} was not Ready within 60 s; nothing measured")
 
+        # The ground-truth switch: fsfreeze on the pod's volume. The health check
+        # (cluster.kube.workloads: write, read back on /data) blocks from the
+        # freeze on and answers when the volume thaws; the kubelet's readiness
+        # probe hangs too, but the prober goes to the pod IP, which stays.
         def freeze() -> float:
             t0 = time.monotonic()
-            be.freeze_workload(name)
+            volumes.freeze(name)
             return (t0 + time.monotonic()) / 2  # frozen somewhere inside the call
 
         def thaw() -> float:
             t0 = time.monotonic()
-            be.thaw_workload(name)
+            volumes.thaw(name)
             return (t0 + time.monotonic()) / 2
 
         return run_trials(
             "lab",
             lambda: be.probe_target(name),
             name,
-            [("freeze", freeze, thaw)],
+            [("volume-freeze", freeze, thaw)],
             xs,
             interval,
             timeout,
@@ -270,7 +285,7 @@ def lab(
         )
     finally:
         try:
-            be.thaw_workload(name)
+            volumes.thaw(name)  # a no-op unless a trial was cut short while frozen
         finally:
             try:
                 be.delete_workload(name)
@@ -304,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=0.02)
     ap.add_argument("--timeout", type=float, default=0.25)
     ap.add_argument("--good-needed", type=int, default=5)
-    ap.add_argument("--lab", action="store_true", help="also measure a real lab pod (freeze)")
+    ap.add_argument(
+        "--lab", action="store_true", help="also measure a real lab pod (volume freeze)"
+    )
     ap.add_argument("--lab-up", action="store_true", help="bring a 1-node lab up and down")
     ap.add_argument("--no-loopback", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)

@@ -1,7 +1,11 @@
 """Benchmark: VMI RTO figures on a private lab with VMs -> benchmarks/results/vmi_rto.json.
 
-Measures, on this machine (root, TCG guests), through the same runner as ``rto run``:
-- VMI create -> first good probe, over ``--boots`` fresh VMIs (target <= 6 s);
+Measures, on this machine (root, TCG guests), through the same runner as ``rto run``
+and the lab's backend (``LabClusterBackend``: VMIs are kubevirt.io/v1 objects of
+the lab's real API server, run by its virt-controller and virt-handlers):
+- VMI create -> first good probe, over ``--boots`` fresh VMIs (target <= 6 s): from
+  the VirtualMachine's create call to the first answer of the guest itself, probed
+  as the recorder probes (``chaos.prober.http_probe`` from the hub netns, 20 ms);
 - watchdog RTO (guest hang, i6300esb heartbeat 2 s, watchdog healer), ``--hangs``
   runs on one VMI (target <= 10 s), and once with the driver's 30 s default;
 - node power-off RTO with the eviction healer, ``fast`` profile, ``--power-runs``
@@ -16,6 +20,7 @@ someone else has up; only one guest runs at a time.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -36,13 +41,16 @@ sys.path.insert(0, str(ROOT))
 
 from chaos.backends import apply_profile  # noqa: E402
 from chaos.journal import Journal  # noqa: E402
+from chaos.prober import http_probe  # noqa: E402
 from chaos.results import ResultsStore, RunResult  # noqa: E402
 from chaos.runner import RunOptions, run_experiment  # noqa: E402
 from chaos.spec import ExperimentSpec, load_experiment  # noqa: E402
-from cluster.api import WorkloadKind  # noqa: E402
-from cluster.lab.backend import LabBackend  # noqa: E402
+from cluster.api import ProbeTarget, WorkloadKind  # noqa: E402
 from cluster.lab.lifecycle import lab_down, lab_up  # noqa: E402
+from cluster.lab.net import in_netns  # noqa: E402
+from cluster.lab_cluster import LabClusterBackend, LabClusterProvider  # noqa: E402
 from core.errors import BackendError  # noqa: E402
+from core.wait import poll_until  # noqa: E402
 
 __all__ = ["main"]
 
@@ -79,19 +87,30 @@ def _summary(rows: list[RunResult], target: float | None = None) -> dict[str, ob
     return out
 
 
-def _boot_once(backend: LabBackend, name: str) -> float:
+def _probe(target: ProbeTarget, name: str, timeout: float) -> bool:
+    """One probe as the recorder sends it (200 with ``name`` first in the body),
+    from the target's netns (the lab's hub), in a thread of its own."""
+
+    def probe() -> bool:
+        good, _instance, _reason = asyncio.run(http_probe(target, timeout, expect_name=name))
+        return good
+
+    return in_netns(target.netns, probe) if target.netns is not None else probe()
+
+
+def _boot_once(backend: LabClusterBackend, name: str) -> float:
     """Wall seconds from create to the first 200 from the guest itself."""
     t0 = time.monotonic()
     backend.create_workload(name, WorkloadKind.VMI, HOME)
 
     def answered() -> bool:
-        try:
-            code, body = backend.probe(name, timeout=0.5)
-        except BackendError:
-            return False
-        return code == 200 and body.split()[:1] == [name]
+        target = backend.probe_target(name)  # None until the VMI has an address
+        return target is not None and _probe(target, name, 0.5)
 
-    backend.wait_until(answered, 120.0, f"VMI {name} to answer", period=0.02)
+    poll_until(
+        answered, 120.0, f"VMI {name} to answer", backend.clock,
+        interval=0.02, retry_on=(BackendError,),
+    )  # fmt: skip
     took = time.monotonic() - t0
     backend.delete_workload(name)
     return took
@@ -113,7 +132,12 @@ def main() -> int:
     t0 = time.monotonic()
     lab_up(profile="fast", nodes=3, node_prefix=NODE_PREFIX, vms=True)
     figures["lab_up_vms_s"] = round(time.monotonic() - t0, 3)
-    backend = LabBackend()
+    try:
+        backend = LabClusterProvider().backend()
+        assert isinstance(backend, LabClusterBackend)
+    except BaseException:
+        lab_down()
+        raise
     failed: BaseException | None = None
     try:
         apply_profile(backend, "fast")

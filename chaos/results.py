@@ -60,8 +60,8 @@ class RunResult(BaseModel):
     # or a backend that cannot tell. VM figures under TCG are not KVM figures.
     accelerator: str | None = None
     # What the run was measured on: "Kubernetes v1.34.4" (a real API server's
-    # version), "lab model" (the lab's own control plane and agents), None when
-    # unknown (rows written before this existed).
+    # version), "lab model" (rows measured on the lab's former imitation of the
+    # control plane and kubelets), None when unknown (rows written before this existed).
     platform: str | None = None
 
 

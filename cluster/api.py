@@ -202,8 +202,8 @@ class Observed(Protocol):
 
     def platform_version(self, kind: WorkloadKind | None = None) -> str | None:
         """What a workload of ``kind`` is measured on, e.g. "Kubernetes v1.34.4"
-        (the API server's version), or "lab model" where no Kubernetes component
-        runs it; None when the backend cannot tell. Stored on every result row."""
+        (the API server's version); None when the backend cannot tell (rows from
+        before the lab ran real components say "lab model"). Stored on every result row."""
         ...
 
 

@@ -1,25 +1,23 @@
-"""The lab's backend once its real cluster is up: pods through ``cluster.kube``.
+"""The lab's backend: its real cluster through ``cluster.kube``, its machines beside it.
 
-Made by ``LabClusterProvider`` (the ``lab`` entry of ``rto.backends``) when
+Made by ``LabClusterProvider`` (the ``lab`` entry of ``rto.backends``) once
 ``rto lab up`` started the real Kubernetes components (``cluster.lab.kube``);
 read by the runner, faults, healers and recorder like any ``cluster.api.Backend``.
 
-Pods are real: they are Deployments in the lab's API server, run by its kubelets,
-and every pod call goes to a ``KubeBackend`` on the config the lab wrote
+Pods are Deployments in the lab's API server, run by its kubelets, and every
+pod call goes to a ``KubeBackend`` on the config the lab wrote
 (``/var/lib/rto-lab/kube/rto-kube.yaml``), the same code a user points at their
-own cluster. VMIs are the lab's (``cluster.lab.backend.LabBackend``: libvirt
-domains, watchdog, live migration, placed by the lab's model), unless the lab
-came up with ``kubevirt`` (the default of ``rto lab up --vms``): then VMIs are
-VirtualMachines of the API server, reconciled by the lab's virt-controller and
-virt-handlers (``cluster.lab.kube.virt_controller``), and every VMI call goes
-to the kube backend too (a paused guest is unpaused through virt-api's
-subresource), except what only the lab can do to a guest (SIGKILL its QEMU,
-hang it, cut it off, unplug its disk: KubeVirt's launcher is not here), done
-on the node its VMI status names. Calls on a node reach both
-sides where both must see them (cordon, fence); the node itself is the lab's
-(power, network cut). Nodes are read from the real API server: its Nodes and
-Leases are what the platform decides on. The lab and the kube backend do not
-know each other (an import-linter contract); this module, above both, joins them.
+own cluster. VMIs (a lab brought up with VMs) are VirtualMachines of the same
+API server, reconciled by the lab's virt-controller and virt-handlers
+(``cluster.lab.kube.virt_controller``); every VMI call goes to the kube backend
+too (a paused guest is unpaused through virt-api's subresource), except what
+only the lab can do to a guest (SIGKILL its QEMU, hang it, cut it off, unplug
+its disk: KubeVirt's launcher is not here), done on the node its VMI status
+names. What only the lab can do to a node (power, network cut) is
+``cluster.lab.nodes.LabNodes``. Nodes are read from the real API server: its
+Nodes and Leases are what the platform decides on. The lab and the kube backend
+do not know each other (an import-linter contract); this module, above both,
+joins them.
 """
 
 from __future__ import annotations
@@ -43,13 +41,13 @@ from cluster.api import (
 from cluster.kube.backend import KubeBackend
 from cluster.kube.config import load_kube_config
 from cluster.lab import vmi_faults, vmis, volumes
-from cluster.lab.backend import LabBackend
 from cluster.lab.kube import cluster as kube_cluster
 from cluster.lab.kube import node as kube_node
 from cluster.lab.kube.kubevirt_crds import KUBEVIRT_VERSION
 from cluster.lab.kube.paths import KUBE_VERSION
 from cluster.lab.lifecycle import lab_down, lab_up
-from core.errors import BackendError
+from cluster.lab.nodes import LabNodes
+from core.errors import BackendError, LabError
 from core.samples import MetricSample
 from core.wait import WaitTimeout, poll_until
 
@@ -75,26 +73,23 @@ def _switch_real_cluster(profile: str) -> None:
 
 
 class LabClusterBackend:
-    """Pods on the lab's real cluster (kube backend), VMIs on the lab's own code."""
+    """The lab's real cluster (kube backend) and its machines (``LabNodes``)."""
 
     name = "lab"
     dry_run = False
 
     def __init__(
         self,
-        lab: LabBackend,
+        lab: LabNodes,
         kube: KubeBackend,
         reload_kube: Callable[[], KubeBackend] = _kube_backend,
         switch_cluster: Callable[[str], None] | None = None,
-        kubevirt: bool = False,
     ) -> None:
         self.lab, self.kube = lab, kube
         self._reload_kube = reload_kube
         # Restarts the real components with the profile's flags.
         self._switch_cluster = switch_cluster or _switch_real_cluster
         self.clock = lab.clock
-        # VMIs as kubevirt.io/v1 objects of the cluster (chosen at lab up).
-        self.kubevirt = kubevirt
 
     def close(self) -> None:
         try:
@@ -103,14 +98,8 @@ class LabClusterBackend:
             self.lab.close()
 
     # --- routing -------------------------------------------------------------------
-    def _is_vmi(self, workload: str) -> bool:
-        """Is it a VMI of the lab's model? Anything else is an object of the cluster."""
-        return not self.kubevirt and any(w.name == workload for w in self.lab.workloads())
-
     def _kube_vmi(self, workload: str) -> tuple[str, str | None] | None:
         """(node, guest address) of a kubevirt.io VMI of the cluster; None if a pod."""
-        if not self.kubevirt:
-            return None
         w = self.kube.workload(workload)
         if w.kind is not WorkloadKind.VMI:
             return None
@@ -118,9 +107,6 @@ class LabClusterBackend:
             raise BackendError(f"VMI {workload} is on no node yet ({w.phase.value})")
         target = self.kube.probe_target(workload)
         return w.node, None if target is None else target.host
-
-    def _side(self, workload: str) -> Backend:
-        return self.lab if self._is_vmi(workload) else self.kube
 
     # --- reading -------------------------------------------------------------------
     def nodes(self) -> list[NodeStatus]:
@@ -137,13 +123,13 @@ class LabClusterBackend:
         return n if n.name not in powered else dataclasses.replace(n, powered=powered[n.name])
 
     def workloads(self) -> list[WorkloadStatus]:
-        return self.lab.workloads() + self.kube.workloads()
+        return self.kube.workloads()
 
     def workload(self, name: str) -> WorkloadStatus:
-        return self._side(name).workload(name)
+        return self.kube.workload(name)
 
     def probe_target(self, workload: str) -> ProbeTarget | None:
-        return self._side(workload).probe_target(workload)
+        return self.kube.probe_target(workload)
 
     def events(self, since: float) -> Iterator[Event]:
         # Both stamp with the monotonic clock (core.clock.RealClock, KubeTimeline).
@@ -152,17 +138,34 @@ class LabClusterBackend:
         )
 
     def metrics(self, workload: str) -> MetricSample | None:
-        return self._side(workload).metrics(workload)
+        w = self.kube.workload(workload)
+        if w.kind is not WorkloadKind.VMI:
+            return self.kube.metrics(workload)  # metrics-server, when the cluster serves it
+        if w.node is None:
+            return None  # no QEMU to read
+        # The VMI's QEMU, read on its node (cluster.lab.metrics): guest CPU and
+        # memory apart from QEMU's own, which a metrics-server cannot split.
+        from cluster.lab import metrics  # libvirt-python: the 'vm' extra
+
+        try:
+            return metrics.vmi_sample(w.node, workload, self.clock.now())
+        except LabError as exc:
+            raise BackendError(f"metrics of {workload} on {w.node}: {exc}") from exc
 
     def log_path(self, workload: str) -> Path | None:
-        return self._side(workload).log_path(workload)
+        if self.kube.workload(workload).kind is not WorkloadKind.VMI:
+            return self.kube.log_path(workload)  # the container's log, streamed
+        # The guest's serial console, which the lab's libvirtds append to across
+        # restarts and migrations (KubeVirt's guest-console-log container would
+        # stream the same; the lab's virt-launcher pods run no such container).
+        from cluster.lab import virt  # libvirt-python: the 'vm' extra
+
+        return virt.console_log(workload)
 
     def vm_accelerator(self) -> str | None:
         return self.lab.vm_accelerator()
 
     def platform_version(self, kind: WorkloadKind | None = None) -> str | None:
-        if kind is WorkloadKind.VMI and not self.kubevirt:
-            return self.lab.platform_version(kind)
         if kind is WorkloadKind.VMI:
             base = self.kube.platform_version(kind) or "Kubernetes"
             return f"{base}, KubeVirt {KUBEVIRT_VERSION} API, the lab's virt-controller"
@@ -178,13 +181,17 @@ class LabClusterBackend:
         watchdog_heartbeat_s: int | None = 2,
         eviction_strategy: str = "LiveMigrate",
     ) -> None:
-        side: Backend = self.lab if kind is WorkloadKind.VMI and not self.kubevirt else self.kube
+        if kind is WorkloadKind.VMI and not self.lab.vms():
+            raise BackendError(
+                f"cannot create VMI {name}: the lab came up without VMs; "
+                "`rto lab down` and `rto lab up --vms`"
+            )
         if kind is WorkloadKind.POD:
             # Before the Deployment: its hostPath (type Directory, the kube
             # config's pod_volume_host_path) is this volume's mountpoint, which
             # every node sees (cluster.lab.kube.node follows the host's mounts).
             volumes.ensure_volume(name)
-        side.create_workload(
+        self.kube.create_workload(
             name,
             kind,
             node,
@@ -193,9 +200,6 @@ class LabClusterBackend:
         )
 
     def delete_workload(self, name: str) -> None:
-        if self._is_vmi(name):
-            self.lab.delete_workload(name)
-            return
         # A frozen volume would keep the container from ever stopping (its
         # writers hang uninterruptibly): thaw it first (no-op when not frozen).
         volumes.thaw(name)
@@ -220,13 +224,13 @@ class LabClusterBackend:
         volumes.destroy_volume(name)
 
     def wait_ready(self, name: str, timeout: float) -> WorkloadStatus | None:
-        return self._side(name).wait_ready(name, timeout)
+        return self.kube.wait_ready(name, timeout)
 
     # --- faults ----------------------------------------------------------------------
     def kill_main_process(self, workload: str) -> None:
         at = self._kube_vmi(workload)
         if at is None:
-            self._side(workload).kill_main_process(workload)
+            self.kube.kill_main_process(workload)
             return
         # The QEMU of the VMI runs under its node's libvirtd, not in the
         # launcher pod: killed there, as KubeVirt's compute container's would be.
@@ -242,23 +246,20 @@ class LabClusterBackend:
 
     def hang_workload(self, workload: str) -> None:
         if self._kube_vmi(workload) is None:
-            self._side(workload).hang_workload(workload)
+            self.kube.hang_workload(workload)
             return
         reply = vmis.guest_command(workload, "hang")  # the guest's control channel
         if reply != "hung":
             raise BackendError(f"VMI {workload} answered {reply!r} to hang, not 'hung'")
 
     def cordon(self, node: str) -> None:
-        # The real scheduler must skip it (pods), and so must the lab's VMI placement.
         self.kube.cordon(node)
-        self.lab.cordon(node)
 
     def uncordon(self, node: str) -> None:
         self.kube.uncordon(node)
-        self.lab.uncordon(node)
 
     def evict(self, workload: str) -> None:
-        self._side(workload).evict(workload)
+        self.kube.evict(workload)
 
     def power_off(self, node: str) -> None:
         # The lab's power-off kills everything in the node's cgroup: kubelet,
@@ -266,7 +267,7 @@ class LabClusterBackend:
         self.lab.power_off(node)
 
     def power_on(self, node: str) -> None:
-        self.lab.power_on(node)  # reboots the node: agent, libvirtd, containerd, kubelet
+        self.lab.power_on(node)  # reboots the node: libvirtd, containerd, kubelet, virt-handler
 
     def partition_node(self, node: str) -> None:
         self.lab.partition_node(node)  # the node's netns: the kubelet loses the API too
@@ -277,26 +278,23 @@ class LabClusterBackend:
     def partition_workload(self, workload: str) -> None:
         at = self._kube_vmi(workload)
         if at is None:
-            self._side(workload).partition_workload(workload)
+            self.kube.partition_workload(workload)
             return
         if at[1] is None:
             raise BackendError(f"VMI {workload} has no address yet: nothing to cut off")
         vmi_faults.partition_vmi(at[0], workload, at[1])
 
     def heal_workload_partition(self, workload: str) -> None:
-        if self.kubevirt and not self._is_pod(workload):
+        if not self._is_pod(workload):
             # Every node: the VMI may have moved (or be gone) since it was cut off.
             vmi_faults.heal_vmi([m.name for m in self.lab.nodes()], workload)
             return
-        self._side(workload).heal_workload_partition(workload)
+        self.kube.heal_workload_partition(workload)
 
     def _is_pod(self, workload: str) -> bool:
         return any(w.name == workload and w.kind is WorkloadKind.POD for w in self.kube.workloads())
 
     def fail_volume(self, workload: str, mode: VolumeFailure) -> None:
-        if self._is_vmi(workload):
-            self.lab.fail_volume(workload, mode)
-            return
         at = self._kube_vmi(workload)
         if at is not None:
             if mode is VolumeFailure.UNPLUG:
@@ -332,10 +330,7 @@ class LabClusterBackend:
 
     def repair_volume(self, workload: str, mode: VolumeFailure) -> None:
         """Idempotent (a journal revert replays it after a harness crash)."""
-        if self._is_vmi(workload):
-            self.lab.repair_volume(workload, mode)
-            return
-        if self.kubevirt and not self._is_pod(workload):
+        if not self._is_pod(workload):
             self._repair_kube_vmi_volume(workload, mode)
             return
         if mode is VolumeFailure.UNPLUG:
@@ -377,25 +372,23 @@ class LabClusterBackend:
         return self.lab.restart_healing()
 
     def set_restart_healing(self, enabled: bool) -> None:
-        # The lab's agents restart crashed QEMUs only when it is on; the kubelet
-        # always restarts containers (the flag tells the watchdog healer).
+        # The kubelet always restarts containers and the VM controller always
+        # makes a new VMI (run strategy Always): the flag tells the watchdog healer.
         self.lab.set_restart_healing(enabled)
         self.kube.set_restart_healing(enabled)
 
     def fence(self, node: str) -> None:
-        # The real out-of-service taint lets the pod-GC delete the dead node's
-        # pods; the lab's fence releases its VMIs.
+        # The real out-of-service taint: the pod-GC deletes the dead node's pods
+        # (virt-launchers too, which is what releases its VMIs).
         self.kube.fence(node)
-        self.lab.fence(node)
 
     def unfence(self, node: str) -> None:
         self.kube.unfence(node)
-        self.lab.unfence(node)
 
     def resume_workload(self, workload: str) -> None:
         at = self._kube_vmi(workload)
         if at is None:
-            self._side(workload).resume_workload(workload)
+            self.kube.resume_workload(workload)
             return
         paused = self.kube.workload(workload).condition("Paused")
         if paused is not None and paused.status:
@@ -406,14 +399,10 @@ class LabClusterBackend:
         vmi_faults.resume(at[0], workload)  # not paused (yet): a no-op unless libvirt says so
 
     def reschedule(self, workload: str) -> None:
-        self._side(workload).reschedule(workload)
+        self.kube.reschedule(workload)
 
     def migrate(self, workload: str, node: str | None = None) -> dict[str, str]:
-        if self.kubevirt:
-            return self.kube.migrate(workload, node)  # a VirtualMachineInstanceMigration
-        if not self._is_vmi(workload):
-            raise BackendError(f"{workload} is a pod: only a VMI can be live-migrated")
-        return self.lab.migrate(workload, node)
+        return self.kube.migrate(workload, node)  # a VirtualMachineInstanceMigration
 
     # --- around a run --------------------------------------------------------------------
     @property
@@ -421,29 +410,27 @@ class LabClusterBackend:
         return self.lab.profile
 
     def set_profile(self, name: str) -> None:
-        """Both halves: the lab's VMI timings, and the real components' flags
-        (restarted with the profile's, ``cluster.lab.kube.cluster.set_profile``)."""
-        self.lab.set_profile(name)
+        """The real components' flags, restarted with the profile's
+        (``cluster.lab.kube.cluster.set_profile``)."""
         if self.kube.profile != name:
             self._switch_cluster(name)
             old, self.kube = self.kube, self._reload_kube()  # it read the old profile
             old.close()
+        self.lab.record_profile(name)
 
 
 class LabClusterProvider:
-    """``cluster.api.BackendProvider`` for the lab: a real cluster when one is up."""
+    """``cluster.api.BackendProvider`` for the lab on this machine."""
 
     name = "lab"
 
     def backend(self) -> Backend:
-        lab = LabBackend()
         if not kube_cluster.cluster_up():
-            return lab  # a lab brought up without its real cluster (`lab up --model`)
-        kubevirt = lab.store.get_setting("vmi_api") == "kubevirt"
-        return LabClusterBackend(lab, _kube_backend(), kubevirt=kubevirt)
+            raise BackendError("the lab is not up: `rto lab up` (add --vms for VMIs) first")
+        return LabClusterBackend(LabNodes(), _kube_backend())
 
     def up(self, profile: str, nodes: int, vms: bool) -> str | None:
-        choice = lab_up(profile=profile, nodes=nodes, vms=vms, kube=True)  # VMIs: kubevirt.io
+        choice = lab_up(profile=profile, nodes=nodes, vms=vms)
         what = f"Kubernetes {KUBE_VERSION} on {nodes} nodes"
         if vms:
             what += f"; VMIs as KubeVirt {KUBEVIRT_VERSION} objects (the lab's virt-controller)"

@@ -1,12 +1,12 @@
-"""Timing profiles: the platform behaviour Kubernetes/KubeVirt supply, as data.
+"""Timing profiles: the platform timings a profile runs the cluster with, as data.
 
 Backend-neutral: read by the healers (periods and thresholds scale with the
-profile a run names), by ``chaos.spec`` (a profile name is checked at load) and
-by the lab, whose control plane (node monitor, toleration eviction) and node
-agents (heartbeat, restart back-off) run on it; chosen at ``rto lab up`` and per
-run. ``kubernetes-defaults`` reproduces the real timings (docs/FACTS.md);
-``fast`` scales them down so tests and demos finish quickly. The harness's own
-healers are measured against both.
+node heartbeat of the profile a run names), by ``chaos.spec`` (a profile name is
+checked at load) and by the lab, which sets these values on its real components
+(``cluster.lab.kube.flags``: kubelet lease, node-monitor grace period, default
+tolerations). Nothing imitates them: ``kubernetes-defaults`` is what the
+components do untouched (FACTS.md), ``fast`` what the lab sets so tests and
+demos finish quickly. The harness's own healers are measured against both.
 """
 
 from __future__ import annotations
@@ -21,46 +21,24 @@ __all__ = ["PROFILES", "TimingProfile", "get_profile"]
 @dataclass(frozen=True)
 class TimingProfile:
     name: str
-    heartbeat_interval: float  # node agent -> control plane (kubelet lease renew)
-    monitor_period: float  # node lifecycle controller period
+    heartbeat_interval: float  # the kubelet renews its node Lease this often
     grace_period: float  # node-monitor-grace-period: silent this long -> NotReady
-    toleration: float  # not-ready/unreachable tolerationSeconds -> evict pods
-    backoff_initial: float  # container restart back-off, after the immediate restart
-    backoff_max: float
-    backoff_reset: float  # running this long resets the back-off
-    vmi_heartbeat_timeout: float  # virt-handler heartbeat timeout (VMIs, issue 3)
+    toleration: float  # default not-ready/unreachable tolerationSeconds -> evicted
 
     def as_dict(self) -> dict[str, float | str]:
         return asdict(self)
 
 
 PROFILES: dict[str, TimingProfile] = {
-    # kubelet lease renew 10 s; node-monitor-period 5 s; grace 50 s (v1.32+);
-    # DefaultTolerationSeconds 300 s; back-off 10 s doubling to 300 s, reset 10 min;
-    # virt-handler heartbeat timeout 5 min.
+    # The components' own defaults: the kubelet renews its 40 s Lease every 10 s;
+    # node-monitor-grace-period 50 s (v1.32+); DefaultTolerationSeconds 300 s.
     "kubernetes-defaults": TimingProfile(
-        name="kubernetes-defaults",
-        heartbeat_interval=10.0,
-        monitor_period=5.0,
-        grace_period=50.0,
-        toleration=300.0,
-        backoff_initial=10.0,
-        backoff_max=300.0,
-        backoff_reset=600.0,
-        vmi_heartbeat_timeout=300.0,
+        name="kubernetes-defaults", heartbeat_interval=10.0, grace_period=50.0, toleration=300.0
     ),
-    # Everything about 1/50 (heartbeat 1/50 too so grace stays 5 heartbeats).
-    "fast": TimingProfile(
-        name="fast",
-        heartbeat_interval=0.2,
-        monitor_period=0.1,
-        grace_period=1.0,
-        toleration=6.0,
-        backoff_initial=1.0,
-        backoff_max=8.0,
-        backoff_reset=30.0,
-        vmi_heartbeat_timeout=6.0,
-    ),
+    # What the lab sets: a 1 s Lease renewed every quarter of it, grace 2 s (a
+    # renewal delayed on a busy 2-core machine must not flap a node NotReady),
+    # tolerations 6 s (whole seconds in the API).
+    "fast": TimingProfile(name="fast", heartbeat_interval=0.25, grace_period=2.0, toleration=6.0),
 }
 
 

@@ -7,8 +7,8 @@ Filled from the results store (``runs/results.jsonl``, rows of
 backend, profile, healers). Only cells measured with real platform timings
 (profile ``kubernetes-defaults``, or backend ``kube`` on a profile that is not
 a scaled one)
-are judged against the documented seconds; ``fast``-profile cells, on the lab's
-model or its real cluster, are shown as scaled timings.
+are judged against the documented seconds; ``fast``-profile cells (the lab's real
+cluster with its fast flags) are shown as scaled timings.
 
 A verdict is computed only from what was measured: a cell whose runs all
 aborted, or a same-behaviour claim whose other side aborted, did not recover or

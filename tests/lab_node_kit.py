@@ -1,8 +1,8 @@
 """Helpers for the node-side lab tests: an isolated mini-lab and an HTTP/UDP client.
 
 Used by tests/test_lab_*.py. ``isolated_lab`` gives every test its own netns
-prefix, state dir, run dir and node/pod names, so the tests never touch a lab
-that is up on the machine, and removes every netns, cgroup, container, mount
+prefix, state dir, run dir and node/volume names, so the tests never touch a lab
+that is up on the machine, and removes every netns, cgroup, process, mount
 and loop device it made, whatever happened in the test.
 """
 
@@ -12,9 +12,6 @@ import http.client
 import os
 import socket
 import subprocess
-import sys
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +21,7 @@ from typing import TypeVar
 import pytest
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from cluster.lab import cgroups, net, runtime, state, volumes
+from cluster.lab import cgroups, net, state, volumes
 
 __all__ = [
     "ROOT",
@@ -33,10 +30,8 @@ __all__ = [
     "http_get",
     "in_netns",
     "isolated_lab",
-    "start_pod",
     "udp_listener",
     "wait_for",
-    "wait_healthy",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,23 +59,8 @@ def wait_for(check: Callable[[], T], timeout: float, step: float = 0.01) -> T:
 
 
 def in_netns(ns: str, fn: Callable[[], T]) -> T:
-    """Run ``fn`` in a thread that entered netns ``ns``."""
-    out: list[T] = []
-    err: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            net.enter_netns(ns)
-            out.append(fn())
-        except BaseException as exc:
-            err.append(exc)
-
-    t = threading.Thread(target=target)
-    t.start()
-    t.join()
-    if err:
-        raise err[0]
-    return out[0]
+    """Run ``fn`` in a thread that entered netns ``ns`` (``net.in_netns``)."""
+    return net.in_netns(ns, fn)
 
 
 def http_get(
@@ -143,39 +123,6 @@ class IsolatedLab:
         cgroups.create_node_cgroup(self.node)
         self.nodes.append(self.node)
 
-    def start_agent(self) -> subprocess.Popen[bytes]:
-        """The agent as lifecycle starts it: in the node netns and cgroup."""
-        node = self.node
-        log = open(self.state_dir / f"{node}-agent.log", "ab")  # noqa: SIM115 - closed below
-        try:
-            proc = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    net.node_ns(node),
-                    sys.executable,
-                    "-m",
-                    "cluster.lab.agent",
-                    "--node",
-                    node,
-                ],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=log,
-                # Join the node cgroup before exec, so nothing escapes kill_node.
-                preexec_fn=lambda: cgroups.attach(os.getpid(), node),
-            )
-        finally:
-            log.close()
-        self.procs.append(proc)
-        return proc
-
-    def agent_log(self) -> str:
-        p = self.state_dir / f"{self.node}-agent.log"
-        return p.read_text() if p.exists() else ""
-
     def cleanup(self) -> None:
         errors: list[str] = []
 
@@ -190,8 +137,6 @@ class IsolatedLab:
                 p.kill()
             attempt(lambda p=p: p.wait(10))  # type: ignore[misc]
         for node in self.nodes:
-            for c in runtime.list_containers(node) if runtime.RUNC_ROOT(node).is_dir() else []:
-                attempt(lambda node=node, c=c: runtime.delete(node, c))  # type: ignore[misc]
             attempt(lambda node=node: cgroups.delete_node_cgroup(node))  # type: ignore[misc]
         for pod in self.pods:
             attempt(lambda pod=pod: volumes.destroy_volume(pod))  # type: ignore[misc]
@@ -224,30 +169,3 @@ def isolated_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Is
             lab.cleanup()
         finally:
             net.set_prefix(old_prefix)
-
-
-def start_pod(
-    lab: IsolatedLab, pod: str, slot: int, instance: str
-) -> tuple[str, subprocess.Popen[bytes]]:
-    """Net + volume + bundle + ``runc run`` for one pod, as the agent does it."""
-    ip = net.create_pod_net(lab.node, lab.index, pod, slot)
-    volumes.ensure_volume(pod)
-    runtime.prepare_bundle(lab.node, lab.index, pod, ip, instance)
-    proc = runtime.run_foreground(lab.node, pod, lab.state_dir / "logs" / f"{pod}.log")
-    lab.procs.append(proc)
-    return ip, proc
-
-
-def wait_healthy(lab: IsolatedLab, ip: str, body: str, timeout: float = 10.0) -> float:
-    """Wait for healthz to answer 200 ``body``; returns when (monotonic)."""
-
-    def check() -> float:
-        try:
-            status, text = http_get(net.HUB_NS, ip, timeout=0.5)
-        except OSError as exc:
-            raise NotYet from exc
-        if (status, text.strip()) != (200, body):
-            raise NotYet
-        return time.monotonic()
-
-    return wait_for(check, timeout, step=0.005)

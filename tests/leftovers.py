@@ -62,7 +62,7 @@ CATEGORIES = (NETNS, NFT_TABLES, IPTABLES, MOUNTS, FROZEN, CGROUPS, LOOP_DEVICES
 # depend on the code it checks.
 LAB_DIRS: tuple[Path, ...] = (Path("/var/lib/rto-lab"), Path("/run/rto-lab"))
 LAB_ADDRESS = "198.18."  # the lab's range 198.18.0.0/15 as it prints in rules
-LAB_MODULES = ("cluster.lab.agent", "cluster.lab.controlplane")
+LAB_MODULES = ("cluster.lab.kube.virt_controller", "cluster.lab.kube.virt_handler")
 
 _FIFREEZE = 0xC0045877  # _IOWR('X', 119, int)
 _FITHAW = 0xC0045878  # _IOWR('X', 120, int)

@@ -14,6 +14,7 @@ then fails if anything of it is left on the machine.
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
@@ -26,11 +27,12 @@ from pathlib import Path
 import leftovers as machine
 import pytest
 import yaml
+from lab_node_kit import in_netns
 
 from cluster.lab import lifecycle, net, state
-from cluster.lab.backend import LabBackend
+from cluster.lab_cluster import LabClusterBackend, LabClusterProvider
 
-__all__ = ["PrivateLab"]
+__all__ = ["PrivateLab", "probe"]
 
 
 @dataclass(frozen=True)
@@ -99,14 +101,10 @@ class PrivateLab:
         *,
         profile: str = "fast",
         vms: bool = False,
-        kube: bool = False,
-        kubevirt: bool = False,
         journal: Path | None = None,
-    ) -> Iterator[LabBackend]:
-        """The private lab up with ``nodes`` nodes; a LabBackend on it.
-
-        ``kube=True`` also starts the real cluster (``lab_up(kube=True)``);
-        ``kubevirt=True`` (with both) its VMIs as kubevirt.io/v1 objects.
+    ) -> Iterator[LabClusterBackend]:
+        """The private lab up with ``nodes`` nodes (its real cluster; with
+        ``vms`` its VMIs as kubevirt.io/v1 objects); the lab's backend on it.
 
         Always closes the backend, takes the lab down and undoes the patches;
         then (only if nothing failed already) asserts nothing of it is left.
@@ -116,14 +114,11 @@ class PrivateLab:
         try:
             lifecycle.lab_down()  # an earlier aborted run of this module
             t0 = time.monotonic()
-            lifecycle.lab_up(
-                profile, nodes, node_prefix=self.node_prefix, vms=vms, kube=kube, kubevirt=kubevirt
-            )
+            lifecycle.lab_up(profile, nodes, node_prefix=self.node_prefix, vms=vms)
             what = f"{nodes} node{'s' if nodes != 1 else ''}, {profile}{', vms' if vms else ''}"
-            what += ", real cluster" if kube else ""
-            what += ", kubevirt.io VMIs" if kubevirt else ""
             print(f"\nFIGURE lab_up({what}): {time.monotonic() - t0:.2f} s")
-            backend = LabBackend()
+            backend = LabClusterProvider().backend()
+            assert isinstance(backend, LabClusterBackend)
             try:
                 yield backend
             finally:
@@ -135,6 +130,25 @@ class PrivateLab:
             finally:
                 mp.undo()
         assert not left, f"private lab {self.name} left objects behind: {left}"
+
+
+def probe(backend: LabClusterBackend, workload: str, timeout: float = 1.0) -> tuple[int, str]:
+    """One GET of the workload's health endpoint from where the recorder probes
+    (the hub's netns): (status, body). OSError when nothing answers."""
+    target = backend.probe_target(workload)
+    if target is None:
+        raise OSError(f"{workload} has no address yet")
+
+    def get() -> tuple[int, str]:
+        c = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+        try:
+            c.request("GET", target.path)
+            r = c.getresponse()
+            return r.status, r.read().decode(errors="replace")
+        finally:
+            c.close()
+
+    return in_netns(target.netns or net.HUB_NS, get)
 
 
 def run_rto_campaign(campaign: dict[str, object], tmp_path: Path) -> list[dict[str, object]]:

@@ -173,5 +173,5 @@ def test_lab_up_refuses_forced_kvm_before_creating_anything(
     lines = result.output.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("error: RTO_LAB_ACCEL=kvm, but KVM cannot run")
-    assert not lifecycle.controlplane_alive()
+    assert not lifecycle.lab_status()["up"]
     assert lifecycle.lab_status()["nodes"] == []

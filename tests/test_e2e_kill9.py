@@ -1,10 +1,11 @@
 """A harness SIGKILLed mid-fault leaves the fault in place; ``rto revert`` and
 ``rto lab down`` take it away from the journal alone.
 
-One private lab for the module (``fast``, 2 nodes, own state/run dirs, netns
-prefix ``rtohk``, nodes ``hkn1..2``), torn down in finally. Each test writes an
-overridden copy of an ``experiments/pods`` file (placed on ``hkn1``, held for
-5 minutes, node-side watchdog only so a dead harness leaves no healer state),
+One private lab for the module (its real cluster on the ``fast`` flags, 2
+nodes, own state/run dirs, netns prefix ``rtohk``, nodes ``hkn1..2``), torn
+down in finally. Each test writes an overridden copy of an ``experiments/pods``
+file (placed on ``hkn1``, held for 5 minutes, watchdog healer only so a dead
+harness leaves no healer state),
 starts ``rto run`` on it as a subprocess with the lab's environment and its
 own journal, waits until the journal says injected and the fault really acts,
 SIGKILLs the process, checks the fault is still there, then runs the CLI that
@@ -24,13 +25,14 @@ from typing import Any
 
 import pytest
 import yaml
-from private_lab import PrivateLab
+from private_lab import PrivateLab, probe
 
 from chaos.journal import FaultRecord, Journal
 from cluster.lab import lifecycle, net, volumes
-from cluster.lab.backend import LabBackend
+from cluster.lab.kube import node as kube_node
+from cluster.lab_cluster import LabClusterBackend
 from cluster.profiles import get_profile
-from core.errors import BackendError
+from core.wait import poll_until
 
 __all__: list[str] = []
 
@@ -50,7 +52,7 @@ LAB_ENV = {
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[LabBackend]:
+def lab() -> Iterator[LabClusterBackend]:
     with LAB.up(2) as backend:
         yield backend
 
@@ -62,8 +64,8 @@ def _experiment(tmp_path: Path, name: str) -> tuple[Path, str]:
     ext["target"]["node"] = HOME
     ext["fault"]["duration_s"] = 300
     ext["recovery"]["deadline_s"] = 400
-    # The watchdog is node-side restarts (left on); the eviction healer would
-    # fence the node and a SIGKILLed harness could never unfence it.
+    # The eviction healer would fence the node (a taint) and a SIGKILLed
+    # harness could never unfence it; the watchdog only records restarts.
     ext["healers"] = ["watchdog"]
     ext["profile"] = "fast"
     path = tmp_path / f"{name}.yaml"
@@ -92,16 +94,16 @@ def _injected(journal: Journal, fault: str) -> FaultRecord | None:
     return next((r for r in journal.pending() if r.fault == fault and r.state == "injected"), None)
 
 
-def _probe_fails(lab: LabBackend, workload: str) -> bool:
+def _probe_fails(lab: LabClusterBackend, workload: str) -> bool:
     try:
-        code, _ = lab.probe(workload, timeout=0.3)
-    except BackendError:
+        code, _ = probe(lab, workload, timeout=0.3)
+    except OSError:
         return True  # no answer: the fault acts
     return code != 200
 
 
 def _kill_mid_fault(
-    lab: LabBackend, tmp_path: Path, name: str, fault: str
+    lab: LabClusterBackend, tmp_path: Path, name: str, fault: str
 ) -> tuple[Journal, str, FaultRecord]:
     """Start `rto run` on the file, wait for the fault to act, SIGKILL it."""
     exp, workload = _experiment(tmp_path, name)
@@ -117,13 +119,13 @@ def _kill_mid_fault(
         start_new_session=True,
     )
     try:
-        record = lab.wait_until(
+        record = poll_until(
             lambda: _injected(journal, fault) if proc.poll() is None else "exited",
             60.0,
             f"`rto run {exp.name}` to journal {fault} injected",
         )
         assert isinstance(record, FaultRecord), (tmp_path / "rto-run.log").read_text()
-        lab.wait_until(lambda: _probe_fails(lab, workload), 10.0, f"{workload} to stop answering")
+        poll_until(lambda: _probe_fails(lab, workload), 10.0, f"{workload} to stop answering")
         assert proc.poll() is None, "rto run ended on its own"
         t0 = time.monotonic()
     finally:
@@ -137,13 +139,15 @@ def _kill_mid_fault(
     return journal, workload, record
 
 
-def test_revert_heals_a_node_partition_after_sigkill(lab: LabBackend, tmp_path: Path) -> None:
+def test_revert_heals_a_node_partition_after_sigkill(
+    lab: LabClusterBackend, tmp_path: Path
+) -> None:
     journal, workload, _ = _kill_mid_fault(
         lab, tmp_path, "network-partition-node", "network-partition"
     )
     # The partition outlived the harness: rules there, the node silent.
-    assert net.is_partitioned(node=HOME)
-    lab.wait_until(
+    assert net.is_partitioned(HOME)
+    poll_until(
         lambda: (lab.node(HOME).heartbeat_age or 0) > FAST.grace_period,
         10.0,
         f"{HOME} to go silent",
@@ -151,14 +155,11 @@ def test_revert_heals_a_node_partition_after_sigkill(lab: LabBackend, tmp_path: 
     assert _probe_fails(lab, workload)
     res = _rto(tmp_path / "journal.jsonl", "revert")
     assert "reverted" in res.stdout and "network-partition" in res.stdout
-    assert not net.is_partitioned(node=HOME)
-    lab.wait_until(
-        lambda: (
-            lab.node(HOME).ready
-            and (lab.node(HOME).heartbeat_age or 99) < 3 * FAST.heartbeat_interval
-        ),
-        10.0,
-        f"heartbeats of {HOME} to come back",
+    assert not net.is_partitioned(HOME)
+    poll_until(
+        lambda: lab.node(HOME).ready and (lab.node(HOME).heartbeat_age or 99) < FAST.grace_period,
+        30.0,
+        f"the Lease renewals of {HOME} to come back",
     )
     lab.wait_ready(workload, 30)
     assert journal.pending() == []
@@ -167,7 +168,7 @@ def test_revert_heals_a_node_partition_after_sigkill(lab: LabBackend, tmp_path: 
     lab.delete_workload(workload)
 
 
-def test_revert_thaws_a_frozen_volume_after_sigkill(lab: LabBackend, tmp_path: Path) -> None:
+def test_revert_thaws_a_frozen_volume_after_sigkill(lab: LabClusterBackend, tmp_path: Path) -> None:
     journal, workload, _ = _kill_mid_fault(lab, tmp_path, "storage-hang", "storage-lost")
     assert volumes.is_frozen(workload)
     assert _probe_fails(lab, workload)  # still hangs with the harness gone
@@ -179,12 +180,31 @@ def test_revert_thaws_a_frozen_volume_after_sigkill(lab: LabBackend, tmp_path: P
     lab.delete_workload(workload)
 
 
-def test_lab_down_reverts_a_pending_fault_first(lab: LabBackend, tmp_path: Path) -> None:
+def test_revert_powers_a_node_on_after_sigkill(lab: LabClusterBackend, tmp_path: Path) -> None:
+    """Power-off killed the node's kubelet and containerd; the harness dies with
+    the node off. ``rto revert`` boots it: kubelet and containerd run again, the
+    Node is Ready, and the workload answers (moved by the platform, or back)."""
+    journal, workload, _ = _kill_mid_fault(lab, tmp_path, "node-power-off", "node-power-off")
+    assert kube_node.component_pid(HOME, "kubelet") is None
+    assert kube_node.component_pid(HOME, "containerd") is None
+    assert not lab.node(HOME).powered
+    res = _rto(tmp_path / "journal.jsonl", "revert")
+    assert "reverted" in res.stdout and "node-power-off" in res.stdout
+    assert kube_node.component_pid(HOME, "kubelet") is not None
+    assert kube_node.component_pid(HOME, "containerd") is not None
+    assert lab.node(HOME).powered
+    poll_until(lambda: lab.node(HOME).ready, 60.0, f"{HOME} Ready after the revert")
+    lab.wait_ready(workload, 90)
+    assert journal.pending() == []
+    lab.delete_workload(workload)
+
+
+def test_lab_down_reverts_a_pending_fault_first(lab: LabClusterBackend, tmp_path: Path) -> None:
     nodes = {n.name for n in lab.nodes()}
     journal, _, record = _kill_mid_fault(
         lab, tmp_path, "network-partition-node", "network-partition"
     )
-    assert net.is_partitioned(node=HOME)
+    assert net.is_partitioned(HOME)
     res = _rto(tmp_path / "journal.jsonl", "lab", "down")
     assert "reverted" in res.stdout and "lab down" in res.stdout
     assert journal.pending() == []

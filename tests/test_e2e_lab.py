@@ -1,12 +1,13 @@
-"""End to end on the real lab: the smoke campaign through rto's runner, LabBackend.
+"""End to end on the real lab: the smoke campaign through rto's runner, the lab's backend.
 
-Needs root, namespaces, runc and the lab images; the campaign brings the lab up
-and always down again. The lab is a private one (own state/run dirs, netns
-prefix ``rtoel``, see tests/private_lab.py) so the suite never touches the
-default lab a user may have up; its nodes keep the default names ``node1..3``
-because the smoke campaign places workloads there (their cgroups and netns
-carry the private prefix). One run per fault type of the smoke campaign; every run must record
-a row, and nothing may be left in the journal.
+Needs root, namespaces, the built Kubernetes binaries and the lab images; the
+campaign brings the lab (its real cluster) up and always down again. The lab is
+a private one (own state/run dirs, netns prefix ``rtoel``, see
+tests/private_lab.py) so the suite never touches the default lab a user may
+have up; its nodes keep the default names ``node1..3`` because the smoke
+campaign places workloads there (their cgroups and netns carry the private
+prefix). One run per fault type of the smoke campaign; every run must record a
+row, and nothing may be left in the journal.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ def test_defaults_scale_with_the_profile() -> None:
     h = MigrationHealer.for_profile(get_profile("kubernetes-defaults"))
     assert h.warn_after == pytest.approx(17.5)  # half of 3.5 x 10 s heartbeats
     assert h.confirm_after == pytest.approx(35.0)
-    assert default_warn_after(FAST) == pytest.approx(0.35)
+    assert default_warn_after(FAST) == pytest.approx(0.4375)  # half of 3.5 x 0.25 s
     assert [x.name for x in build_healers(["migration"], "fast")] == ["migration"]
 
 
@@ -85,10 +85,10 @@ def test_cordon_migrates_only_target_vmis_keeping_the_instance() -> None:
 
 @pytest.mark.parametrize(
     ("age", "moved"),
-    [(0.3, False), (0.5, True), (0.7, True), (0.71, False), (None, False)],
+    [(0.4, False), (0.5, True), (0.87, True), (0.88, False), (None, False)],
 )
 def test_early_warning_window(age: float | None, moved: bool) -> None:
-    """fast: warn after 0.35 s of silence, lost (eviction's case) beyond 0.7 s."""
+    """fast: warn after 0.4375 s of silence, lost (eviction's case) beyond 0.875 s."""
     be, healer, actions, _ = _setup()
     be.set_heartbeat_age("n1", age)
     healer.step()

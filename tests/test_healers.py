@@ -345,7 +345,7 @@ def test_eviction_leaves_nodes_fenced_by_someone_else(cluster: FakeCluster) -> N
 
 def test_eviction_defaults_scale_with_profile() -> None:
     fast, k8s = get_profile("fast"), get_profile("kubernetes-defaults")
-    assert default_confirm_after(fast) == pytest.approx(0.7)
+    assert default_confirm_after(fast) == pytest.approx(0.875)  # 3.5 x 0.25 s
     assert default_confirm_after(k8s) == pytest.approx(35.0)
     h = EvictionHealer.for_profile(k8s)
     assert h.confirm_after < k8s.grace_period + k8s.toleration
@@ -409,7 +409,7 @@ def test_registry_builds_fresh_healers_scaled_to_profile() -> None:
     assert all(isinstance(h, Healer) for h in healers)
     ev = healers[1]
     assert isinstance(ev, EvictionHealer)
-    assert ev.confirm_after == pytest.approx(0.7)
+    assert ev.confirm_after == pytest.approx(0.875)
     assert build_healers(["watchdog"], "fast")[0] is not healers[0]
     assert build_healers([], "fast") == []
     assert all(spec.description for spec in HEALERS.values())

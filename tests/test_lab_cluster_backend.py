@@ -1,9 +1,10 @@
-"""The lab's backend with its real cluster up routes pods to the kube side, VMIs to the lab.
+"""The lab's backend: Kubernetes calls go to the kube side, the machine room to ``LabNodes``.
 
-Both halves are ``tests.fakes.FakeBackend``s here (state in memory, fake clock):
-what is tested is which half each call reaches and how the two views are
-joined; the halves themselves are tested against the real cluster
-(tests/test_lab_kube_cluster.py, tests/test_lab_cluster_real.py).
+The kube half is a ``tests.fakes.FakeBackend`` and the lab half a
+``FakeLabNodes`` here (state in memory, fake clock): what is tested is which
+half each call reaches and how the two views are joined; the halves themselves
+are tested against the real cluster (tests/test_lab_kube_cluster.py,
+tests/test_lab_cluster_real.py, tests/test_lab_node_driver.py).
 """
 
 from __future__ import annotations
@@ -14,12 +15,72 @@ from typing import Any
 import pytest
 
 from cluster import lab_cluster
-from cluster.api import VolumeFailure, WorkloadKind
+from cluster.api import Event, VolumeFailure, WorkloadKind
 from cluster.lab import state
+from cluster.lab.machines import Machine
 from cluster.lab_cluster import LabClusterBackend
 from core.clock import FakeClock
 from core.errors import BackendError
 from tests.fakes import FakeBackend
+
+
+class FakeLabNodes:
+    """``cluster.lab.nodes.LabNodes`` by hand: machines with a power switch,
+    settings, and the events a node's libvirtd would send (``heard``)."""
+
+    def __init__(self, clock: FakeClock, vms: bool = True) -> None:
+        self.clock = clock
+        self.powered = {f"node{i}": True for i in (1, 2, 3)}
+        self._vms = vms
+        self.profile: str | None = "fast"
+        self.restart = True
+        self.heard: list[Event] = []
+        self.calls: list[str] = []
+
+    def close(self) -> None:
+        pass
+
+    def nodes(self) -> list[Machine]:
+        return [Machine(n, i, p) for i, (n, p) in enumerate(self.powered.items(), start=1)]
+
+    def node(self, name: str) -> Machine:
+        if name not in self.powered:
+            raise BackendError(f"no lab node {name!r}")
+        return next(m for m in self.nodes() if m.name == name)
+
+    def vms(self) -> bool:
+        return self._vms
+
+    def vm_accelerator(self) -> str | None:
+        return "tcg" if self._vms else None
+
+    def power_off(self, node: str) -> None:
+        self.node(node)
+        self.calls.append(f"power_off({node})")
+        self.powered[node] = False
+        self.heard.append(Event(self.clock.now(), "vmi", f"vmi/on-{node}", "Stopped"))
+
+    def power_on(self, node: str) -> None:
+        self.calls.append(f"power_on({node})")
+        self.powered[node] = True
+
+    def partition_node(self, node: str) -> None:
+        self.calls.append(f"partition_node({node})")
+
+    def heal_node_partition(self, node: str) -> None:
+        self.calls.append(f"heal_node_partition({node})")
+
+    def record_profile(self, name: str) -> None:
+        self.profile = name
+
+    def restart_healing(self) -> bool:
+        return self.restart
+
+    def set_restart_healing(self, enabled: bool) -> None:
+        self.restart = enabled
+
+    def events(self, since: float) -> list[Event]:
+        return [e for e in self.heard if e.at > since]
 
 
 class FakeVolumes:
@@ -77,9 +138,9 @@ def vols(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeVolumes:
     return fake
 
 
-def _backend() -> tuple[LabClusterBackend, FakeBackend, FakeBackend, list[str]]:
+def _backend(vms: bool = True) -> tuple[LabClusterBackend, FakeLabNodes, FakeBackend, list[str]]:
     clock = FakeClock()
-    lab, kube = FakeBackend(clock=clock), FakeBackend(clock=clock)
+    lab, kube = FakeLabNodes(clock, vms), FakeBackend(clock=clock)
     switched: list[str] = []
 
     def reload() -> Any:
@@ -91,53 +152,56 @@ def _backend() -> tuple[LabClusterBackend, FakeBackend, FakeBackend, list[str]]:
     return b, lab, kube, switched
 
 
-def test_pods_go_to_the_cluster_and_vmis_to_the_lab() -> None:
+def test_workloads_are_objects_of_the_cluster() -> None:
     b, lab, kube, _ = _backend()
     b.create_workload("web", WorkloadKind.POD, "node1")
     b.create_workload("vm", WorkloadKind.VMI, "node2")
-    assert [w.name for w in kube.workloads()] == ["web"]
-    assert [w.name for w in lab.workloads()] == ["vm"]
+    assert sorted(w.name for w in kube.workloads()) == ["vm", "web"]
     assert sorted(w.name for w in b.workloads()) == ["vm", "web"]
     assert b.workload("web").node == "node1" and b.workload("vm").node == "node2"
-
     b.kill_main_process("web")
-    b.kill_main_process("vm")
     assert [c for c in kube.calls if c.startswith("kill")] == ["kill_main_process(web)"]
-    assert [c for c in lab.calls if c.startswith("kill")] == ["kill_main_process(vm)"]
-    with pytest.raises(BackendError, match="only a VMI can be live-migrated"):
-        b.migrate("web")
+    b.migrate("vm", "node3")
+    assert "migrate(vm)" in kube.calls and b.workload("vm").node == "node3"
+    assert lab.calls == []  # nothing of it is the machine room's
+
+
+def test_a_vmi_on_a_lab_without_vms_is_refused_before_anything_is_made() -> None:
+    b, _, kube, _ = _backend(vms=False)
+    with pytest.raises(BackendError, match="without VMs"):
+        b.create_workload("vm", WorkloadKind.VMI, "node1")
+    assert kube.workloads() == [] and not any(c.startswith("create") for c in kube.calls)
 
 
 def test_node_acts_reach_the_sides_that_must_see_them() -> None:
     b, lab, kube, _ = _backend()
     b.cordon("node1")
-    assert not lab.node("node1").schedulable and not kube.node("node1").schedulable
+    assert not kube.node("node1").schedulable
     b.uncordon("node1")
-    assert lab.node("node1").schedulable and kube.node("node1").schedulable
     b.fence("node2")
-    assert lab.node("node2").fenced and kube.node("node2").fenced
+    assert kube.node("node2").fenced  # the real out-of-service taint
     b.unfence("node2")
-    assert not lab.node("node2").fenced and not kube.node("node2").fenced
+    assert not kube.node("node2").fenced
+    assert lab.calls == []
 
     # The power is the lab's; the node as read is the API server's, with the
     # lab's word on the power.
     b.power_off("node3")
-    assert not lab.node("node3").powered and kube.node("node3").powered
+    assert lab.calls == ["power_off(node3)"] and kube.node("node3").powered
     assert not b.node("node3").powered
     assert {n.name: n.powered for n in b.nodes()}["node3"] is False
+    b.partition_node("node1")
+    b.heal_node_partition("node1")
+    assert lab.calls[-2:] == ["partition_node(node1)", "heal_node_partition(node1)"]
 
 
 def test_a_pod_has_the_labs_volume_from_creation_to_deletion(vols: FakeVolumes) -> None:
-    b, lab, kube, _ = _backend()
+    b, _, kube, _ = _backend()
     b.create_workload("web", WorkloadKind.POD, "node1")
-    b.create_workload("vm", WorkloadKind.VMI, "node2")
-    assert vols.calls == ["ensure web"]  # a VMI's volume is the lab's own business
+    assert vols.calls == ["ensure web"]  # before its Deployment: the hostPath must exist
     b.delete_workload("web")
     assert vols.calls[-1] == "destroy web" and "web" not in vols.state
     assert [w.name for w in kube.workloads()] == []
-    b.delete_workload("vm")
-    assert vols.calls[-1] == "destroy web"
-    assert "delete_workload(vm)" in lab.calls
 
 
 def test_a_pod_volume_fails_and_is_repaired_on_the_lab(vols: FakeVolumes) -> None:
@@ -186,13 +250,13 @@ def test_events_of_both_sides_in_time_order() -> None:
     b, lab, kube, _ = _backend()
     clock = b.clock
     assert isinstance(clock, FakeClock)
-    b.power_off("node1")  # a lab event
+    b.power_off("node1")  # a libvirt event heard by the lab
     clock.advance(1.0)
     kube.power_off("node2")  # stands for an event of the API server
     clock.advance(1.0)
     lab.power_off("node3")
     got = [e.name for e in b.events(since=-1.0)]
-    assert got == ["node1", "node2", "node3"]
+    assert got == ["vmi/on-node1", "node2", "vmi/on-node3"]
 
 
 def test_profile_switch_restarts_the_cluster_only_on_change() -> None:

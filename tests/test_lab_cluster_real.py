@@ -19,9 +19,11 @@ import pytest
 from kubernetes import client as k8s
 from private_lab import PrivateLab, run_rto_campaign
 
+from cluster.api import WorkloadKind
 from cluster.lab.kube import cluster as kube_cluster
 from cluster.lab.kube import paths
 from cluster.lab_cluster import LabClusterBackend, LabClusterProvider
+from core.errors import BackendError
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -31,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[None]:
-    with LAB.up(2, profile="fast", kube=True) as backend:
+    with LAB.up(2, profile="fast") as backend:
         backend.close()  # the provider makes the backend the harness uses
         yield
 
@@ -43,6 +45,16 @@ def test_the_provider_gives_the_cluster_backend_when_the_cluster_is_up(lab: None
         assert {n.name for n in backend.nodes()} == {LAB.node(1), LAB.node(2)}
         assert all(n.ready and n.powered for n in backend.nodes())
         assert backend.platform_version() == f"Kubernetes {paths.KUBE_VERSION}"
+    finally:
+        backend.close()
+
+
+def test_a_vmi_on_a_lab_without_vms_is_refused_before_anything_is_made(lab: None) -> None:
+    backend = LabClusterProvider().backend()
+    try:
+        with pytest.raises(BackendError, match="without VMs"):
+            backend.create_workload("novm", WorkloadKind.VMI, LAB.node(1))
+        assert "novm" not in {w.name for w in backend.workloads()}
     finally:
         backend.close()
 

@@ -1,4 +1,4 @@
-"""The lab as a real Kubernetes cluster: ``lab_up(kube=True)`` end to end.
+"""The lab as a real Kubernetes cluster: ``lab_up`` end to end.
 
 A private 2-node lab on the ``fast`` profile with the real cluster: etcd,
 kube-apiserver, kube-controller-manager, kube-scheduler in the hub, a containerd
@@ -52,8 +52,7 @@ RTO = [str(Path(sys.executable).parent / "rto")]  # the console script of this v
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[None]:
-    with LAB.up(2, profile="fast", kube=True) as backend:
-        backend.close()  # this module drives the real cluster, not the model
+    with LAB.up(2, profile="fast"):
         yield
 
 

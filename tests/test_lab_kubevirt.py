@@ -1,4 +1,4 @@
-"""VMIs as kubevirt.io/v1 objects on the lab's real cluster: ``lab_up(kubevirt=True)``.
+"""VMIs as kubevirt.io/v1 objects on the lab's real cluster: ``lab_up(vms=True)``.
 
 A private 2-node lab on ``fast`` with the real cluster and VMs, whose VMIs are
 VirtualMachines of the lab's API server (KubeVirt's own CRDs), reconciled by
@@ -35,7 +35,7 @@ from cluster.lab import lifecycle, net
 from cluster.lab.kube import cluster as kube_cluster
 from cluster.lab.kube import hub
 from cluster.lab.kube.pki import Pki, kubeconfig, make_cert
-from cluster.lab_cluster import LabClusterBackend, LabClusterProvider
+from cluster.lab_cluster import LabClusterBackend
 from core.errors import BackendError
 from core.wait import poll_until
 
@@ -47,16 +47,12 @@ KV = ("kubevirt.io", "v1")
 
 @pytest.fixture(scope="module")
 def backend() -> Iterator[LabClusterBackend]:
-    with LAB.up(2, profile="fast", vms=True, kube=True, kubevirt=True) as lab:
-        lab.close()
-        b = LabClusterProvider().backend()
-        assert isinstance(b, LabClusterBackend) and b.kubevirt
+    with LAB.up(2, profile="fast", vms=True) as b:
         try:
             yield b
         finally:
             for w in b.workloads():
                 b.delete_workload(w.name)
-            b.close()
 
 
 def _get(path: str, host: str, port: int) -> int:
@@ -127,6 +123,32 @@ def test_a_vm_runs_as_a_kubevirt_vmi_on_a_real_launcher_pod(backend: LabClusterB
     assert b.platform_version(WorkloadKind.VMI).startswith("Kubernetes v1.34")  # type: ignore[union-attr]
     virt = lifecycle.lab_status()["kubevirt"]
     assert (len(virt["virt-controller"]), len(virt["virt-handler"])) == (1, 2), virt
+
+
+def test_a_vmi_s_qemu_is_measured_and_its_console_followed(backend: LabClusterBackend) -> None:
+    """What the lab reads of a VMI besides the API: its QEMU's counters (guest
+    vCPU apart from QEMU's own work, guest memory apart from QEMU's overhead)
+    and the serial console the guest prints its boots on."""
+    b = backend
+    _up(b, "kv-a")
+    first = b.metrics("kv-a")
+    assert first is not None and first.kind == "vmi"
+    for _ in range(3):
+        _answers(b, "kv-a")
+    s = b.metrics("kv-a")
+    assert s is not None
+    print(
+        f"\nFIGURE vmi: vCPU {s.cpu_s:.2f} s, QEMU {s.host_cpu_s:.2f} s, guest mem "
+        f"{s.mem_bytes >> 20} MiB, QEMU overhead {s.overhead_bytes >> 20} MiB, "
+        f"disk wr {s.disk_wr_ops} ops, net rx {s.net_rx_packets} pkts"
+    )
+    assert 0 < s.cpu_s < s.host_cpu_s  # QEMU pays for the vCPU and for emulation
+    assert s.overhead_bytes > 0 and s.mem_bytes > 0
+    assert s.net_rx_packets > first.net_rx_packets
+    assert s.disk_wr_ops > first.disk_wr_ops  # healthz fsyncs a record per probe
+    console = b.log_path("kv-a")
+    assert console == LAB.state_dir / "logs" / "vmi" / "kv-a.console.log"
+    assert "RTO-GUEST-READY" in console.read_text(errors="replace")
 
 
 def test_a_killed_qemu_makes_a_new_vmi(backend: LabClusterBackend) -> None:

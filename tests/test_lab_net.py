@@ -41,52 +41,30 @@ def _reachable(ns: str, ip: str, port: int) -> bool:
 
 def test_names_and_addresses() -> None:
     assert net.node_ns("node1") == f"{net.NS_PREFIX}-node1"
-    assert net.pod_ns("web") == f"{net.NS_PREFIX}-p-web"
     assert net.pod_ip(1, 7) == "198.18.11.7"
     with pytest.raises(Exception, match="slot"):
         net.pod_ip(1, 1)
 
 
-def test_hub_node_pod_connectivity_and_partitions(isolated_lab: IsolatedLab) -> None:
+def test_hub_node_connectivity_and_partitions(isolated_lab: IsolatedLab) -> None:
     lab = isolated_lab
     lab.up_node()
     net.create_node_net(lab.node, lab.index)  # idempotent
-    pod = lab.pod_name()
-    ip = net.create_pod_net(lab.node, lab.index, pod, 5)
-    assert ip == "198.18.19.5"
-    assert set(net.lab_netns()) == {net.HUB_NS, net.node_ns(lab.node), net.pod_ns(pod)}
+    assert set(net.lab_netns()) == {net.HUB_NS, net.node_ns(lab.node)}
     node_ip = state.node_ip(lab.index)
-    assert _reachable(net.HUB_NS, ip, 9)
     assert _reachable(net.HUB_NS, node_ip, 9)
-    # The pod reaches the hub through its node (default routes both ways).
-    assert _reachable(net.pod_ns(pod), state.HUB_IP, 9)
-
-    net.partition_pod(pod)
-    net.partition_pod(pod)  # idempotent
-    assert net.is_partitioned(pod=pod)
-    assert not _tcp_reachable(net.HUB_NS, ip, 9)
-    assert _reachable(net.HUB_NS, node_ip, 9)  # only the pod is cut off
-    net.heal_pod_partition(pod)
-    net.heal_pod_partition(pod)
-    assert _reachable(net.HUB_NS, ip, 9)
+    assert _reachable(net.node_ns(lab.node), state.HUB_IP, 9)
 
     net.partition_node(lab.node)
-    assert net.is_partitioned(node=lab.node)
+    net.partition_node(lab.node)  # idempotent
+    assert net.is_partitioned(lab.node)
     assert not _tcp_reachable(net.HUB_NS, node_ip, 9)
-    assert not _tcp_reachable(net.HUB_NS, ip, 9)
+    assert not _tcp_reachable(net.node_ns(lab.node), state.HUB_IP, 9)
     net.heal_node_partition(lab.node)
-    assert _reachable(net.HUB_NS, ip, 9)
+    net.heal_node_partition(lab.node)
+    assert not net.is_partitioned(lab.node)
+    assert _reachable(net.HUB_NS, node_ip, 9)
 
-    # A pod re-created (e.g. rescheduled back) gets a fresh namespace; the old
-    # identity no longer matches, so a stale delete leaves the new one alone.
-    old = net.netns_inode(net.pod_ns(pod))
-    net.create_pod_net(lab.node, lab.index, pod, 6)
-    assert net.netns_inode(net.pod_ns(pod)) != old
-    net.delete_pod_net(pod, only_inode=old)
-    assert net.pod_ns(pod) in net.lab_netns()
-    net.delete_pod_net(pod)
-    net.delete_pod_net(pod)
-    assert net.pod_ns(pod) not in net.lab_netns()
     net.delete_node_net(lab.node)
     net.delete_hub()
     net.delete_hub()

@@ -1,6 +1,6 @@
 """The lab's node driver cuts real kubelets' pods and nodes off the network.
 
-A private 2-node lab with the real cluster (``lab_up(kube=True)``, fast
+A private 2-node lab with the real cluster (``lab_up``, fast
 profile); the kube backend configured by the file the lab writes, so its
 ``power_driver: lab`` is found by entry point and, being a ``PartitionDriver``,
 does the network-partition fault from outside the nodes (nft in the node's
@@ -42,8 +42,7 @@ NODES = (LAB.node(1), LAB.node(2))
 
 @pytest.fixture(scope="module")
 def kb() -> Iterator[KubeBackend]:
-    with LAB.up(2, profile="fast", kube=True) as backend:
-        backend.close()  # this module drives the real cluster, not the model
+    with LAB.up(2, profile="fast"):
         kb = KubeBackend(load_kube_config(paths.kube_dir() / "rto-kube.yaml"), echo=print)
         try:
             yield kb
@@ -160,7 +159,7 @@ def test_node_partition_cuts_the_kubelet_off_the_api_server(kb: KubeBackend) -> 
     assert _heartbeat_age(kb, node) < 2.0
     kb.partition_node(node)
     try:
-        assert net.is_partitioned(node=node)
+        assert net.is_partitioned(node)
         assert _from_hub(ip) == (False, "timeout")
         # The Lease stops renewing, and the real node lifecycle controller
         # (fast: node-monitor-grace-period 2 s) marks the Node not Ready.
@@ -171,7 +170,7 @@ def test_node_partition_cuts_the_kubelet_off_the_api_server(kb: KubeBackend) -> 
     finally:
         kb.heal_node_partition(node)
     kb.heal_node_partition(node)  # idempotent (journal replay)
-    assert not net.is_partitioned(node=node)
+    assert not net.is_partitioned(node)
     # The kubelet's connections died silently; it redials within its HTTP/2 health checks.
     poll_until(lambda: _node_ready(kb, node), 120, f"{node} Ready again", interval=0.5)
     poll_until(lambda: _heartbeat_age(kb, node) < 2.0, 30, f"{node}'s Lease renewed", interval=0.25)
@@ -184,6 +183,6 @@ def test_node_partition_cuts_the_kubelet_off_the_api_server(kb: KubeBackend) -> 
 def test_nothing_of_the_cuts_is_left(kb: KubeBackend) -> None:
     kb.delete_workload("web")
     for node in NODES:
-        assert not net.is_partitioned(node=node)
+        assert not net.is_partitioned(node)
         assert net.partitioned_ips(node) == []
         assert _our_tables(node) == []

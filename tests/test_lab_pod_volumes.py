@@ -32,7 +32,7 @@ from cluster.api import Backend, ProbeTarget, VolumeFailure, WorkloadKind
 from cluster.lab import volumes
 from cluster.lab.kube import node as kube_node
 from cluster.lab.kube import paths
-from cluster.lab_cluster import LabClusterBackend, LabClusterProvider
+from cluster.lab_cluster import LabClusterBackend
 from core.wait import poll_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -44,14 +44,8 @@ POD = "vweb"
 
 @pytest.fixture(scope="module")
 def backend() -> Iterator[LabClusterBackend]:
-    with LAB.up(2, profile="fast", kube=True) as lab:
-        lab.close()  # the provider makes the backend the harness uses
-        b = LabClusterProvider().backend()
-        try:
-            assert isinstance(b, LabClusterBackend)
-            yield b
-        finally:
-            b.close()
+    with LAB.up(2, profile="fast") as b:
+        yield b
 
 
 def _probe(b: Backend, timeout: float = 2.0) -> tuple[bool, str | None, str]:

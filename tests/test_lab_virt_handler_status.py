@@ -10,14 +10,12 @@ decides whether a write is needed, so it must ignore what the API server adds
 
 from __future__ import annotations
 
-from cluster.lab.backoff import RestartBackoff
 from cluster.lab.kube.virt_handler import _comparable, desired_status
 from cluster.lab.vmis import VmiRun
-from core.clock import FakeClock
 
 
 def _run(**kw: object) -> VmiRun:
-    run = VmiRun("vm1", 1, "198.18.100.150", RestartBackoff(0, 10, 600, FakeClock()))
+    run = VmiRun("vm1", 1, "198.18.100.150")
     for k, v in kw.items():
         setattr(run, k, v)
     return run

@@ -1,14 +1,16 @@
-"""Pod volumes under a real container: freeze = hang, shutdown = 503, repair = back."""
+"""Lab volumes on their own: made, mounted, faulted and removed (loop device, ext4).
+
+What a real pod sees of these faults (freeze = hang, shutdown = 503, repair =
+back after a restart) is tests/test_lab_pod_volumes.py, on the real kubelets."""
 
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
-from lab_node_kit import IsolatedLab, http_get, isolated_lab, start_pod, wait_healthy
+from lab_node_kit import IsolatedLab, isolated_lab
 
-from cluster.lab import net, runtime, volumes
+from cluster.lab import volumes
 
 __all__ = ["isolated_lab"]
 
@@ -48,33 +50,3 @@ def test_volume_lifecycle_without_container(isolated_lab: IsolatedLab) -> None:
     assert not volumes.is_mounted(pod)
     assert volumes.lab_volumes() == []
     assert _loops_of(pod) == []
-
-
-def test_storage_faults_seen_by_healthz(isolated_lab: IsolatedLab) -> None:
-    lab = isolated_lab
-    lab.up_node()
-    pod = lab.pod_name()
-    ip, proc = start_pod(lab, pod, 7, "a")
-    wait_healthy(lab, ip, f"{pod} a")
-
-    volumes.freeze(pod)
-    try:
-        with pytest.raises(TimeoutError):
-            http_get(net.HUB_NS, ip, timeout=0.5)
-    finally:
-        volumes.thaw(pod)
-    wait_healthy(lab, ip, f"{pod} a", timeout=3)  # the hung request resumes too
-
-    volumes.shutdown(pod)
-    status, body = http_get(net.HUB_NS, ip)
-    assert status == 503
-    assert "I/O error" in body
-
-    t0 = time.monotonic()
-    volumes.repair(pod)
-    assert http_get(net.HUB_NS, ip)[0] == 503  # the old container still binds the dead fs
-    runtime.kill(lab.node, pod)
-    proc.wait(5)
-    ip, _ = start_pod(lab, pod, 7, "b")
-    t1 = wait_healthy(lab, ip, f"{pod} b")
-    print(f"\nrepair + container restart -> healthy: {(t1 - t0) * 1000:.0f} ms")

@@ -316,7 +316,7 @@ class KubeBackend:
         if self.config.profile is not None and name != self.config.profile:
             raise SpecError(
                 f"this cluster runs profile {self.config.profile!r} (its kube config says so), "
-                f"not {name!r}: bring it up with that profile (rto lab up --kube --profile {name})"
+                f"not {name!r}: bring it up with that profile (rto lab up --profile {name})"
             )
 
     def wait_ready(self, name: str, timeout: float) -> WorkloadStatus | None:

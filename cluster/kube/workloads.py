@@ -10,8 +10,8 @@ restart, so a restart is told from a recovery of the same process.
   a container restart in the same pod (the kubelet's restart after a process
   crash) gets a new one, as a new pod does. Given a volume (the config's
   ``pod_volume_host_path``, which the lab sets), it is mounted at ``/data``
-  and every health check writes and reads back a file there, as the lab's
-  model pods do: 503 on an I/O error, no answer while the volume is frozen.
+  and every health check writes and reads back a file there: 503 on an I/O
+  error, no answer while the volume is frozen.
 - VMI: a CirrOS guest whose cloud-init user data (NoCloud; CirrOS runs a user
   data script that starts with ``#!``) serves every path on 8080 with busybox
   ``nc`` in a loop; the instance is the guest kernel's boot id, new on every
@@ -21,8 +21,8 @@ restart, so a restart is told from a recovery of the same process.
   KubeVirt needs to live-migrate a VMI on the pod network, and which forwards
   every port to the guest.
 
-The pod workload runs on real kubelets in the lab's cluster (``rto lab up
---kube``, tests/test_lab_kube_cluster.py), in a busybox image. Unverified here
+The pod workload runs on real kubelets in the lab's cluster (``rto lab up``,
+tests/test_lab_kube_cluster.py), in a busybox image. Unverified here
 (no KubeVirt components run on these machines): that CirrOS's busybox has
 ``nc -l -p`` as used, that its kernel has the i6300esb driver, that ``virsh``
 in the virt-launcher answers inject-nmi, and the boot times.
@@ -68,7 +68,7 @@ _HEALTHZ_PLAIN = """#!/bin/sh
 printf 'Content-Type: text/plain\\r\\n\\r\\n%s %s\\n' "$WORKLOAD" "$INSTANCE"
 """
 
-# With a volume: the same check as the lab's model pods (cluster/lab/rootfs.py),
+# With a volume: the same check as the lab's pod image (cluster/lab/rootfs.py),
 # a write read back from the volume. An I/O error answers 503 at once; a
 # frozen volume blocks the write, so the probe times out until it thaws. The
 # file is named after the CGI's PID, so concurrent probes do not share one

@@ -1,10 +1,10 @@
 """Node cgroups: where every process of a lab node lives, and node power-off.
 
-Called by ``lifecycle.lab_up`` (create, attach the agent), by the node
-power-off fault (``kill_node``), by ``lab_down`` (``delete_node_cgroup``) and by
-benchmarks (``freeze_pod`` as ground truth). Every node process (agent, runc,
-containers) lives under ``rto-lab/<node>`` in each hierarchy; containers are
-put at ``/rto-lab/<node>/<pod>`` by runc (``pod_cgroups_path``).
+Called by ``lifecycle.lab_up`` (create, attach each node daemon before it
+execs), by the node power-off fault (``kill_node``) and by ``lab_down``
+(``delete_node_cgroup``). Every process of a node (containerd, kubelet, shims,
+containers, libvirtd, QEMUs, virt-handler) lives under ``rto-lab/<node>`` in
+each hierarchy: the kubelet's own pod cgroups are made below it.
 
 cgroup v1 (this machine: one hierarchy per controller) and cgroup v2 (when
 ``/sys/fs/cgroup/cgroup.controllers`` exists) are both handled. Power-off is
@@ -33,13 +33,10 @@ __all__ = [
     "cgroup_pids",
     "create_node_cgroup",
     "delete_node_cgroup",
-    "freeze_pod",
     "is_v2",
     "kill_node",
     "lab_cgroups",
     "node_dir",
-    "pod_cgroups_path",
-    "thaw_pod",
 ]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -97,11 +94,6 @@ def node_dir(node: str) -> str:
     from cluster.lab import net  # read at call time: tests switch the prefix
 
     return node if net.NS_PREFIX == "rto" else f"{net.NS_PREFIX}-{node}"
-
-
-def pod_cgroups_path(node: str, pod: str) -> str:
-    """runc ``cgroupsPath`` of a pod's container."""
-    return f"/{LAB_CGROUP}/{node_dir(node)}/{pod}"
 
 
 def create_node_cgroup(node: str) -> None:
@@ -285,23 +277,6 @@ def delete_node_cgroup(node: str) -> None:
         # The last node gone: leave no trace. Other nodes still there: keep it.
         with contextlib.suppress(OSError):
             (root / LAB_CGROUP).rmdir()
-
-
-def _pod_freezer(node: str, pod: str) -> Path:
-    cg = _freezer_root() / LAB_CGROUP / node_dir(node) / pod
-    if not cg.is_dir():
-        raise LabError(f"pod {pod} has no cgroup on node {node} (is its container running?)")
-    return cg
-
-
-def freeze_pod(node: str, pod: str) -> None:
-    cg = _pod_freezer(node, pod)
-    _set_frozen(cg, True)
-    _wait_frozen(cg, 5.0)
-
-
-def thaw_pod(node: str, pod: str) -> None:
-    _set_frozen(_pod_freezer(node, pod), False)
 
 
 def lab_cgroups() -> list[str]:

@@ -43,49 +43,36 @@ def lab_commands(revert_pending: Callable[[], None]) -> click.Group:
     def lab() -> None:
         pass
 
-    @lab.command("up", help="Create the lab: nodes, control plane, agents.")
+    @lab.command(
+        "up",
+        help="Create the lab: nodes, and the real Kubernetes cluster on them (etcd, "
+        "kube-apiserver, controller-manager, scheduler on the hub; a containerd and a "
+        "kubelet per node).",
+    )
     @click.option("--profile", default="fast", show_default=True, help="timing profile")
     @click.option("--nodes", default=3, show_default=True, type=click.IntRange(2, 8))
-    @click.option("--vms", is_flag=True, help="also a libvirtd per node, so VMIs can run")
     @click.option(
-        "--kube/--model",
-        default=True,
-        show_default=True,
-        help="--kube: the real Kubernetes cluster (etcd, apiserver, controller-manager, "
-        "scheduler on the hub, a containerd and a kubelet per node) runs the pods; "
-        "--model: the lab's own model of them does (no Kubernetes component)",
+        "--vms",
+        is_flag=True,
+        help="also a libvirtd per node: VMIs are kubevirt.io/v1 objects of the API server "
+        "(KubeVirt's own CRDs), reconciled by the lab's virt-controller and virt-handlers",
     )
-    @click.option(
-        "--kubevirt/--model-vmis",
-        default=None,
-        help="with --vms on the real cluster (the default there): VMIs are kubevirt.io/v1 "
-        "objects of its API server (KubeVirt's own CRDs), reconciled by the lab's "
-        "virt-controller and virt-handlers, driven through the kube backend; --model-vmis: "
-        "the lab model's VMIs (placed by its control plane)",
-    )
-    def lab_up_cmd(profile: str, nodes: int, vms: bool, kube: bool, kubevirt: bool | None) -> None:
+    def lab_up_cmd(profile: str, nodes: int, vms: bool) -> None:
 
         get_profile(profile)  # bad input fails before anything is created
-        if kubevirt and not (vms and kube):
-            raise click.UsageError("--kubevirt needs --vms and the real cluster (--kube)")
-        if kubevirt is None:
-            kubevirt = vms and kube
-        what = "with VMs" if vms else "pods only"
-        if kubevirt:
-            what += " (kubevirt.io/v1 objects)"
+        what = "with VMs (kubevirt.io/v1 objects)" if vms else "pods only"
         with console.status(f"bringing the lab up ({nodes} nodes, {what}, profile {profile})"):
-            choice = lab_up(profile=profile, nodes=nodes, vms=vms, kube=kube, kubevirt=kubevirt)
+            choice = lab_up(profile=profile, nodes=nodes, vms=vms)
         out.print(f"[green]lab up[/]: {nodes} nodes, {what}, profile {profile}", highlight=False)
         if choice is not None:
             out.print(f"VM accelerator: {choice.describe()}", highlight=False, soft_wrap=True)
-        if kube:
-            flags = component_flags(profile).as_dict()
-            out.print(
-                f"Kubernetes {KUBE_VERSION}: `rto lab kubeconfig > lab.kubeconfig`; "
-                f"profile {profile} sets {json.dumps(flags)}",
-                highlight=False,
-                soft_wrap=True,
-            )
+        flags = component_flags(profile).as_dict()
+        out.print(
+            f"Kubernetes {KUBE_VERSION}: `rto lab kubeconfig > lab.kubeconfig`; "
+            f"profile {profile} sets {json.dumps(flags)}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     @lab.command("kubeconfig", help="Print the admin kubeconfig of the lab's real cluster.")
     @click.option("--path", "as_path", is_flag=True, help="print where the file is instead")
@@ -93,7 +80,7 @@ def lab_commands(revert_pending: Callable[[], None]) -> click.Group:
 
         path = admin_kubeconfig()
         if not path.exists():
-            raise LabError("the lab's real cluster is not up: `rto lab up --kube` starts it")
+            raise LabError("the lab's real cluster is not up: `rto lab up` starts it")
         click.echo(str(path) if as_path else path.read_text(), nl=as_path)
 
     @lab.command("doctor", help="What this machine can do for the lab (each check done for real).")

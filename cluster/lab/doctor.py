@@ -171,8 +171,8 @@ def check_kubernetes() -> Check:
     model = (
         "`rto lab up` runs them as the lab's cluster (pods on its kubelets; with --vms, "
         "VMIs as KubeVirt objects reconciled by the lab's virt-controller and "
-        "virt-handlers, cluster/lab/kube/virt_*.py); the project's model "
-        "(controlplane.py, agent.py) still runs beside them and serves `--model`"
+        "virt-handlers, cluster/lab/kube/virt_*.py); no part of the lab imitates "
+        "a Kubernetes component any more"
     )
     missing = [b for b in KUBE_BINARIES if not (KUBE_BIN / b).is_file()]
     if missing:

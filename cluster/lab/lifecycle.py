@@ -1,14 +1,16 @@
 """Bring the embedded lab up and tear it down; report what exists.
 
 Called by the CLI (``rto lab up|down|status``), by test fixtures and by
-``LabBackend.power_on`` (``reboot_node``). ``lab_up`` builds the hub and node
-networks and cgroups, writes a fresh state database (nodes, settings
-``profile`` and ``restart_healing``), starts the control plane in the hub
-netns and one agent per node inside its netns and cgroup, and waits until
-every node is Ready. ``lab_down`` must leave the machine as it found it even
-when the harness, agents and containers were SIGKILLed or the lab was never
-up, so it works from what exists (pid files, /proc, cgroups, runc roots,
-mountinfo, losetup, /run/netns), not from what the database claims.
+``LabNodes.power_on`` and the lab power driver (``reboot_node``). ``lab_up``
+builds the hub and node networks and cgroups, writes the lab's record of its
+machines (``cluster.lab.machines``: nodes, settings), starts the real cluster
+(``cluster.lab.kube``: etcd, kube-apiserver, controller-manager and scheduler in
+the hub, a containerd and a kubelet per node) and, with VMs, a libvirtd, the
+lab's virt-controller and a virt-handler per node, and returns once every Node
+is Ready in the API server. ``lab_down`` must leave the machine as it found it
+even when the harness and every daemon were SIGKILLed or the lab was never up,
+so it works from what exists (pid files, /proc, cgroups, mountinfo, losetup,
+/run/netns), not from what the record claims.
 """
 
 from __future__ import annotations
@@ -21,12 +23,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cluster.lab import accel, cgroups, net, rootfs, runtime, state, virtd, volumes
+from cluster.lab import accel, cgroups, net, rootfs, state, virtd, volumes
 from cluster.lab.accel import AccelChoice
 from cluster.lab.guest.build import build_guest
 from cluster.lab.kube import cluster as kube_cluster
@@ -35,28 +36,20 @@ from cluster.lab.kube import images as kube_images
 from cluster.lab.kube import node as kube_node
 from cluster.lab.kube import paths as kube_paths
 from cluster.lab.kube.virt_api import write_virt_kubeconfig
-from cluster.lab.store import NodeRow, Store, db_path
+from cluster.lab.machines import Machine, Machines
 from cluster.profiles import get_profile
-from core.clock import Clock
 from core.errors import HarnessError, LabError
-from core.wait import WaitTimeout, poll_until
 
 __all__ = [
-    "agent_alive",
-    "agent_pid_file",
-    "controlplane_alive",
     "lab_down",
     "lab_processes",
     "lab_status",
     "lab_up",
     "leftovers",
     "reboot_node",
-    "set_profile",
 ]
 
 _DAEMONS = (
-    "cluster.lab.agent",
-    "cluster.lab.controlplane",
     "cluster.lab.kube.virt_controller",
     "cluster.lab.kube.virt_handler",
 )
@@ -67,14 +60,6 @@ _children: dict[int, subprocess.Popen[bytes]] = {}
 
 def _log_dir() -> Path:
     return Path(state.STATE_DIR) / "logs"
-
-
-def agent_pid_file(node: str) -> Path:
-    return Path(state.RUN_DIR) / node / "agent.pid"
-
-
-def _cp_pid_file() -> Path:
-    return Path(state.RUN_DIR) / "controlplane.pid"
 
 
 # --- processes -----------------------------------------------------------------
@@ -151,14 +136,6 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def agent_alive(node: str) -> bool:
-    return _alive(_read_pid(agent_pid_file(node)), "cluster.lab.agent")
-
-
-def controlplane_alive() -> bool:
-    return _alive(_read_pid(_cp_pid_file()), "cluster.lab.controlplane")
-
-
 def lab_processes(nodes: set[str] | None = None) -> list[int]:
     """Pids of this lab's daemons, runc of its roots and anything in its node cgroups."""
     me = os.getpid()
@@ -225,15 +202,6 @@ def _spawn(netns: str, module: str, args: list[str], log: Path, node: str | None
     return p.pid
 
 
-def _start_controlplane() -> int:
-    pid = _spawn(net.HUB_NS, "cluster.lab.controlplane", [], _log_dir() / "controlplane.log", None)
-    # nsenter execs the command, so this is the daemon's pid; written here
-    # too so lab_down finds it even if the daemon dies before writing its own.
-    _cp_pid_file().parent.mkdir(parents=True, exist_ok=True)
-    _cp_pid_file().write_text(f"{pid}\n")
-    return pid
-
-
 def _start_virt_controller() -> int:
     """The lab's virt-controller, in the hub's netns and cgroup (the hub's teardown kills it)."""
     return _spawn(
@@ -256,44 +224,26 @@ def _start_virt_handler(node: str, index: int) -> int:
     )
 
 
-def _start_agent(store: Store, node: str) -> int:
-    (Path(state.RUN_DIR) / node).mkdir(parents=True, exist_ok=True)
-    pid = _spawn(
-        net.node_ns(node),
-        "cluster.lab.agent",
-        ["--node", node],
-        _log_dir() / f"{node}-agent.log",
-        node,
-    )
-    agent_pid_file(node).write_text(f"{pid}\n")
-    store.set_agent_pid(node, pid)
-    return pid
+def reboot_node(node: Machine) -> None:
+    """Power a node (back) on: clear what its death left, start what it runs.
 
-
-def reboot_node(store: Store, node: NodeRow) -> None:
-    """Power a node (back) on: clear what its death left, start its agent.
-
-    Like a reboot: stale runc state and the network namespaces of pods still
-    bound to it are gone, the agent starts them afresh. Pods that were moved
-    away keep their new namespaces (same names, other node).
+    Like a reboot: nothing of the old boot survives (its cgroup is emptied
+    again), its network namespace is made anew, then its libvirtd (with VMs),
+    containerd and kubelet start and, with VMs, its virt-handler. The kubelet
+    finds its pods in the API server and starts them again, as after a reboot.
     """
     name = node.name
     cgroups.kill_node(name)  # nothing of the old boot may survive
-    for pod in runtime.list_containers(name):
-        runtime.delete(name, pod)
-    for w in store.workloads_on(name):
-        net.delete_pod_net(w.name)
     cgroups.create_node_cgroup(name)
     net.create_node_net(name, node.idx)
-    if store.get_setting("vms") is True:
+    vms = Machines().get_setting("vms") is True
+    if vms:
         _start_virt(name, node.idx)
-    if kube_cluster.cluster_up():
-        kube_node.cleanup_node(name)  # what the killed kubelet and containerd left
-        kube_cluster.start_kubelet(name, node.idx)
-    if store.get_setting("vmi_api") == "kubevirt":
+    kube_node.cleanup_node(name)  # what the killed kubelet and containerd left
+    kube_cluster.start_kubelet(name, node.idx)
+    if vms:
         _start_virt_handler(name, node.idx)
-    _start_agent(store, name)
-    store.set_node_flag(name, "powered", True)
+    Machines().set_powered(name, True)
 
 
 def _start_virt(node: str, index: int) -> None:
@@ -327,95 +277,61 @@ def lab_up(
     nodes: int = 3,
     *,
     node_prefix: str = "node",
-    restart_healing: bool = True,
     vms: bool = False,
-    kube: bool = False,
-    kubevirt: bool | None = None,
-    timeout: float | None = None,
-    clock: Clock | None = None,
+    timeout: float = 120.0,
 ) -> AccelChoice | None:
-    """Create the lab and return once every node is Ready.
+    """Create the lab and return once every Node is Ready in its API server.
 
-    ``vms=True`` also starts one libvirtd per node (and builds the guest
-    image), so ``WorkloadKind.VMI`` workloads can run; pod-only labs skip it.
-    With VMs it first chooses the accelerator (``cluster.lab.accel``: KVM only
-    if the guest boots on it) and returns that choice, which the node agents
-    read from the store; a refused ``RTO_LAB_ACCEL=kvm`` fails before anything
-    is created.
-    ``kube=True`` also starts the real cluster (``cluster.lab.kube``): etcd,
-    kube-apiserver, kube-controller-manager and kube-scheduler in the hub, a
-    containerd and a kubelet per node, and waits until every Node is Ready.
-    ``kubevirt`` (default: when both ``vms`` and ``kube``) makes VMIs
-    ``kubevirt.io/v1`` objects of that API server: the lab's virt-controller in
-    the hub and a virt-handler per node reconcile them
-    (``cluster.lab.kube.virt_controller``), and the node agents leave VMIs
-    alone. ``kubevirt=False`` keeps the lab model's VMIs (placed by its
-    control plane, run by the agents).
-    Raises ``LabError`` (after tearing down what it made) if a node does not
-    become Ready in time, with the tails of the daemon logs in the message.
+    The real cluster (``cluster.lab.kube``) always: etcd, kube-apiserver,
+    kube-controller-manager and kube-scheduler in the hub, a containerd and a
+    kubelet per node, the components' flags from ``profile``
+    (``cluster.lab.kube.flags``). ``vms=True`` also starts one libvirtd per node
+    (and builds the guest image) and makes VMIs ``kubevirt.io/v1`` objects of
+    that API server: the lab's virt-controller in the hub and a virt-handler
+    per node reconcile them (``cluster.lab.kube.virt_controller``). With VMs it
+    first chooses the accelerator (``cluster.lab.accel``: KVM only if the guest
+    boots on it) and returns that choice, which the virt-handlers read from the
+    lab's record; a refused ``RTO_LAB_ACCEL=kvm`` fails before anything is
+    created. Raises ``LabError`` (after tearing down what it made) if a Node is
+    not Ready within ``timeout``, with the tails of the logs in the message.
     """
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, cgroups, mounts); run as root")
     prof = get_profile(profile)
     if not 1 <= nodes <= 9:
         raise LabError(f"the lab runs 1..9 nodes, not {nodes}")
-    if controlplane_alive() or any(kube_hub.hub_alive().values()):
+    if any(kube_hub.hub_alive().values()):
         raise LabError("the lab is already up; run `rto lab down` first")
-    if kubevirt is None:
-        kubevirt = vms and kube
-    if kubevirt and not (kube and vms):
-        raise LabError(
-            "VMIs as kubevirt.io/v1 objects need the real cluster and VMs (--kube --vms)"
-        )
     if leftovers():
         lab_down()  # a previous lab died without its down: start clean
     choice = accel.accelerator() if vms else None
     try:
-        rootfs.ensure_rootfs()
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{db_path()}{suffix}").unlink(missing_ok=True)
-        store = Store()
-        store.put_setting("profile", prof.name)
-        store.put_setting("restart_healing", restart_healing)
-        store.put_setting("vms", vms)
-        store.put_setting("accelerator", choice.accel if choice else None)
-        store.put_setting("vmi_api", "kubevirt" if kubevirt else "lab")
-        if vms:
-            build_guest()  # cached; agents then find it ready
+        rootfs.ensure_rootfs()  # the pod image's root (cluster.lab.kube.images)
         names = [f"{node_prefix}{i}" for i in range(1, nodes + 1)]
+        numbered = list(zip(names, range(1, nodes + 1), strict=True))
+        Machines().create(
+            numbered,
+            {
+                "profile": prof.name,
+                "restart_healing": True,
+                "vms": vms,
+                "accelerator": choice.accel if choice else None,
+            },
+        )
+        if vms:
+            build_guest()  # cached; the virt-handlers then find it ready
         net.create_hub()
-        for i, name in enumerate(names, start=1):
-            store.add_node(name, i)
+        for name, i in numbered:
             net.create_node_net(name, i)
             cgroups.create_node_cgroup(name)
             if vms:
                 _start_virt(name, i)
-        if kube:
-            kube_cluster.start_cluster(
-                prof.name, list(zip(names, range(1, nodes + 1), strict=True))
-            )
-        if kubevirt:
+        kube_cluster.start_cluster(prof.name, numbered, timeout=timeout)
+        if vms:
             write_virt_kubeconfig()
             _start_virt_controller()
-            for i, name in enumerate(names, start=1):
+            for name, i in numbered:
                 _start_virt_handler(name, i)
-        _start_controlplane()
-        for name in names:
-            _start_agent(store, name)
-        limit = timeout if timeout is not None else max(20.0, 5 * prof.heartbeat_interval + 10)
-        try:
-            poll_until(lambda: all(n.ready for n in store.nodes()), limit, "nodes Ready", clock)
-        except WaitTimeout:
-            late = [n.name for n in store.nodes() if not n.ready]
-            logs = "\n".join(
-                f"--- {p.name}:\n{_tail(p)}"
-                for p in [_log_dir() / "controlplane.log"]
-                + [_log_dir() / f"{n}-agent.log" for n in late]
-            )
-            raise LabError(
-                f"lab nodes {', '.join(late)} not Ready after {limit} s\n{logs}"
-            ) from None
-        store.close()
         return choice
     except BaseException:
         with contextlib.suppress(HarnessError):
@@ -501,31 +417,20 @@ def _remove_cgroup_dirs(nodes: set[str]) -> None:
 
 
 def _node_names() -> set[str]:
-    """Nodes of this lab, from what survives a SIGKILL: the db and the runtime
-    dirs an agent or runc made. Deliberately not "every rto-* netns": other
-    tools on the machine (VM scratch networks in tests) share the prefix."""
+    """Nodes of this lab, from what survives a SIGKILL: the lab's record and the
+    runtime dirs a node's libvirtd made. Deliberately not "every rto-* netns":
+    other tools on the machine (VM scratch networks in tests) share the prefix."""
     run = Path(state.RUN_DIR)
-    names: set[str] = set()
+    names = {m.name for m in Machines().nodes()}
     if run.is_dir():
-        names |= {
-            p.name
-            for p in run.iterdir()
-            if p.is_dir() and ((p / "agent.pid").exists() or (p / "runc").exists())
-        }
-    if db_path().exists():
-        store = Store()
-        try:
-            names |= {n.name for n in store.nodes()}
-        finally:
-            store.close()
+        names |= {p.name for p in run.iterdir() if p.is_dir() and (p / "libvirt").exists()}
     return names
 
 
 def _our_netns(nodes: set[str]) -> list[str]:
-    """The hub, the netns of ``nodes`` and every pod netns of the lab's prefix."""
+    """The hub and the netns of ``nodes`` (pods' netns are CNI's: ``kube_node``)."""
     mine = {net.HUB_NS} | {net.node_ns(n) for n in nodes}
-    pods = f"{net.NS_PREFIX}-p-"
-    return [ns for ns in net.lab_netns() if ns in mine or ns.startswith(pods)]
+    return [ns for ns in net.lab_netns() if ns in mine]
 
 
 def lab_down() -> None:
@@ -566,13 +471,6 @@ def lab_down() -> None:
             raise LabError("; ".join(problems))
 
     step("real cluster", real_cluster)
-    for node in sorted(nodes):
-
-        def clear_runc(n: str = node) -> None:
-            for pod in runtime.list_containers(n):
-                runtime.delete(n, pod)
-
-        step(f"runc containers of {node}", clear_runc)
     for pod in _safe(volumes.lab_volumes, errors):
         step(f"volume {pod}", functools.partial(volumes.destroy_volume, pod))
 
@@ -586,13 +484,9 @@ def lab_down() -> None:
 
     step("unmount", unmount_rest)
     for ns in _safe(functools.partial(_our_netns, nodes), errors):
-        prefix = f"{net.NS_PREFIX}-"
         if ns == net.HUB_NS:
             continue  # last: node veths hang off its bridge
-        if ns.startswith(f"{prefix}p-"):
-            step(f"netns {ns}", functools.partial(net.delete_pod_net, ns[len(prefix) + 2 :]))
-        else:
-            step(f"netns {ns}", functools.partial(net.delete_node_net, ns[len(prefix) :]))
+        step(f"netns {ns}", functools.partial(net.delete_node_net, ns[len(net.NS_PREFIX) + 1 :]))
     step("hub netns", net.delete_hub)
     for node in sorted(nodes):
         step(f"cgroup of {node}", functools.partial(cgroups.delete_node_cgroup, node))
@@ -600,8 +494,7 @@ def lab_down() -> None:
     run = Path(state.RUN_DIR)
     if run.exists():
         step("runtime dir", lambda: shutil.rmtree(run))
-    for suffix in ("", "-wal", "-shm"):
-        step("state db", functools.partial(Path(f"{db_path()}{suffix}").unlink, missing_ok=True))
+    step("the lab's record", Machines().remove)
     _reap()
     left = leftovers(nodes)
     if left:
@@ -630,93 +523,19 @@ def _virt_status() -> dict[str, list[int]]:
 
 
 def lab_status() -> dict[str, Any]:
-    """What is up: daemons, nodes, workloads and the lab's kernel objects."""
+    """What is up: the real cluster, the virt components, nodes and kernel objects."""
+    machines = Machines()
+    kube = kube_cluster.cluster_status()
     status: dict[str, Any] = {
-        "up": False,
-        "controlplane": {"pid": _read_pid(_cp_pid_file()), "alive": controlplane_alive()},
-        "profile": None,
-        "restart_healing": None,
-        "accelerator": None,
-        "nodes": [],
-        "workloads": [],
+        "up": bool(kube) and all(kube_hub.hub_alive().values()),
+        "profile": machines.get_setting("profile"),
+        "accelerator": machines.get_setting("accelerator"),
+        "vms": machines.get_setting("vms"),
+        "nodes": [{"name": m.name, "index": m.idx, "powered": m.powered} for m in machines.nodes()],
         "netns": _our_netns(_node_names()),
         "cgroups": cgroups.lab_cgroups(),
         "volumes": volumes.lab_volumes(),
-        "kubernetes": kube_cluster.cluster_status(),
+        "kubernetes": kube,
         "kubevirt": _virt_status(),
     }
-    if not db_path().exists():
-        return status
-    store = Store()
-    try:
-        status["profile"] = store.get_setting("profile")
-        status["restart_healing"] = store.get_setting("restart_healing")
-        status["accelerator"] = store.get_setting("accelerator")
-        now = store.clock.now()
-        for n in store.nodes():
-            status["nodes"].append(
-                {
-                    "name": n.name,
-                    "ready": n.ready,
-                    "schedulable": n.schedulable,
-                    "fenced": n.fenced,
-                    "powered": n.powered,
-                    "heartbeat_age": None
-                    if n.last_heartbeat is None
-                    else round(now - n.last_heartbeat, 3),
-                    "agent_pid": _read_pid(agent_pid_file(n.name)),
-                    "agent_alive": agent_alive(n.name),
-                }
-            )
-        for w in store.workloads():
-            status["workloads"].append(
-                {
-                    "name": w.name,
-                    "kind": w.kind.value,
-                    "phase": w.phase.value,
-                    "node": w.node,
-                    "ip": w.ip,
-                    "instance": w.instance,
-                    "restarts": w.restarts,
-                }
-            )
-    finally:
-        store.close()
-    status["up"] = status["controlplane"]["alive"] and all(
-        n["agent_alive"] for n in status["nodes"] if n["powered"]
-    )
     return status
-
-
-def set_profile(name: str) -> None:
-    """Switch the timing profile of a running lab; the control plane picks it up
-    at its next monitor period, agents when they next read settings."""
-    prof = get_profile(name)
-    if not db_path().exists():
-        raise LabError("the lab is not up; `rto lab up --profile NAME` instead")
-    store = Store()
-    try:
-        if store.get_setting("profile", None) == prof.name:
-            return
-        switched = time.monotonic()
-        store.put_setting("profile", prof.name)
-
-        # Runs must not start while nodes still beat on the old schedule: their
-        # heartbeat age would read as silence to the new profile (and to the
-        # eviction healer). Agents beat at once when they see the change.
-        def fresh() -> bool:
-            return all(
-                n.last_heartbeat is not None and n.last_heartbeat > switched
-                for n in store.nodes()
-                if n.ready and n.powered
-            )
-
-        try:
-            poll_until(fresh, 10.0, f"heartbeats under profile {prof.name}")
-        except WaitTimeout:
-            raise LabError(
-                f"profile {prof.name} set, but not every Ready node beat under it within "
-                f"10 s; see the agent logs in {Path(state.STATE_DIR) / 'logs'}"
-            ) from None
-    finally:
-        store.close()

@@ -1,111 +1,28 @@
-"""Resource readings of lab workloads, as ``core.samples.MetricSample``.
+"""Resource readings of lab VMIs, as ``core.samples.MetricSample``.
 
-Called by ``LabBackend.metrics`` (and so by the runner's metrics sampler and
-``benchmarks/net_compare.py``); reads the real counters of the lab's parts:
+Called by ``LabClusterBackend.metrics`` for a VMI (and so by the runner's
+metrics sampler and ``benchmarks/net_compare.py``); reads the real counters of
+the QEMU that runs it, which the lab has and a metrics-server would not split:
+libvirt's bulk statistics of the domain on the node's libvirtd
+(``virt.domain_stats``: ``vcpu.N.time`` = guest CPU, ``cpu.time`` = QEMU's
+whole process, ``balloon.*``, ``block.N.*``, ``net.N.*``) plus QEMU's memory
+from ``/proc/<qemu pid>/smaps_rollup``/``smaps``: the guest RAM mapping's
+resident size is what the guest occupies; QEMU's RSS beyond it is overhead
+(emulation, TCG translation cache, device state, libraries).
 
-- pod: the container's cgroup v1 files under ``rto-lab/<node>/<pod>``
-  (``cpuacct.usage``, ``memory.usage_in_bytes``,
-  ``blkio.throttle.io_service_bytes``/``io_serviced``) and the pod network
-  namespace's interface counters through ``/proc/<container pid>/net/dev``.
-- VMI: libvirt's bulk statistics of the domain on the node's libvirtd
-  (``virt.domain_stats``: ``vcpu.N.time`` = guest CPU, ``cpu.time`` = QEMU's
-  whole process, ``balloon.*``, ``block.N.*``, ``net.N.*``) plus QEMU's memory
-  from ``/proc/<qemu pid>/smaps_rollup``/``smaps``: the guest RAM mapping's
-  resident size is what the guest occupies; QEMU's RSS beyond it is overhead
-  (emulation, TCG translation cache, device state, libraries).
-
-Returns None when the workload has nothing running to read; raises
-``LabError`` when a running workload's counters cannot be read.
+Returns None when the VMI has no QEMU to read; raises ``LabError`` when a
+running one's counters cannot be read.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cluster.lab import cgroups, runtime, vmis
+from cluster.lab import vmis
 from core.errors import LabError
 from core.samples import MetricSample
 
-__all__ = ["guest_ram_split", "pod_sample", "vmi_sample"]
-
-
-def _read_int(path: Path) -> int:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError) as exc:
-        raise LabError(f"cannot read {path}: {exc}") from exc
-
-
-def _blkio(path: Path) -> tuple[int, int]:
-    """(read, write) totals of a v1 blkio file ("MAJ:MIN Read N" lines)."""
-    rd = wr = 0
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise LabError(f"cannot read {path}: {exc}") from exc
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[1] == "Read":
-            rd += int(parts[2])
-        elif len(parts) == 3 and parts[1] == "Write":
-            wr += int(parts[2])
-    return rd, wr
-
-
-def _net_dev(pid: int) -> tuple[int, int, int, int]:
-    """(rx bytes, rx packets, tx bytes, tx packets) of every non-loopback
-    interface in the netns of ``pid``."""
-    path = Path(f"/proc/{pid}/net/dev")
-    try:
-        lines = path.read_text().splitlines()[2:]
-    except OSError as exc:
-        raise LabError(f"cannot read {path}: {exc}") from exc
-    rxb = rxp = txb = txp = 0
-    for line in lines:
-        name, _, rest = line.partition(":")
-        if name.strip() == "lo":
-            continue
-        f = rest.split()
-        rxb, rxp = rxb + int(f[0]), rxp + int(f[1])
-        txb, txp = txb + int(f[8]), txp + int(f[9])
-    return rxb, rxp, txb, txp
-
-
-def pod_sample(node: str, pod: str, t: float) -> MetricSample | None:
-    """One reading of pod ``pod`` on ``node`` (None if its container is not running)."""
-    pid = runtime.main_pid(node, pod)
-    if pid is None:
-        return None
-    rel = cgroups.pod_cgroups_path(node, pod).lstrip("/")
-    root = cgroups.CGROUP_ROOT
-    if cgroups.is_v2():
-        raise LabError("pod metrics read cgroup v1 files; this host runs cgroup v2 only")
-    cpu_dir = root / "cpuacct" / rel
-    if not cpu_dir.is_dir():
-        return None  # the container went away between runc state and here
-    cpu_ns = _read_int(cpu_dir / "cpuacct.usage")
-    mem = _read_int(root / "memory" / rel / "memory.usage_in_bytes")
-    rd_b, wr_b = _blkio(root / "blkio" / rel / "blkio.throttle.io_service_bytes")
-    rd_o, wr_o = _blkio(root / "blkio" / rel / "blkio.throttle.io_serviced")
-    rxb, rxp, txb, txp = _net_dev(pid)
-    cpu = cpu_ns / 1e9
-    return MetricSample(
-        t=t,
-        workload=pod,
-        kind="pod",
-        cpu_s=cpu,
-        host_cpu_s=cpu,
-        mem_bytes=mem,
-        overhead_bytes=0,
-        disk_rd_bytes=rd_b,
-        disk_wr_bytes=wr_b,
-        disk_rd_ops=rd_o,
-        disk_wr_ops=wr_o,
-        net_rx_bytes=rxb,
-        net_tx_bytes=txb,
-        net_rx_packets=rxp,
-        net_tx_packets=txp,
-    )
+__all__ = ["guest_ram_split", "vmi_sample"]
 
 
 def guest_ram_split(pid: int, guest_bytes: int) -> tuple[int, int]:

@@ -1,15 +1,15 @@
-"""The lab's network: namespaces, veths and bridges for the hub, nodes and pods.
+"""The lab's network: namespaces, veths and bridges for the hub and the nodes.
 
-Called by ``lifecycle.lab_up``/``lab_down`` (hub and node networks), by the node
-agent (pod networks, when it starts a pod) and by the network-partition fault
-(``partition_node``/``partition_pod`` and their heals). Layout (LAB-CONTRACT.md):
-hub netns with bridge ``br0`` 198.18.0.1/24; node netns with ``eth0``
-198.18.0.(10+i)/24 plugged into ``br0`` and a pod bridge ``cbr0``
-198.18.(10+i).1/24; pod netns with ``eth0`` 198.18.(10+i).<slot>/24 plugged
-into its node's ``cbr0``. Netlink goes through pyroute2; partitions are an nft
-table ``rto_chaos`` run with the ``nft`` CLI inside the namespace. The kube
-backend's lab node driver (``cluster.lab.power_driver``) also cuts one address
-that a node routes (a real kubelet's pod) with ``partition_ip``.
+Called by ``lifecycle.lab_up``/``lab_down`` (hub and node networks), by the
+virt-handlers (VMI routes) and by the network-partition faults. Layout: hub
+netns with bridge ``br0`` 198.18.0.1/24; node netns with ``eth0``
+198.18.0.(10+i)/24 plugged into ``br0`` and a bridge ``cbr0``
+198.18.(10+i).1/24, the gateway of the node's VMIs (the kubelet's pods are on
+CNI's own bridge beside it, ``cluster.lab.kube.node``). Netlink goes through
+pyroute2; partitions are nft tables run with the ``nft`` CLI inside the
+namespace: a whole node's eth0 (``partition_node``), or one address a node
+routes (a pod, a VMI: ``partition_ip``, used by the lab power driver
+``cluster.lab.power_driver``).
 
 Namespace names start with ``NS_PREFIX`` ("rto"). Tests set another prefix with
 ``set_prefix`` (and ``RTO_LAB_NS_PREFIX`` for child processes) so that they can
@@ -22,12 +22,17 @@ import ctypes
 import ipaddress
 import os
 import subprocess
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from pyroute2 import IPRoute, NetNS, netns
 
 from cluster.lab.state import HUB_IP, node_ip, node_pod_subnet
 from core.errors import LabError
+
+T = TypeVar("T")
 
 __all__ = [
     "HUB_NS",
@@ -41,16 +46,14 @@ __all__ = [
     "create_host_link",
     "create_hub",
     "create_node_net",
-    "create_pod_net",
     "delete_host_link",
     "delete_hub",
     "delete_node_net",
-    "delete_pod_net",
     "enter_netns",
     "heal_ip_partition",
     "heal_node_partition",
-    "heal_pod_partition",
     "host_link_exists",
+    "in_netns",
     "is_ip_partitioned",
     "is_partitioned",
     "is_partitioned_ns",
@@ -59,10 +62,8 @@ __all__ = [
     "node_ns",
     "partition_ip",
     "partition_node",
-    "partition_pod",
     "partitioned_ips",
     "pod_ip",
-    "pod_ns",
     "route_to_node",
     "route_vmi",
     "set_prefix",
@@ -98,10 +99,6 @@ def set_prefix(prefix: str) -> None:
 
 def node_ns(node: str) -> str:
     return f"{NS_PREFIX}-{node}"
-
-
-def pod_ns(pod: str) -> str:
-    return f"{NS_PREFIX}-p-{pod}"
 
 
 def vmi_ip(host: int) -> str:
@@ -186,15 +183,16 @@ def _sysctl(nsname: str, key: str, value: str) -> None:
     _in_netns(nsname, lambda: Path("/proc/sys", *key.split(".")).write_text(value))
 
 
-def _in_netns(name: str, fn: object) -> None:
-    import threading
-
+def in_netns(name: str, fn: Callable[[], T]) -> T:
+    """``fn()`` in a short-lived thread that entered netns ``name`` (the
+    caller's own namespace never changes); its result, or its exception."""
+    out: list[T] = []
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
             enter_netns(name)
-            fn()  # type: ignore[operator]
+            out.append(fn())
         except BaseException as exc:
             errors.append(exc)
 
@@ -202,7 +200,15 @@ def _in_netns(name: str, fn: object) -> None:
     t.start()
     t.join()
     if errors:
-        raise LabError(f"in network namespace {name}: {errors[0]}") from errors[0]
+        raise errors[0]
+    return out[0]
+
+
+def _in_netns(name: str, fn: Callable[[], object]) -> None:
+    try:
+        in_netns(name, fn)
+    except Exception as exc:
+        raise LabError(f"in network namespace {name}: {exc}") from exc
 
 
 def can_connect(ns: str, host: str, port: int, timeout: float) -> bool:
@@ -211,7 +217,6 @@ def can_connect(ns: str, host: str, port: int, timeout: float) -> bool:
     Runs in a short-lived thread so the caller's own namespace is untouched.
     """
     import socket
-    import threading
 
     ok: list[bool] = []
 
@@ -397,60 +402,6 @@ def delete_node_net(node: str) -> None:
     _remove_ns(node_ns(node))
 
 
-# --- pods --------------------------------------------------------------------
-
-
-def create_pod_net(node: str, index: int, pod: str, slot: int) -> str:
-    """A fresh pod netns wired to the node's cbr0; returns the pod IP.
-
-    A namespace of the same name (left by another node the pod ran on) is
-    replaced: the pod gets a new network on this node, like a new pod sandbox.
-    """
-    ip = pod_ip(index, slot)
-    name = pod_ns(pod)
-    host_port = f"vp{slot}"  # unique per node: slots are unique per node
-    _remove_ns(name)
-    _create_ns(name)
-    try:
-        with NetNS(node_ns(node)) as nodens, NetNS(name) as ns:
-            stale = _link_index(nodens, host_port)
-            if stale is not None:
-                nodens.link("del", index=stale)
-            nodens.link(
-                "add", ifname=host_port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": name}
-            )
-            hp = _link_index(nodens, host_port)
-            br = _link_index(nodens, _POD_BRIDGE)
-            if hp is None or br is None:
-                raise LabError(f"node {node} has no pod bridge; run create_node_net first")
-            nodens.link("set", index=hp, master=br, state="up")
-            _lo_up(ns)
-            eth = _link_index(ns, "eth0")
-            assert eth is not None
-            ns.addr("add", index=eth, address=ip, prefixlen=24)
-            ns.link("set", index=eth, state="up")
-            ns.route("add", dst="0.0.0.0/0", gateway=_node_gw(index))
-    except LabError:
-        _remove_ns(name)
-        raise
-    except Exception as exc:
-        _remove_ns(name)
-        raise LabError(f"cannot wire pod {pod} into node {node}: {exc}") from exc
-    return ip
-
-
-def delete_pod_net(pod: str, *, only_inode: int | None = None) -> None:
-    """Remove the pod netns (idempotent).
-
-    ``only_inode``: remove it only if it is still that namespace (see
-    ``netns_inode``), so a stale node cannot delete the pod's new network.
-    """
-    name = pod_ns(pod)
-    if only_inode is not None and netns_inode(name) != only_inode:
-        return
-    _remove_ns(name)
-
-
 # --- partitions ----------------------------------------------------------------
 
 _RULES = f"""
@@ -501,11 +452,9 @@ def is_partitioned_ns(nsname: str) -> bool:
     return _nft(nsname, ["list", "table", "inet", _CHAOS_TABLE]).returncode == 0
 
 
-def is_partitioned(*, node: str | None = None, pod: str | None = None) -> bool:
-    """Whether the chaos table is present in the node's or the pod's netns."""
-    if (node is None) == (pod is None):
-        raise LabError("is_partitioned needs exactly one of node= or pod=")
-    return is_partitioned_ns(node_ns(node) if node is not None else pod_ns(pod or ""))
+def is_partitioned(node: str) -> bool:
+    """Whether the chaos table is present in the node's netns."""
+    return is_partitioned_ns(node_ns(node))
 
 
 def partition_node(node: str) -> None:
@@ -515,15 +464,6 @@ def partition_node(node: str) -> None:
 
 def heal_node_partition(node: str) -> None:
     _heal(node_ns(node))
-
-
-def partition_pod(pod: str) -> None:
-    """Drop everything on the pod's eth0 (idempotent)."""
-    _partition(pod_ns(pod))
-
-
-def heal_pod_partition(pod: str) -> None:
-    _heal(pod_ns(pod))
 
 
 _LAB_NET = ipaddress.ip_network("198.18.0.0/15")

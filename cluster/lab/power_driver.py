@@ -1,8 +1,8 @@
 """The ``lab`` power driver: how the kube backend switches a lab node off and on.
 
 Declared as the ``lab`` entry of ``rto.power_drivers`` (pyproject.toml) and
-named by ``power_driver: lab`` in the kube config the lab writes at ``lab up
---kube`` (``cluster.lab.kube.cluster``). The kube backend finds it by name, so
+named by ``power_driver: lab`` in the kube config the lab writes at ``lab up``
+(``cluster.lab.kube.cluster``). The kube backend finds it by name, so
 ``cluster.kube`` never imports the lab. Power-off is the lab's own: freeze the
 node's cgroup and SIGKILL every process in it (kubelet, containerd, shims,
 containers, the node's libvirtd and QEMUs); power-on is a reboot of the node
@@ -20,8 +20,9 @@ the API server's service proxy reach it. Only the lab's own namespaces and
 
 from __future__ import annotations
 
-from cluster.lab import cgroups, lifecycle, net
-from cluster.lab.store import Store
+from cluster.lab import net
+from cluster.lab.machines import Machines
+from cluster.lab.nodes import LabNodes
 from core.errors import BackendError
 
 __all__ = ["LabPowerDriver"]
@@ -34,35 +35,17 @@ class LabPowerDriver:
     def __init__(self, **_: str) -> None:
         pass
 
-    def _node(self, store: Store, node: str) -> None:
-        if node not in {n.name for n in store.nodes()}:
+    def _known(self, node: str) -> None:
+        if Machines().find(node) is None:
             raise BackendError(f"power driver lab: {node!r} is not a node of the lab")
 
     def power_off(self, node: str) -> None:
-        store = Store()
-        try:
-            self._node(store, node)
-            try:
-                cgroups.kill_node(node)
-            finally:
-                store.set_node_flag(node, "powered", False)
-        finally:
-            store.close()
+        self._known(node)
+        LabNodes().power_off(node)
 
     def power_on(self, node: str) -> None:
-        store = Store()
-        try:
-            self._node(store, node)
-            lifecycle.reboot_node(store, store.node(node))
-        finally:
-            store.close()
-
-    def _known(self, node: str) -> None:
-        store = Store()
-        try:
-            self._node(store, node)
-        finally:
-            store.close()
+        self._known(node)
+        LabNodes().power_on(node)
 
     def partition_node(self, node: str) -> None:
         self._known(node)

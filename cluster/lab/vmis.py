@@ -1,50 +1,44 @@
-"""The node agent's VMI half: a tiny virt-handler, one per node agent.
+"""One node's VMIs as libvirt domains: the domain half of the lab's virt-handler.
 
-Used by ``cluster.lab.agent.Agent`` (which owns the main loop and the
-heartbeat): every tick it hands over the node's ``kind='vmi'`` assignments
-and reads back one status dict per VMI, sent to the control plane in the same
-``pods`` map of the heartbeat as the pods (plus ``conditions``). Each VMI is a
-libvirt domain on the node's own libvirtd (``cluster.lab.virtd``, started by
+Used by ``cluster.lab.kube.virt_handler.VirtHandler`` (which watches the VMIs of
+its node in the API server and writes their statuses): every pass it hands over
+the node's VMIs and reads back one ``VmiRun`` per VMI. Each VMI is a libvirt
+domain on the node's own libvirtd (``cluster.lab.virtd``, started by
 ``lifecycle.lab_up(vms=True)``) booting the lab guest of
 ``cluster.lab.guest.build``. Its data disk is a raw file on the VMI's lab
 volume (``volumes.ensure_volume``), mounted BEFORE the domain starts so the
-storage faults of the pod lab apply to it (QEMU opens the file once).
+storage faults apply to it (QEMU opens the file once).
 
-Run strategy Always: a domain that stopped (QEMU killed, crashed) is started
-again with the kubelet back-off (first restart at once) unless settings
-``restart_healing`` is false (then Failed). A watchdog reset is a guest
+A domain that stopped (QEMU killed, crashed) or failed to start is Failed, as
+KubeVirt's virt-handler reports it: nothing here starts it again (the VM
+controller makes a new VMI, runStrategy Always). A watchdog reset is a guest
 reboot inside the same QEMU: not a restart, but a new instance (the guest
 picks a fresh one every boot and prints ``RTO-GUEST-READY <instance>
 boot=<n>`` on its console, which is how readiness and instance are read).
 The hub's route to the VMI's /32 is (re)announced by the node that starts it.
 
-Live migration (``LabBackend.migrate``): while the VMI's row says
-``migrating_to`` the source handler leaves the domain alone (``leaving``:
-no restart when it vanishes, libvirt moves it); once the row names the
-destination, the destination handler ADOPTS the running domain (instance read
-back from the console log, no new boot) and the source forgets its copy
-without touching the control socket, which now belongs to the destination's
-QEMU.
+Live migration: while a VMI is ``leaving`` the source leaves the domain alone
+(libvirt moves it); on the destination, the handler ADOPTS the running domain
+(instance read back from the console log, no new boot) and the source forgets
+its copy without touching the control socket, which now belongs to the
+destination's QEMU.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import shutil
 import socket
-import sqlite3
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cluster.lab import net, state, virtd, volumes
-from cluster.lab.backoff import RestartBackoff
+from cluster.lab import net, virtd, volumes
 from cluster.lab.guest.build import build_guest
-from cluster.profiles import TimingProfile
+from cluster.lab.machines import Machines
 from core.clock import Clock
 from core.errors import HarnessError, LabError
 from core.wait import WaitTimeout, poll_until
@@ -58,7 +52,6 @@ __all__ = [
     "VmiRun",
     "disk_path",
     "guest_command",
-    "heartbeat_key",
     "qemu_pid",
 ]
 
@@ -66,13 +59,8 @@ log = logging.getLogger("rto.lab.vmis")
 
 DISK_BYTES = 4 << 20  # the guest only uses sectors 0-1 (boot count, healthz record)
 _READY = "RTO-GUEST-READY"
-
-
-def heartbeat_key(name: str) -> str:
-    """The settings key holding VMI ``name``'s guest watchdog timeout: an int in
-    seconds or "default" (the i6300esb driver's 30 s). Written by
-    ``LabBackend.create_workload``, read at every domain start."""
-    return f"vmi.{name}.watchdog_heartbeat_s"
+# The guest arms its i6300esb with this timeout: a hung guest is reset after it.
+WDT_TIMEOUT_S = 2
 
 
 @dataclass(frozen=True)
@@ -174,59 +162,36 @@ def guest_command(name: str, cmd: str, timeout: float = 10.0) -> str:
 
 @dataclass
 class VmiRun:
-    """What the agent knows about one VMI it runs (one generation of it)."""
+    """What the handler knows about one VMI it runs (one generation of it)."""
 
     name: str
     generation: int
     ip: str | None
-    backoff: RestartBackoff
     phase: str = "Pending"
     instance: str | None = None
     boot: int | None = None
-    restarts: int = 0
-    starts: int = 0
+    starts: int = 0  # 0: not started yet (a VMI's domain starts once)
     active: bool = False
     offset: int = 0  # console bytes already read
     partial: str = ""  # console text after the last newline
     paused: tuple[bool, str] = (False, "")
     reason: str = ""
-    died_at: float | None = None
-    restart_s: float | None = None  # QEMU death seen -> domain started again
-    history: list[str] = field(default_factory=list)
     left: bool = False  # a live migration off this node was seen: forget, do not stop
     vanished: bool = False  # the domain was gone in the last pass (see _observe)
-
-    def status(self) -> dict[str, object]:
-        return {
-            "phase": self.phase,
-            "instance": self.instance,
-            "restarts": self.restarts,
-            "generation": self.generation,
-            "ip": self.ip,
-            "conditions": [{"type": "Paused", "status": self.paused[0], "reason": self.paused[1]}],
-            # Extras beyond the contract, for humans and the recorder.
-            "kind": "vmi",
-            "running": self.active,
-            "boot": self.boot,
-            "reason": self.reason,
-            "restart_s": self.restart_s,
-        }
 
 
 class VmiHandler:
     """Converges the node's VMIs to its assignments through its libvirtd."""
 
-    def __init__(self, node: str, index: int, clock: Clock, profile: TimingProfile) -> None:
+    def __init__(self, node: str, index: int, clock: Clock) -> None:
         self.node = node
         self.index = index
         self.clock = clock
-        self.profile = profile
         self.vmis: dict[str, VmiRun] = {}
         self._conn: Any = None  # libvirt.virConnect, imported lazily (extra 'vm')
         self._guest: GuestImage | None = None
         self._orphans: set[str] = set()  # running domains nobody assigned (last sweep)
         self._next_sweep = 0.0
-        self._db: sqlite3.Connection | None = None  # settings (watchdog timeouts)
 
     # --- libvirt ---------------------------------------------------------------
     def _connection(self) -> Any:
@@ -259,25 +224,10 @@ class VmiHandler:
             self._guest = build_guest()
         return self._guest
 
-    def _setting(self, key: str) -> object:
-        """A lab setting, read fresh (the harness may change it between starts)."""
-
-        if self._db is None:
-            self._db = state.connect()
-        row = self._db.execute("SELECT value FROM settings WHERE key=?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
-
     def _virt_type(self) -> str | None:
         """The libvirt domain type `rto lab up` chose (cluster.lab.accel)."""
-        chosen = self._setting("accelerator")
+        chosen = Machines().get_setting("accelerator")
         return {"kvm": "kvm", "tcg": "qemu"}.get(chosen) if isinstance(chosen, str) else None
-
-    def _wdt_timeout(self, name: str) -> int | None:
-        """The VMI's guest watchdog timeout from settings (2 s when unset)."""
-        value = self._setting(heartbeat_key(name))
-        if value == "default":
-            return None
-        return value if isinstance(value, int) else 2
 
     def _domain(self, name: str) -> Any:
         import libvirt
@@ -317,7 +267,7 @@ class VmiHandler:
                 self.node,
                 f"{vmi.ip}/24",
                 net.VMI_GW,
-                _GuestWithWatchdog(self._guest_image(), self._wdt_timeout(vmi.name)),
+                _GuestWithWatchdog(self._guest_image(), WDT_TIMEOUT_S),
                 disk,
                 "reset",
                 virt_type=self._virt_type(),
@@ -329,24 +279,16 @@ class VmiHandler:
             dom.create()
         except (HarnessError, OSError, libvirt.libvirtError) as exc:
             log.error("vmi %s: start failed: %s", vmi.name, exc)
-            vmi.reason = "StartError"
-            vmi.backoff.started()
-            vmi.backoff.exited()
+            vmi.phase, vmi.reason = "Failed", "StartError"
             return
         now = self.clock.now()
-        if vmi.starts > 0:
-            vmi.restarts += 1
-            if vmi.died_at is not None:
-                vmi.restart_s = now - vmi.died_at
         vmi.starts += 1
-        vmi.died_at = None
         vmi.active = True
         vmi.instance = None
         vmi.phase = "Scheduled"  # QEMU runs; Running once the guest says it is ready
         vmi.reason = "Booting"
-        vmi.backoff.started()
-        log.info("vmi %s: domain started (restarts %d) in %.2f s, %.2f s of it libvirt's create",
-                 vmi.name, vmi.restarts, now - t0, now - t_create)  # fmt: skip
+        log.info("vmi %s: domain started in %.2f s, %.2f s of it libvirt's create",
+                 vmi.name, now - t0, now - t_create)  # fmt: skip
 
     def _read_console(self, vmi: VmiRun) -> None:
         # libvirt: the optional 'vm' extra
@@ -375,7 +317,7 @@ class VmiHandler:
             vmi.reason = ""
             log.info("vmi %s: guest ready, instance %s boot %s", vmi.name, parts[1], vmi.boot)
 
-    def _observe(self, vmi: VmiRun, restart_healing: bool) -> None:
+    def _observe(self, vmi: VmiRun) -> None:
         """Domain state -> phase/conditions; notice a QEMU that died."""
         import libvirt
 
@@ -400,15 +342,9 @@ class VmiHandler:
         vmi.vanished = False
         if st in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED):
             vmi.active = False
-            vmi.died_at = self.clock.now()
             vmi.paused = (False, "")
-            delay = vmi.backoff.exited()
-            if restart_healing:
-                vmi.reason = "CrashLoopBackOff" if delay > 0 else "Restarting"
-            else:
-                vmi.phase, vmi.reason = "Failed", "Stopped"
-            log.info("vmi %s: domain stopped (state %d/%d); next start in %.2f s",
-                     vmi.name, st, why, delay)  # fmt: skip
+            vmi.phase, vmi.reason = "Failed", "Stopped"
+            log.info("vmi %s: domain stopped (state %d/%d)", vmi.name, st, why)
             return
         if st == libvirt.VIR_DOMAIN_PAUSED:
             reason = "IOError" if why == libvirt.VIR_DOMAIN_PAUSED_IOERROR else "Paused"
@@ -470,7 +406,6 @@ class VmiHandler:
         vmi.starts = 1
         vmi.phase = "Running" if vmi.instance is not None else "Scheduled"
         vmi.reason = "" if vmi.instance is not None else "Booting"
-        vmi.backoff.started()
         if vmi.ip is not None:
             # The migration moved the route already; this is idempotent insurance.
             with contextlib.suppress(HarnessError, OSError):
@@ -478,11 +413,10 @@ class VmiHandler:
         log.info("vmi %s: adopted migrated-in domain (instance %s)", vmi.name, vmi.instance)
         return True
 
-    # --- the agent's hooks ---------------------------------------------------------
+    # --- the virt-handler's hooks -----------------------------------------------------
     def sync(
         self,
         wanted: dict[str, tuple[int, str | None]],
-        restart_healing: bool,
         leaving: Collection[str] = frozenset(),
     ) -> None:
         """Converge to ``wanted`` (name -> (generation, ip)); poll what runs.
@@ -498,7 +432,7 @@ class VmiHandler:
                 self._stop(self.vmis.pop(name))
                 vmi = None
             if vmi is None:
-                vmi = VmiRun(name, gen, ip, RestartBackoff.from_profile(self.profile, self.clock))
+                vmi = VmiRun(name, gen, ip)
                 self.vmis[name] = vmi
                 self._adopt(vmi)
             elif vmi.ip is None and ip is not None:
@@ -507,11 +441,8 @@ class VmiHandler:
                 vmi.left = True
                 continue
             vmi.left = False  # a failed migration leaves the domain here: ours again
-            self._observe(vmi, restart_healing)
-            if not vmi.active and vmi.phase != "Failed" and vmi.backoff.may_start():
-                if vmi.starts > 0 and not restart_healing:
-                    vmi.phase = "Failed"
-                    continue
+            self._observe(vmi)
+            if not vmi.active and vmi.phase != "Failed" and vmi.starts == 0:
                 self._start(vmi)
 
     def sweep_orphans(self, wanted: Collection[str]) -> None:
@@ -564,27 +495,6 @@ class VmiHandler:
             log.warning("vmi %s: domain unknown: %s", name, exc)
             return False
 
-    def statuses(self) -> dict[str, dict[str, object]]:
-        return {name: vmi.status() for name, vmi in self.vmis.items()}
-
-    def wake_times(self) -> list[float]:
-        return [v.backoff.not_before for v in self.vmis.values() if not v.active]
-
-    def clean_slate(self) -> None:
-        """Destroy domains left by an agent that was killed (as runc state is)."""
-
-        if virtd.libvirtd_pid(self.node) is None:
-            return
-        try:
-            conn = self._connection()
-            for dom in conn.listAllDomains():
-                # libvirt: the optional 'vm' extra
-                from cluster.lab import virt
-
-                virt.destroy_vmi(conn, dom.name())
-        except Exception as exc:
-            log.warning("node %s: leftover domains not destroyed: %s", self.node, exc)
-
     def shutdown(self) -> None:
         for name in list(self.vmis):
             try:
@@ -595,6 +505,3 @@ class VmiHandler:
             with contextlib.suppress(Exception):
                 self._conn.close()
             self._conn = None
-        if self._db is not None:
-            self._db.close()
-            self._db = None

@@ -1,6 +1,6 @@
 """The lab's real cluster as one thing: bring it up, power nodes, tear it down, report it.
 
-Called by ``cluster.lab.lifecycle`` (``lab_up(kube=True)``, ``lab_down``,
+Called by ``cluster.lab.lifecycle`` (``lab_up``, ``lab_down``,
 ``lab_status``) and by the lab's node power driver. ``start_cluster`` starts
 the hub (``hub``), then one containerd + kubelet per node (``node``), and
 returns when every Node is Ready in the API server: readiness is what the real
@@ -171,7 +171,7 @@ def set_profile(profile: str, timeout: float = 120) -> None:
     """
     flags = component_flags(profile)
     if not cluster_up() or not hub.etcd_running():
-        raise LabError("the lab's real cluster is not up: `rto lab up --kube` first")
+        raise LabError("the lab's real cluster is not up: `rto lab up` first")
     specs = [kubelet_spec(n, i, profile) for n, i in sorted(_cluster_doc()["nodes"].items())]
     stale_hub = hub.outdated(flags)
     stale_kubelets = [s for s in specs if node.kubelet_outdated(s)]
@@ -278,7 +278,7 @@ def _prepare(api: k8s.ApiClient, nodes: list[str]) -> None:
 def _write_kube_config(doc: dict[str, Any]) -> None:
     _write_atomic(
         kube_config_path(),
-        "# Written by `rto lab up --kube`: the kube backend on the lab's real cluster.\n"
+        "# Written by `rto lab up`: the kube backend on the lab's real cluster.\n"
         + yaml.safe_dump(doc, sort_keys=False),
     )
 

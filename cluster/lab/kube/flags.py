@@ -4,20 +4,17 @@ Read by ``cluster.lab.kube.hub`` (API server and controller-manager flags) and
 by the per-node start (``KubeletConfiguration`` fields and feature gates), and
 recorded in the lab's ``kube-profile.json`` so the report can say which values
 a run was measured with. ``kubernetes-defaults`` sets nothing: every component
-runs on its own compiled-in defaults. ``fast`` turns the real knobs.
-
-``fast`` is not exactly the model's 1/50 scale: the Lease is renewed every
-0.25 s (a quarter of ``nodeLeaseDurationSeconds``, a whole number of seconds)
-against the model's 0.2 s heartbeat, and the node-monitor grace period is 2 s,
-not 1 s, so that a renewal delayed by a busy 2-core machine (QEMU guests
-beside it) does not flap a node NotReady. Tolerations are whole seconds in the
-API.
+runs on its own compiled-in defaults. ``fast`` turns the real knobs to the
+values of ``cluster.profiles.PROFILES["fast"]`` (the healers scale by the same
+numbers), plus the kubelet's CrashLoopBackOff maximum.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from cluster.profiles import PROFILES
 
 __all__ = ["ComponentFlags", "component_flags"]
 
@@ -37,33 +34,36 @@ class ComponentFlags:
         return [f"--{k}={v}" for k, v in sorted(flags.items())]
 
 
-_FAST = ComponentFlags(
-    apiserver={
-        # DefaultTolerationSeconds admission: the 300 s of every pod's
-        # not-ready/unreachable NoExecute tolerations.
-        "default-not-ready-toleration-seconds": "6",
-        "default-unreachable-toleration-seconds": "6",
-    },
-    controller_manager={
-        "node-monitor-period": "1s",
-        "node-monitor-grace-period": "2s",
-    },
-    kubelet_config={
-        "nodeStatusUpdateFrequency": "1s",
-        # Renewed every quarter of this: 0.25 s, the model's 0.2 s heartbeat as
-        # closely as a whole number of seconds allows (the eviction healer
-        # confirms a silent node after 3.5 heartbeats of the profile).
-        "nodeLeaseDurationSeconds": 1,
-        # Alpha in 1.34: needs the gate below. The back-off starts at
-        # min(10 s, this) and never grows past it.
-        "crashLoopBackOff": {"maxContainerRestartPeriod": "8s"},
-    },
-    kubelet_feature_gates={"KubeletCrashLoopBackOffMax": True},
-)
+def _fast() -> ComponentFlags:
+    prof = PROFILES["fast"]
+    toleration = str(round(prof.toleration))
+    return ComponentFlags(
+        apiserver={
+            # DefaultTolerationSeconds admission: the 300 s of every pod's
+            # not-ready/unreachable NoExecute tolerations.
+            "default-not-ready-toleration-seconds": toleration,
+            "default-unreachable-toleration-seconds": toleration,
+        },
+        controller_manager={
+            "node-monitor-period": "1s",
+            "node-monitor-grace-period": f"{prof.grace_period:g}s",
+        },
+        kubelet_config={
+            "nodeStatusUpdateFrequency": "1s",
+            # The kubelet renews its Lease every quarter of this (a whole number
+            # of seconds): the profile's heartbeat.
+            "nodeLeaseDurationSeconds": round(4 * prof.heartbeat_interval),
+            # Alpha in 1.34: needs the gate below. The back-off starts at
+            # min(10 s, this) and never grows past it.
+            "crashLoopBackOff": {"maxContainerRestartPeriod": "8s"},
+        },
+        kubelet_feature_gates={"KubeletCrashLoopBackOffMax": True},
+    )
+
 
 _PROFILES: dict[str, ComponentFlags] = {
     "kubernetes-defaults": ComponentFlags(),
-    "fast": _FAST,
+    "fast": _fast(),
 }
 
 

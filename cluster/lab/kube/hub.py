@@ -3,8 +3,8 @@
 Called by ``cluster.lab.kube.cluster`` at ``rto lab up``, by ``lab_down``,
 and at a profile switch (``outdated``, ``stop_component``,
 ``start_components``: the control plane restarts, etcd and its data stay).
-Every process runs in the hub network namespace (where the model's control
-plane also runs) and in the cgroup ``rto-lab/kube-hub``, so a teardown after a
+Every process runs in the hub network namespace (where the probers and the
+lab's virt-controller also run) and in the cgroup ``rto-lab/kube-hub``, so a teardown after a
 SIGKILL of everything finds and kills it by cgroup, not by what a pid file
 claims. The API server listens on every address of the hub: nodes reach it at
 ``HUB_IP:6443`` over the lab bridge, the host (the harness, the user's

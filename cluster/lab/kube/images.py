@@ -8,7 +8,7 @@ Called by ``cluster.lab.kube.node`` when it starts a node's containerd
   scripts/build-kube.sh (``paths.bin_dir()``);
 - ``rto.local/pod:<tag>``, the lab's pod: the busybox root filesystem of
   ``cluster.lab.rootfs`` (entrypoint ``/bin/start``: busybox httpd on port 80,
-  ``/cgi-bin/healthz``), so a real pod answers probes as a model pod does;
+  ``/cgi-bin/healthz``), whose health check writes and reads back a file on the pod's volume;
 - ``rto.local/busybox:<tag>``, Debian's static busybox with every applet
   linked: the ``pod_image`` of the kube config the lab writes, in which the
   kube backend runs its own workload script as it would in docker.io's busybox.

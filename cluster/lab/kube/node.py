@@ -74,7 +74,7 @@ __all__ = [
 
 RUNC = Path("/usr/sbin/runc")  # Debian's runc 1.1.5: the one the lab already uses
 CNI_BIN = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
-CNI_BRIDGE = "kbr0"  # beside the model's cbr0 in the node netns
+CNI_BRIDGE = "kbr0"  # beside cbr0 (the VMIs' gateway) in the node netns
 KUBELET_HEALTHZ_PORT = 10248
 
 # What v1.34.4's setupKernelTunables writes (pkg/kubelet/cm/container_manager_linux.go):
@@ -233,7 +233,7 @@ def node_processes(node: str) -> list[int]:
     the node's directories (of a process in the node cgroup or running a lab
     binary); the pods' cgroups (``.../kubepods``); and the node's mount
     namespace (what containerd runs briefly: runc, CNI plugins). Never the
-    model's agent, which shares the node cgroup but none of these.
+    node's libvirtd or virt-handler, which share the node cgroup but none of these.
     """
     dirs = (f"{node_run_dir(node)}/", f"{paths.node_dir(node)}/")
     pods = (_kubepods_cgroup(node),)

@@ -57,8 +57,8 @@ def node_dir(node: str) -> Path:
 def pod_cidr(index: int) -> str:
     """Pods the real kubelet of node ``index`` runs: 198.18.(50+i).0/24.
 
-    Disjoint from the model agent's pod subnet (198.18.(10+i).0/24) so both can
-    run side by side while the harness moves to the real cluster.
+    Disjoint from the node's ``cbr0`` subnet (198.18.(10+i).0/24, the VMIs'
+    gateway) and from the VMI subnet.
     """
     return f"198.18.{50 + index}.0/24"
 

@@ -1,6 +1,6 @@
 """The lab's virt-controller: VirtualMachines into VMIs, VMIs into virt-launcher pods, migrations.
 
-Started by ``cluster.lab.lifecycle`` (``lab_up(kube=True, vms=True)``) as
+Started by ``cluster.lab.lifecycle`` (``lab_up(vms=True)``) as
 ``python -m cluster.lab.kube.virt_controller`` in the hub's network namespace
 and cgroup (so the hub's teardown kills it with the control plane). It stands
 in for KubeVirt's virt-controller, which cannot be built here (its launcher
@@ -27,10 +27,11 @@ as KubeVirt documents it, on KubeVirt's own CRDs in the real API server:
   migrates the domain; the controller then ends the migration (Succeeded or
   Failed) and deletes the launcher pod that lost.
 
-What it leaves out of KubeVirt: virt-api (its webhooks and the subresources
-pause, unpause, addvolume, removevolume), start-failure back-off, node
-heartbeats and ``kubevirt.io/schedulable``, DataVolumes and disks other than
-the lab's guest.
+The same process serves the lab's virt-api: its admission webhooks
+(``virt_webhooks``) and the pause/unpause subresources behind the aggregator
+(``virt_subresources``). What it leaves out of KubeVirt: the addvolume and
+removevolume subresources, start-failure back-off, node heartbeats and
+``kubevirt.io/schedulable``, DataVolumes and disks other than the lab's guest.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ log = logging.getLogger("virt-controller")
 
 _ENDED = ("Failed", "Succeeded")
 WEBHOOK_PORT = 8443  # on the hub's bridge address, where the API server calls it
-_FIRST_SLOT, _LAST_SLOT = 150, 250  # of net.VMI_SUBNET; below is the lab model's
+_FIRST_SLOT, _LAST_SLOT = 150, 250  # of net.VMI_SUBNET (below: the benchmarks' guests)
 
 
 def address_slots() -> range:

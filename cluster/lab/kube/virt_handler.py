@@ -60,7 +60,6 @@ from cluster.lab.kube.virt_api import (
     status_of as _status,
 )
 from cluster.lab.vmis import VmiHandler, VmiRun
-from cluster.profiles import get_profile
 from core.clock import Clock, RealClock
 from core.errors import HarnessError
 
@@ -119,8 +118,7 @@ class VirtHandler:
         self.clock = clock or RealClock()
         self.wake = threading.Event()
         self.cache = ObjectCache(api, custom_path("virtualmachineinstances"), None, self.wake.set)
-        # The profile only sets the back-off of a guest whose first start failed.
-        self.vmis = VmiHandler(node, index, self.clock, get_profile("kubernetes-defaults"))
+        self.vmis = VmiHandler(node, index, self.clock)
         self._gens: dict[str, int] = {}  # VMI uid -> VmiRun generation
         self._known: set[str] = set()  # VMI uids this process started or adopted
         self._migrating: dict[str, threading.Thread] = {}
@@ -166,7 +164,7 @@ class VirtHandler:
             for v in self.cache.items()
             if _in_flight(v).get("targetNode") == self.node
         }
-        self.vmis.sync(wanted, restart_healing=False, leaving=leaving)
+        self.vmis.sync(wanted, leaving=leaving)
         self.vmis.sweep_orphans(set(wanted) | arriving)
         for v in mine:
             name = _md(v)["name"]
