@@ -1,22 +1,24 @@
-"""The watchdog healer: restart what crashed or hung.
+"""The watchdog healer: restart what crashed or hung, and put every restart on the timeline.
 
 Built by ``healers.registry``; started/stopped by the runner. For pods the
-restart itself is the node agent's job, as the kubelet's is in Kubernetes
-(restartPolicy Always with back-off): this healer switches that node-side
-restart on for the run (``backend.set_restart_healing(True)``), puts the state
-back at stop, and watches the targets so that every restart appears on the
-timeline as a HEALER_ACTION "restarted <name> (restart N)". The runner switches
-node-side restarts off for runs where the watchdog is not selected, which is
-what makes "no healer" a real baseline.
+restart itself is the platform's, the kubelet's (restartPolicy Always with
+back-off): this healer watches the targets so that every restart appears on
+the timeline as a HEALER_ACTION "restarted <name> (restart N)". It also turns
+the backend's restart-healing flag on for the run and puts it back at stop
+(the runner turns it off for runs without the watchdog); the real kubelet
+restarts whatever the flag says, so on Kubernetes a run without the watchdog
+measures what the platform does alone.
 
 The per-kind behaviour lives in ``KindWatcher`` objects, one per
 ``WorkloadKind`` in ``Watchdog.watchers``. VMIs (``VmiWatcher``): a restart
-after QEMU died is the node's (run strategy Always) and is recorded; a
-watchdog reset (new guest instance, same QEMU, no restart) is recorded; a VMI
-paused on an I/O error is resumed once its storage is back (condition
-``StorageReady`` not False), and restarted (``kill_main_process``: the node
-starts a fresh QEMU) if it pauses again because QEMU's disk fd died with the
-failed storage. Each action and its reason goes on the timeline.
+after QEMU died is the platform's (a backend that restarts in place counts
+restarts; KubeVirt's VM makes a new VMI) and is recorded; a watchdog reset (new
+guest instance, same QEMU, no restart) is recorded where the backend's
+instance names the guest's boot; a VMI paused on an I/O error is resumed once
+its storage is back (condition ``StorageReady`` not False), and restarted
+(``kill_main_process``: a fresh QEMU, on KubeVirt a new VMI) if it pauses again
+because QEMU's disk fd died with the failed storage. Each action and its
+reason goes on the timeline.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def _report_restarts(
 
 
 class PodWatcher:
-    """Pods: the node agent restarts them (back-off); report each restart."""
+    """Pods: the kubelet restarts them (back-off); report each restart."""
 
     def observe(
         self, healer: Watchdog, previous: WorkloadStatus | None, current: WorkloadStatus

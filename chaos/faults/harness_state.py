@@ -26,7 +26,7 @@ class RestartHealingOff(Fault):
 
     @property
     def target(self) -> str:
-        return "node agents"
+        return "restart healing"
 
     def params(self) -> dict[str, JsonScalar]:
         return {}

@@ -1,8 +1,9 @@
 """Which accelerator runs the lab's VMs: KVM only after the lab's guest booted on it.
 
-Read by ``rto lab up`` (which prints the choice and stores it for the node
-agents), by ``cluster.lab.virt.domain_xml`` (libvirt domain type), by ``rto
-lab doctor`` and by the lab backend, whose VMI result rows carry the answer.
+Read by ``rto lab up`` (which prints the choice and records it for the
+virt-handlers, ``cluster.lab.machines``), by ``cluster.lab.virt.domain_xml``
+(libvirt domain type), by ``rto lab doctor`` and by the lab backend, whose VMI
+result rows carry the answer.
 
 ``/dev/kvm`` existing, or QEMU's BIOS still running after a moment under KVM,
 proves nothing: on some machines of this kind KVM runs the BIOS, QEMU warns

@@ -1,7 +1,7 @@
 """The pods' image: a busybox-static root filesystem built (and cached) by the lab.
 
-Called by the node agent (through ``runtime.prepare_bundle``) and by
-``lifecycle.lab_up``; read by runc, which mounts it read-only into every pod.
+Called by ``lifecycle.lab_up`` and packed into the pod image by
+``cluster.lab.kube.images`` (``rto.local/pod``), which the kubelets run.
 The container's pid 1 is ``/bin/start``: it copies the site into the tmpfs
 ``/www`` and then execs busybox httpd in the foreground, so httpd *is* pid 1 and
 a SIGKILL of it ends the container. ``/cgi-bin/healthz`` writes and reads back a

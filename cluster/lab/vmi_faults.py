@@ -1,11 +1,12 @@
 """The harness's own hands on a running lab VMI: disk unplug/replug, resume, cut-off.
 
-Called by ``cluster.lab.backend.LabBackend`` for the VMI side of the storage,
-network and watchdog actions (``fail_volume(.., UNPLUG)``, ``repair_volume``,
-``resume_workload``, ``partition_workload``); the faults and the watchdog
-healer reach it only through the ``Backend`` methods. It talks to the node's
-own libvirtd from the harness (a short-lived connection per action: the agent
-keeps its own) and to the node's netns through ``nft``.
+Called by ``cluster.lab_cluster.LabClusterBackend`` for what KubeVirt's
+launcher would do to a guest and the lab does around the API
+(``fail_volume(.., UNPLUG)``, ``repair_volume``, ``resume_workload`` of a guest
+libvirt paused, ``partition_workload``); the faults and the watchdog healer
+reach it only through the ``Backend`` methods. It talks to the node's own
+libvirtd from the harness (a short-lived connection per action: the node's
+virt-handler keeps its own) and to the node's netns through ``nft``.
 
 Every action is idempotent, because a journal replay may run a revert twice or
 after the VMI moved: ``replug_disk`` does nothing when the live domain already

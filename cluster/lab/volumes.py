@@ -1,6 +1,7 @@
 """Pod volumes: a loop-mounted ext4 image per pod, and the storage faults on it.
 
-Called by the node agent (``ensure_volume`` before a container starts), by the
+Called by the lab's backend (``ensure_volume`` before a pod's Deployment, whose
+hostPath it is), by the virt-handlers (a VMI's disk file lives on one), by the
 storage-lost fault (``freeze``/``thaw`` = writes hang, ``shutdown`` = writes
 get EIO at once), by healers (``repair``) and by ``lab_down``
 (``destroy_volume``, ``lab_volumes``). A volume follows its pod like network
