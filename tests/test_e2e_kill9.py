@@ -57,7 +57,9 @@ def lab() -> Iterator[LabClusterBackend]:
         yield backend
 
 
-def _experiment(tmp_path: Path, name: str) -> tuple[Path, str]:
+def _experiment(
+    tmp_path: Path, name: str, healers: tuple[str, ...] = ("watchdog",)
+) -> tuple[Path, str]:
     """An overridden copy of a pod experiment file: (path, workload)."""
     doc: dict[str, Any] = yaml.safe_load((PODS / f"{name}.yaml").read_text())
     ext = next(e for e in doc["extensions"] if e["name"] == "rto")
@@ -66,7 +68,7 @@ def _experiment(tmp_path: Path, name: str) -> tuple[Path, str]:
     ext["recovery"]["deadline_s"] = 400
     # The eviction healer would fence the node (a taint) and a SIGKILLed
     # harness could never unfence it; the watchdog only records restarts.
-    ext["healers"] = ["watchdog"]
+    ext["healers"] = list(healers)
     ext["profile"] = "fast"
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -103,10 +105,16 @@ def _probe_fails(lab: LabClusterBackend, workload: str) -> bool:
 
 
 def _kill_mid_fault(
-    lab: LabClusterBackend, tmp_path: Path, name: str, fault: str
+    lab: LabClusterBackend,
+    tmp_path: Path,
+    name: str,
+    fault: str,
+    healers: tuple[str, ...] = ("watchdog",),
+    also: str | None = None,
 ) -> tuple[Journal, str, FaultRecord]:
-    """Start `rto run` on the file, wait for the fault to act, SIGKILL it."""
-    exp, workload = _experiment(tmp_path, name)
+    """Start `rto run` on the file, wait for the fault to act (and for a record
+    of ``also`` to be journaled injected, if given), SIGKILL it."""
+    exp, workload = _experiment(tmp_path, name, healers)
     journal_path = tmp_path / "journal.jsonl"
     journal = Journal(journal_path)
     log = (tmp_path / "rto-run.log").open("w")
@@ -126,6 +134,12 @@ def _kill_mid_fault(
         )
         assert isinstance(record, FaultRecord), (tmp_path / "rto-run.log").read_text()
         poll_until(lambda: _probe_fails(lab, workload), 10.0, f"{workload} to stop answering")
+        if also is not None:
+            poll_until(
+                lambda: _injected(journal, also) if proc.poll() is None else "exited",
+                30.0,
+                f"`rto run {exp.name}` to journal {also} injected",
+            )
         assert proc.poll() is None, "rto run ended on its own"
         t0 = time.monotonic()
     finally:
@@ -135,7 +149,8 @@ def _kill_mid_fault(
         log.close()
     print(f"\nFIGURE {name}: harness SIGKILLed {time.monotonic() - t0:.3f} s after the outage")
     assert proc.returncode == -signal.SIGKILL
-    assert [r.id for r in journal.pending()] == [record.id]
+    pending = [r.id for r in journal.pending()]
+    assert pending[0] == record.id and len(pending) == (1 if also is None else 2), pending
     return journal, workload, record
 
 
@@ -192,6 +207,31 @@ def test_revert_powers_a_node_on_after_sigkill(lab: LabClusterBackend, tmp_path:
     assert "reverted" in res.stdout and "node-power-off" in res.stdout
     assert kube_node.component_pid(HOME, "kubelet") is not None
     assert kube_node.component_pid(HOME, "containerd") is not None
+    assert lab.node(HOME).powered
+    poll_until(lambda: lab.node(HOME).ready, 60.0, f"{HOME} Ready after the revert")
+    lab.wait_ready(workload, 90)
+    assert journal.pending() == []
+    lab.delete_workload(workload)
+
+
+def test_revert_unfences_and_powers_on_after_sigkill(
+    lab: LabClusterBackend, tmp_path: Path
+) -> None:
+    """The eviction healer fenced the powered-off node (the real
+    out-of-service taint, journaled before it was put) and the harness died:
+    ``rto revert`` takes the taint off and boots the node."""
+    journal, workload, _ = _kill_mid_fault(
+        lab,
+        tmp_path,
+        "node-power-off",
+        "node-power-off",
+        healers=("watchdog", "eviction"),
+        also="node-fence",
+    )
+    assert lab.node(HOME).fenced  # the taint outlived the harness
+    res = _rto(tmp_path / "journal.jsonl", "revert")
+    assert "node-fence" in res.stdout and "node-power-off" in res.stdout
+    assert not lab.node(HOME).fenced
     assert lab.node(HOME).powered
     poll_until(lambda: lab.node(HOME).ready, 60.0, f"{HOME} Ready after the revert")
     lab.wait_ready(workload, 90)
