@@ -28,6 +28,10 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
 
 from cluster.api import (
     Backend,
@@ -40,6 +44,7 @@ from cluster.api import (
 )
 from cluster.kube.backend import KubeBackend
 from cluster.kube.config import load_kube_config
+from cluster.kube.workloads import data_claim
 from cluster.lab import vmi_faults, vmis, volumes
 from cluster.lab.kube import cluster as kube_cluster
 from cluster.lab.kube import node as kube_node
@@ -55,17 +60,70 @@ __all__ = ["LabClusterBackend", "LabClusterProvider"]
 
 
 def _kube_backend() -> KubeBackend:
-    """The kube backend on the lab's kube config, with the lab's pod volumes.
+    """The kube backend on the lab's kube config, with the lab's volumes.
 
     Each pod's /data is a hostPath on its lab volume (cluster.lab.volumes),
     which the storage faults freeze and shut down; every node sees the host's
     mounts there (cluster.lab.kube.node), so it follows the pod like network
-    storage. Only this backend makes those volumes (``create_workload``), so
-    only it asks for them; the file itself leaves them out.
+    storage. Each VMI gets a hotpluggable data disk, a claim of the storage
+    class ``DATA_CLASS`` that binds to the PersistentVolume this backend makes
+    on the VMI's lab volume (where its disk file is). Only this backend makes
+    those volumes (``create_workload``), so only it asks for them; the file
+    itself leaves them out.
     """
     cfg = load_kube_config(kube_cluster.kube_config_path())
-    volume = str(volumes.mountpoint("{workload}"))
-    return KubeBackend(cfg.model_copy(update={"pod_volume_host_path": volume}))
+    update = {
+        "pod_volume_host_path": str(volumes.mountpoint("{workload}")),
+        "vmi_data_volume_size": DATA_SIZE,
+        "vmi_data_storage_class": DATA_CLASS,
+    }
+    return KubeBackend(cfg.model_copy(update=update))
+
+
+# The VMI data disks' PersistentVolumes: statically provisioned by the lab's
+# backend on each VMI's lab volume, bound to its claim by the real PV controller.
+DATA_CLASS = "rto-lab-volumes"
+DATA_SIZE = "16Mi"
+
+
+def _data_volume(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": f"rto-lab-{name}-data", "labels": {"rto.harness/workload": name}},
+        "spec": {
+            "capacity": {"storage": DATA_SIZE},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": DATA_CLASS,
+            "claimRef": {"namespace": kube_cluster.NAMESPACE, "name": data_claim(name)},
+            "hostPath": {"path": str(volumes.mountpoint(name)), "type": "Directory"},
+        },
+    }
+
+
+def _ensure_data_volume(name: str) -> None:
+    """The PersistentVolume of VMI ``name``'s data disk (kept if it exists)."""
+    api = kube_cluster.api_client()
+    try:
+        # The client sends a plain dict as it is (its typed models are optional).
+        k8s.CoreV1Api(api).create_persistent_volume(_data_volume(name))  # type: ignore[arg-type]
+    except ApiException as exc:
+        if exc.status != 409:
+            raise BackendError(f"create PersistentVolume of {name}'s data disk: {exc}") from exc
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+
+
+def _remove_data_volume(name: str) -> None:
+    api = kube_cluster.api_client()
+    try:
+        k8s.CoreV1Api(api).delete_persistent_volume(f"rto-lab-{name}-data")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise BackendError(f"delete PersistentVolume of {name}'s data disk: {exc}") from exc
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
 
 
 def _switch_real_cluster(profile: str) -> None:
@@ -186,11 +244,13 @@ class LabClusterBackend:
                 f"cannot create VMI {name}: the lab came up without VMs; "
                 "`rto lab down` and `rto lab up --vms`"
             )
-        if kind is WorkloadKind.POD:
-            # Before the Deployment: its hostPath (type Directory, the kube
-            # config's pod_volume_host_path) is this volume's mountpoint, which
-            # every node sees (cluster.lab.kube.node follows the host's mounts).
-            volumes.ensure_volume(name)
+        # Before the Deployment: its hostPath (type Directory, the kube
+        # config's pod_volume_host_path) is this volume's mountpoint, which
+        # every node sees (cluster.lab.kube.node follows the host's mounts).
+        # A VMI's disk file lives there too, and its PersistentVolume names it.
+        volumes.ensure_volume(name)
+        if kind is WorkloadKind.VMI:
+            _ensure_data_volume(name)
         self.kube.create_workload(
             name,
             kind,
@@ -221,6 +281,7 @@ class LabClusterBackend:
         except WaitTimeout as exc:
             raise BackendError(f"{exc}; its volume is kept (lab down removes it)") from None
         (volumes.mountpoint(name).parent / "restart-pending").unlink(missing_ok=True)
+        _remove_data_volume(name)  # no-op for a pod: it has none
         volumes.destroy_volume(name)
 
     def wait_ready(self, name: str, timeout: float) -> WorkloadStatus | None:
@@ -298,7 +359,8 @@ class LabClusterBackend:
         at = self._kube_vmi(workload)
         if at is not None:
             if mode is VolumeFailure.UNPLUG:
-                vmi_faults.unplug_disk(at[0], workload)  # virt-api's removevolume is not here
+                # virt-api's removevolume (cluster.lab.kube.virt_subresources).
+                self.kube.fail_volume(workload, mode)
             elif mode is VolumeFailure.HANG:
                 volumes.freeze(workload)
             else:
@@ -363,9 +425,9 @@ class LabClusterBackend:
                 # KubeVirt's does: resuming or replacing it is the healer's job.
                 volumes.repair(workload)
         else:
-            for m in self.lab.nodes():
-                if m.powered and vmis.qemu_pid(m.name, workload) is not None:
-                    vmi_faults.replug_disk(m.name, workload)
+            # virt-api's addvolume of what the VM's template has and the VMI
+            # lacks (nothing once a new VMI took the unplugged one's place).
+            self.kube.repair_volume(workload, mode)
 
     # --- healer actions ----------------------------------------------------------------
     def restart_healing(self) -> bool:

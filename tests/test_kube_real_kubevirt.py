@@ -512,6 +512,46 @@ def test_vm_workload_fits_kubevirts_schema(
     assert err.value.status == 404
 
 
+def test_a_vm_s_hotpluggable_data_claim_is_kept_by_the_schema_and_removed_with_it(
+    real_apiserver: RealApiserver,  # noqa: F811
+    kv: KubeVirtCluster,
+) -> None:
+    """``vmi_data_volume_size``: the harness makes the claim before the VM, and
+    the VM's data volume (``hotpluggable: true``, a scsi disk) is KubeVirt's own
+    schema, kept whole; delete_workload removes the claim too."""
+    w1 = kv.node("w1")
+    name = kv.name("dd")
+    cfg = real_apiserver.config(vmi_data_volume_size="16Mi", vmi_data_storage_class="lab")
+    b = KubeBackend(cfg, echo=lambda m: None)
+    b.create_workload(name, WorkloadKind.VMI, node=w1)
+    kv.vms.append(name)
+    pvc = kv.core.read_namespaced_persistent_volume_claim(workloads.data_claim(name), NS)
+    assert pvc.spec.resources.requests == {"storage": "16Mi"}
+    assert pvc.spec.storage_class_name == "lab"
+    vm = kv.get("virtualmachines", name)
+    assert vm is not None
+    tpl = vm["spec"]["template"]["spec"]
+    data = next(v for v in tpl["volumes"] if v["name"] == "data")
+    assert data == {
+        "name": "data",
+        "persistentVolumeClaim": {"claimName": workloads.data_claim(name), "hotpluggable": True},
+    }
+    assert {"name": "data", "disk": {"bus": "scsi"}} in tpl["domain"]["devices"]["disks"]
+    b.delete_workload(name)
+    assert kv.get("virtualmachines", name) is None
+    # Deleted: gone, or Terminating until the pvc-protection controller (not
+    # run by this control plane) lifts its finalizer.
+    try:
+        pvc = kv.core.read_namespaced_persistent_volume_claim(workloads.data_claim(name), NS)
+    except ApiException as exc:
+        assert exc.status == 404
+    else:
+        assert pvc.metadata.deletion_timestamp is not None
+        kv.core.patch_namespaced_persistent_volume_claim(
+            workloads.data_claim(name), NS, {"metadata": {"finalizers": None}}
+        )
+
+
 def test_virt_api_subresources_are_not_served_by_crds(
     real_apiserver: RealApiserver,  # noqa: F811
     kv: KubeVirtCluster,

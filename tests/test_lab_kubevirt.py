@@ -29,9 +29,9 @@ from kubernetes.client.exceptions import ApiException
 from lab_node_kit import in_netns
 from private_lab import PrivateLab
 
-from cluster.api import Phase, WorkloadKind
+from cluster.api import Phase, VolumeFailure, WorkloadKind
 from cluster.kube.watch import raw_request
-from cluster.lab import lifecycle, net
+from cluster.lab import lifecycle, net, vmi_faults
 from cluster.lab.kube import cluster as kube_cluster
 from cluster.lab.kube import hub
 from cluster.lab.kube.pki import Pki, kubeconfig, make_cert
@@ -236,6 +236,45 @@ def test_pause_and_unpause_through_the_aggregated_virt_api(backend: LabClusterBa
     # A volume the VMI does not declare: 422, as KubeVirt answers.
     with pytest.raises(BackendError, match="422"):
         b.kube.client.sub(kube_cluster.NAMESPACE, "kv-a", "removevolume", {"name": "nosuch"})
+
+
+def test_the_data_disk_is_unplugged_and_plugged_back_through_virt_api(
+    backend: LabClusterBackend,
+) -> None:
+    """The VM's hotpluggable data volume: a claim bound (by the real PV
+    controller) to the PersistentVolume on the VMI's lab volume; removevolume
+    detaches the disk from the live guest and takes it out of the VMI's spec,
+    addvolume (the repair, replayed twice as a journal may) puts it back."""
+    b = backend
+    _up(b, "kv-a")
+    api = kube_cluster.api_client()
+    core = k8s.CoreV1Api(api)
+    try:
+
+        def bound() -> bool:
+            pvc = core.read_namespaced_persistent_volume_claim("kv-a-data", kube_cluster.NAMESPACE)
+            return pvc.status.phase == "Bound" and pvc.spec.volume_name == "rto-lab-kv-a-data"
+
+        poll_until(bound, 30, "the data claim Bound to the lab's volume", interval=0.5)
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+    node = b.workload("kv-a").node
+    assert node is not None and vmi_faults.has_data_disk(node, "kv-a")
+
+    def spec_volumes() -> set[str]:
+        return {v["name"] for v in _vmi_obj("kv-a")["spec"]["volumes"]}  # type: ignore[index]
+
+    b.fail_volume("kv-a", VolumeFailure.UNPLUG)
+    assert not vmi_faults.has_data_disk(node, "kv-a")
+    assert "data" not in spec_volumes()
+    b.repair_volume("kv-a", VolumeFailure.UNPLUG)
+    b.repair_volume("kv-a", VolumeFailure.UNPLUG)  # a replayed revert: nothing more
+    assert vmi_faults.has_data_disk(node, "kv-a")
+    assert "data" in spec_volumes()
+    assert sorted(spec_volumes()) == ["cloudinit", "data", "root"]
+    with pytest.raises(BackendError, match=r"422.*not hotpluggable"):
+        b.kube.client.sub(kube_cluster.NAMESPACE, "kv-a", "removevolume", {"name": "root"})
+    poll_until(lambda: _answers(b, "kv-a"), 30, "kv-a answering", interval=0.5)
 
 
 def test_virt_api_authorizes_the_user_with_rbac(backend: LabClusterBackend, tmp_path: Path) -> None:

@@ -98,6 +98,14 @@ class KubeConfig(BaseModel):
     # lab's guest serves /healthz on 80); None: probe_port and probe_path.
     vmi_probe_port: int | None = Field(default=None, ge=1, le=65535)
     vmi_probe_path: str | None = Field(default=None, pattern="^/")
+    # A data disk for each VMI the harness creates: a PVC "<workload>-data" of
+    # this size (storage class vmi_data_storage_class; None: the cluster's
+    # default), attached as a hotpluggable scsi disk, so the VMI storage faults
+    # unplug it and plug it back through virt-api (removevolume, addvolume;
+    # KubeVirt's HotplugVolumes feature gate). None: no data disk, and a VMI
+    # disk unplug needs a VMI of yours that has a hotpluggable volume.
+    vmi_data_volume_size: str | None = Field(default=None, pattern=r"^[1-9][0-9]*(Ki|Mi|Gi)$")
+    vmi_data_storage_class: str | None = Field(default=None, min_length=1)
 
     @property
     def target_pair(self) -> tuple[str, str]:

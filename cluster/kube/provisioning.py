@@ -53,8 +53,17 @@ class KubeProvisioner:
                 ),
             )
             return
+        size = self.k.config.vmi_data_volume_size
+        if size is not None:
+            claim = workloads.persistent_volume_claim(
+                name, size, self.k.config.vmi_data_storage_class
+            )
+            self.k.act(
+                f"create PersistentVolumeClaim {ns}/{workloads.data_claim(name)} ({size})",
+                partial(self._create_claim, ns, claim),
+            )
         vm = workloads.virtual_machine(
-            name, labels, self.k.config.vmi_image, sel, eviction_strategy
+            name, labels, self.k.config.vmi_image, sel, eviction_strategy, size is not None
         )
         self.k.act(
             f"create VirtualMachine {ns}/{name}",
@@ -68,6 +77,19 @@ class KubeProvisioner:
                 vm,
             ),
         )
+
+    def _create_claim(self, ns: str, claim: Obj) -> None:
+        try:
+            self.k.call(
+                "create",
+                "persistentvolumeclaims",
+                self.k.core.create_namespaced_persistent_volume_claim,
+                ns,
+                claim,
+            )
+        except BackendError as exc:
+            if "(409)" not in str(exc):  # a rerun: the claim and its data are kept
+                raise
 
     def create_service(self, ns: str, name: str, labels: dict[str, str]) -> None:
         """The Service the prober reaches the workload through (see probe_target).
@@ -129,3 +151,16 @@ class KubeProvisioner:
             except BackendError as exc:
                 if "(404)" not in str(exc) and "not installed" not in str(exc):
                     raise
+        if self.k.config.vmi_data_volume_size is not None:
+            claim = workloads.data_claim(name)
+            self.k.act(
+                f"delete persistentvolumeclaims {ns}/{claim}",
+                partial(
+                    self.k.ignore_404,
+                    "delete",
+                    "persistentvolumeclaims",
+                    self.k.core.delete_namespaced_persistent_volume_claim,
+                    claim,
+                    ns,
+                ),
+            )

@@ -184,15 +184,35 @@ def guest_user_data(name: str) -> str:
     return _GUEST_USER_DATA.format(name=name) + GUEST_ARM_WATCHDOG
 
 
+def data_claim(name: str) -> str:
+    """The PVC of a VMI's data disk (``KubeConfig.vmi_data_volume_size``)."""
+    return f"{name}-data"
+
+
+def persistent_volume_claim(name: str, size: str, storage_class: str | None) -> Obj:
+    """The data disk's claim: one node at a time (the VMI's), ``size``."""
+    spec: Obj = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+    if storage_class is not None:
+        spec["storageClassName"] = storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": data_claim(name)},
+        "spec": spec,
+    }
+
+
 def virtual_machine(
     name: str,
     labels: dict[str, str],
     image: str,
     node_selector: dict[str, str] | None,
     eviction_strategy: str,
+    data_disk: bool = False,
 ) -> Obj:
-    """A VirtualMachine (runStrategy Always) with an i6300esb watchdog (reset)."""
-    return {
+    """A VirtualMachine (runStrategy Always) with an i6300esb watchdog (reset);
+    ``data_disk``: also its claim ``data_claim(name)`` as a hotpluggable disk."""
+    vm: Obj = {
         "apiVersion": "kubevirt.io/v1",
         "kind": "VirtualMachine",
         "metadata": {"name": name, "labels": labels},
@@ -226,3 +246,12 @@ def virtual_machine(
             },
         },
     }
+    if data_disk:
+        tpl = vm["spec"]["template"]["spec"]
+        # KubeVirt hot-unplugs only volumes marked hotpluggable, on the scsi bus.
+        tpl["domain"]["devices"]["disks"].append({"name": "data", "disk": {"bus": "scsi"}})
+        tpl["volumes"].append(
+            {"name": "data", "persistentVolumeClaim": {"claimName": data_claim(name),
+                                                       "hotpluggable": True}}
+        )  # fmt: skip
+    return vm

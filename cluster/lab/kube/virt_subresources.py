@@ -13,10 +13,16 @@ of the real API server decides who may pause a VMI.
 
 Served: discovery of the group version, ``pause`` and ``unpause`` (libvirt's
 suspend and resume of the domain on the node the VMI's status names; its
-handler then reports the Paused condition). ``addvolume`` and
-``removevolume`` answer 422 as KubeVirt does for a volume the VMI does not
-have: the lab's guests declare no hotpluggable volume (their data disk is the
-lab's, unplugged by the lab itself).
+handler then reports the Paused condition), ``removevolume`` and ``addvolume``
+of the VMI's data disk: the hotpluggable PVC volume the kube backend gives a
+VMI (``KubeConfig.vmi_data_volume_size``), whose PersistentVolume is the VMI's
+lab volume, where its disk file is. ``removevolume {name}`` detaches the disk
+from the live domain and takes the volume and its disk out of the VMI's spec;
+``addvolume {name, disk, volumeSource}`` attaches it again and puts them back,
+as KubeVirt's virt-api and virt-handler do between them. A volume that is not
+hotpluggable cannot be removed (422), one the VMI has cannot be added (422).
+The VirtualMachine's own subresources (which also persist the change in the
+VM) are not served.
 """
 
 from __future__ import annotations
@@ -27,8 +33,11 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from kubernetes.client.exceptions import ApiException
+from tenacity import Retrying, retry_if_exception, stop_after_attempt
+
 from cluster.lab import state
-from cluster.lab.kube.virt_api import Obj, VirtApi
+from cluster.lab.kube.virt_api import Obj, VirtApi, custom_path
 
 __all__ = [
     "GROUP",
@@ -63,13 +72,13 @@ def _status(code: int, reason: str, message: str) -> Reply:
 
 def discovery() -> Obj:
     resources = [
-        {"name": f"{plural}/{sub}", "namespaced": True, "kind": kind, "verbs": ["update"]}
-        for plural, kind in (
-            ("virtualmachineinstances", "VirtualMachineInstance"),
-            ("virtualmachines", "VirtualMachine"),
-        )
+        {
+            "name": f"virtualmachineinstances/{sub}",
+            "namespaced": True,
+            "kind": "VirtualMachineInstance",
+            "verbs": ["update"],
+        }
         for sub in _VERBS
-        if plural == "virtualmachineinstances" or sub in ("addvolume", "removevolume")
     ]
     return {
         "kind": "APIResourceList",
@@ -80,7 +89,8 @@ def discovery() -> Obj:
 
 
 class Subresources:
-    """Answers the aggregator's requests; ``act(node, vmi, verb)`` does pause/unpause."""
+    """Answers the aggregator's requests; ``act(node, vmi, verb)`` does what the
+    verb does to the domain (``libvirt_act``)."""
 
     def __init__(
         self,
@@ -114,7 +124,9 @@ class Subresources:
         )
         return bool((out.get("status") or {}).get("allowed"))
 
-    def handle(self, method: str, path: str, user: str, groups: list[str]) -> Reply:
+    def handle(
+        self, method: str, path: str, user: str, groups: list[str], body: Obj | None = None
+    ) -> Reply:
         if method == "GET" and path.rstrip("/") == f"/apis/{GROUP}/v1":
             return 200, discovery()
         if method == "GET" and path.rstrip("/") == f"/apis/{GROUP}":
@@ -135,12 +147,13 @@ class Subresources:
             return _status(
                 404, "NotFound", f'virtualmachineinstance.kubevirt.io "{name}" not found'
             )
-        if sub in ("addvolume", "removevolume"):
-            return _status(422, "Invalid", f"VMI {name} has no hotpluggable volume to {sub[:-6]} "
-                           "(the lab's guests declare none)")  # fmt: skip
         st = vmi.get("status") or {}
+        if plural != "virtualmachineinstances":
+            return _status(404, "NotFound", f"{plural}/{sub} is not served by the lab's virt-api")
         if st.get("phase") != "Running" or not st.get("nodeName"):
             return _status(409, "Conflict", f"VMI {name} is not running")
+        if sub in ("addvolume", "removevolume"):
+            return self._volume(vmi, str(st["nodeName"]), sub, body or {})
         paused = any(
             c.get("type") == "Paused" and c.get("status") == "True"
             for c in st.get("conditions") or ()
@@ -152,12 +165,79 @@ class Subresources:
         self._act(str(st["nodeName"]), name, sub)
         return 200, {}
 
+    def _volume(self, cached: Obj, node: str, sub: str, body: Obj) -> Reply:
+        md = cached["metadata"]
+        # Read afresh, not from the cache: the spec may have just been patched.
+        path = custom_path("virtualmachineinstances", md["namespace"], md["name"])
+        vol_name = body.get("name")
+        if not isinstance(vol_name, str) or not vol_name:
+            return _status(400, "BadRequest", f"{sub} needs the volume's name")
+        have = next((v for v in _volumes(self.api.json("GET", path)) if v.get("name") == vol_name),
+                    None)  # fmt: skip
+        volume = disk = None
+        if sub == "removevolume":
+            if have is None:
+                return _status(422, "Invalid", f"VMI {md['name']} has no volume {vol_name}")
+            source = have.get("persistentVolumeClaim") or have.get("dataVolume") or {}
+            if not source.get("hotpluggable"):
+                return _status(422, "Invalid", f"Unable to remove volume [{vol_name}] because "
+                               "it is not hotpluggable")  # fmt: skip
+        else:
+            if have is not None:
+                return _status(422, "Invalid", f"Unable to add volume [{vol_name}] because "
+                               "it already exists")  # fmt: skip
+            source = body.get("volumeSource")
+            if not isinstance(source, dict) or not source:
+                return _status(400, "BadRequest", "addvolume needs a volumeSource")
+            volume = {"name": vol_name, **source}
+            disk = {"name": vol_name, **(body.get("disk") or {"disk": {"bus": "scsi"}})}
+        self._act(node, md["name"], sub)
+        self._write_volumes(path, vol_name, volume, disk)
+        return 200, {}
+
+    def _write_volumes(self, path: str, name: str, volume: Obj | None, disk: Obj | None) -> None:
+        """The VMI's spec without volume ``name`` (and its disk), plus ``volume``
+        and ``disk`` when given. The handler writes the status meanwhile, so the
+        patch carries the resourceVersion it read and is redone on a 409."""
+
+        def attempt() -> None:
+            vmi = self.api.json("GET", path)
+            devices = ((vmi.get("spec") or {}).get("domain") or {}).get("devices") or {}
+            vols = [v for v in _volumes(vmi) if v.get("name") != name]
+            disks = [d for d in devices.get("disks") or () if d.get("name") != name]
+            if volume is not None and disk is not None:
+                vols.append(volume)
+                disks.append(disk)
+            # A merge patch replaces both lists whole: the spec says what is plugged in.
+            patch = {
+                "metadata": {"resourceVersion": vmi["metadata"]["resourceVersion"]},
+                "spec": {"volumes": vols, "domain": {"devices": {"disks": disks}}},
+            }
+            self.api.json("PATCH", path, body=patch, content_type="application/merge-patch+json")
+
+        Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, ApiException) and e.status == 409),
+            stop=stop_after_attempt(10),
+            reraise=True,
+        )(attempt)
+
+
+def _volumes(vmi: Obj) -> list[Obj]:
+    return list((vmi.get("spec") or {}).get("volumes") or ())
+
 
 def libvirt_act(node: str, name: str, sub: str) -> None:
-    """Suspend or resume the VMI's domain on ``node``'s libvirtd."""
+    """Suspend or resume the VMI's domain on ``node``'s libvirtd, or detach or
+    attach its data disk again (``cluster.lab.vmi_faults``)."""
     # libvirt: the optional 'vm' extra
-    from cluster.lab import virt, virtd
+    from cluster.lab import virt, virtd, vmi_faults
 
+    if sub == "removevolume":
+        vmi_faults.unplug_disk(node, name)
+        return
+    if sub == "addvolume":
+        vmi_faults.replug_disk(node, name)
+        return
     conn = virt.connect(virtd.node_uri(node))
     try:
         dom = conn.lookupByName(name)

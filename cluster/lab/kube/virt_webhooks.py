@@ -178,8 +178,7 @@ def serve(
 
         def _aggregated(self, method: str) -> None:
             n = int(self.headers.get("Content-Length") or 0)
-            if n:
-                self.rfile.read(n)  # the options bodies carry nothing the lab uses
+            raw = self.rfile.read(n) if n else b""
             peer = (
                 self.connection.getpeercert() if hasattr(self.connection, "getpeercert") else None
             )
@@ -191,7 +190,10 @@ def serve(
                 return
             try:
                 user, groups = headers_identity(self.headers.get_all)
-                code, out = subresources.handle(method, urlsplit(self.path).path, user, groups)
+                body = json.loads(raw) if raw.strip() else {}
+                code, out = subresources.handle(
+                    method, urlsplit(self.path).path, user, groups, body
+                )
             except Exception as exc:
                 log.exception("%s %s failed", method, self.path)
                 code, out = 500, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
