@@ -19,7 +19,7 @@ from chaos.faults.network_flap import NetworkFlap, NetworkFlapSpec
 from chaos.journal import Journal
 from chaos.spec import TargetSpec, fault_variant, load_experiment
 from cluster.api import WorkloadKind
-from core.errors import SpecError
+from core.errors import BackendError, SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,6 +50,29 @@ def test_flaps_until_reverted_then_stays_healed(tmp_path: Path) -> None:
     time.sleep(0.2)
     assert _toggles(backend) == seen  # nothing flaps after the revert
     assert journal.pending() == []
+
+
+def test_a_cut_the_backend_cannot_make_is_skipped_and_flapping_goes_on(tmp_path: Path) -> None:
+    """Mid-flap the workload is being replaced and has no address: that cut is
+    skipped, the next period cuts again, and the revert still heals."""
+    backend = FakeBackend()
+    backend.create_workload("web", WorkloadKind.POD, "node1")
+    fault = NetworkFlap(backend, "workload", "web", 0.05, 0.15, Journal(tmp_path / "j.jsonl"))
+    real = backend.partition_workload
+    refused = iter([False, True])  # the injection's cut works, the second does not
+
+    def partition(workload: str) -> None:
+        if next(refused, False):
+            raise BackendError(f"VMI {workload} has no address yet: nothing to cut off")
+        real(workload)
+
+    backend.partition_workload = partition  # type: ignore[method-assign]
+    fault.inject()
+    time.sleep(0.6)
+    fault.revert()  # no error: the skipped cut is not a failure
+    assert fault.skipped == ["VMI web has no address yet: nothing to cut off"]
+    assert fault.flaps >= 2  # cut again after the skipped one
+    assert backend.answers("web")[0]
 
 
 def test_a_harness_killed_mid_flap_is_healed_by_the_journal(tmp_path: Path) -> None:

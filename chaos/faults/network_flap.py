@@ -6,9 +6,12 @@ the target loses the network for ``down_s``, starting at the injection, until
 the revert, which stops the flapping and heals for good. A control plane whose
 detection needs a silence longer than ``down_s`` never reacts, so the outage a
 client sees is the flapping itself; one with faster detection may move the
-workload mid-flap. The cut and the heal are the partition actions every backend
-has (``partition_*`` / ``heal_*``); only the first cut is journaled as an act,
-and the revert (after a crash of the harness too) heals, which is idempotent.
+workload mid-flap: while it is being replaced it may have no address to cut,
+and that cut is skipped (counted in ``skipped``), the next one tried at its
+period. The cut and the heal are the partition actions every backend has
+(``partition_*`` / ``heal_*``); only the first cut is journaled as an act, and
+the revert (after a crash of the harness too) heals, which is idempotent. A
+heal that fails ends the flapping and fails the revert.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pydantic import Field, model_validator
 from chaos.faults.base import Fault, FaultSpecModel, FaultType, Target, node_of
 from chaos.journal import Journal, JsonScalar
 from cluster.api import Backend
-from core.errors import FaultError, HarnessError
+from core.errors import BackendError, FaultError, HarnessError
 
 __all__ = ["FAULT", "NetworkFlap", "NetworkFlapSpec"]
 
@@ -47,6 +50,7 @@ class NetworkFlap(Fault):
         self.down_s = down_s
         self.period_s = period_s
         self.flaps = 0  # cuts made so far
+        self.skipped: list[str] = []  # why each later cut could not be made
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: HarnessError | None = None
@@ -100,7 +104,12 @@ class NetworkFlap(Fault):
                 self._heal()
                 if self._stop.wait(self.period_s - self.down_s):
                     return
-                self._cut()
+                try:
+                    self._cut()
+                except BackendError as exc:
+                    # Moving (a new pod or VMI without its address yet): nothing
+                    # to cut this period; the heal after down_s is a no-op.
+                    self.skipped.append(str(exc))
         except HarnessError as exc:
             self._error = exc  # raised by the revert, which heals anyway
 
