@@ -263,6 +263,7 @@ class LabClusterBackend:
         # A frozen volume would keep the container from ever stopping (its
         # writers hang uninterruptibly): thaw it first (no-op when not frozen).
         volumes.thaw(name)
+        vmi = any(w.name == name and w.kind is WorkloadKind.VMI for w in self.kube.workloads())
         self.kube.delete_workload(name)
 
         def gone() -> bool:
@@ -281,7 +282,8 @@ class LabClusterBackend:
         except WaitTimeout as exc:
             raise BackendError(f"{exc}; its volume is kept (lab down removes it)") from None
         (volumes.mountpoint(name).parent / "restart-pending").unlink(missing_ok=True)
-        _remove_data_volume(name)  # no-op for a pod: it has none
+        if vmi:
+            _remove_data_volume(name)
         volumes.destroy_volume(name)
 
     def wait_ready(self, name: str, timeout: float) -> WorkloadStatus | None:

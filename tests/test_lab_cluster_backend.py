@@ -132,6 +132,11 @@ class FakeVolumes:
 def vols(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeVolumes:
     fake = FakeVolumes(tmp_path)
     monkeypatch.setattr(lab_cluster, "volumes", fake)
+    # A VMI's data disk PersistentVolume (the real one: tests/test_lab_kubevirt.py).
+    monkeypatch.setattr(lab_cluster, "_ensure_data_volume", lambda n: fake.calls.append(f"pv {n}"))
+    monkeypatch.setattr(
+        lab_cluster, "_remove_data_volume", lambda n: fake.calls.append(f"rm pv {n}")
+    )
     # No lab of this machine (a node's mount namespace is looked at before a
     # volume fault): node pid files are looked for here, and not found.
     monkeypatch.setattr(state, "RUN_DIR", tmp_path / "run")
@@ -152,10 +157,12 @@ def _backend(vms: bool = True) -> tuple[LabClusterBackend, FakeLabNodes, FakeBac
     return b, lab, kube, switched
 
 
-def test_workloads_are_objects_of_the_cluster() -> None:
+def test_workloads_are_objects_of_the_cluster(vols: FakeVolumes) -> None:
     b, lab, kube, _ = _backend()
     b.create_workload("web", WorkloadKind.POD, "node1")
     b.create_workload("vm", WorkloadKind.VMI, "node2")
+    # Each has its lab volume; the VMI's data disk also its PersistentVolume.
+    assert vols.calls == ["ensure web", "ensure vm", "pv vm"]
     assert sorted(w.name for w in kube.workloads()) == ["vm", "web"]
     assert sorted(w.name for w in b.workloads()) == ["vm", "web"]
     assert b.workload("web").node == "node1" and b.workload("vm").node == "node2"
@@ -201,6 +208,7 @@ def test_a_pod_has_the_labs_volume_from_creation_to_deletion(vols: FakeVolumes) 
     assert vols.calls == ["ensure web"]  # before its Deployment: the hostPath must exist
     b.delete_workload("web")
     assert vols.calls[-1] == "destroy web" and "web" not in vols.state
+    assert "rm pv web" not in vols.calls  # a pod has no PersistentVolume of the lab's
     assert [w.name for w in kube.workloads()] == []
 
 
