@@ -1,35 +1,63 @@
-"""A small stateful Kubernetes + KubeVirt API server for testing the kube backend.
+"""A small stateful Kubernetes + KubeVirt API server, for what a real one cannot serve here.
 
-Filled by the kube tests (they seed nodes, pods, VMIs and deny rules);
-read by the real ``kubernetes`` client through real HTTP on 127.0.0.1. Written by
-hand because the package-index emulator (kmock 0.8) falls short where the backend
+Everything a real kube-apiserver can answer is tested against one: the etcd +
+kube-apiserver + kube-controller-manager of tests/real_apiserver.py, with
+KubeVirt's CRDs where VMIs are needed (tests/test_kube_real_apiserver.py,
+test_kube_real_kubevirt.py, test_kube_node_driver.py, test_kube_cli.py,
+test_kube_probe.py): Nodes, Pods, RBAC refusals, Eviction with a PDB, 410 Gone,
+watches, the service proxy, NetworkPolicies, node pods, dry runs checked in the
+API server's audit log. This emulator is left with exactly these users, each
+for something that control plane cannot do because a component it lacks would
+have to answer:
+
+- tests/test_kube_observe.py: metrics.k8s.io PodMetrics (``set_usage``; the
+  group answering 404 with ``metrics_server`` False; an RBAC denial of
+  ``metrics.k8s.io/pods``): metrics-server serves that group through the
+  aggregation layer from what it scrapes off kubelets, and neither runs here.
+  ``pods/NAME/log`` (``append_log``, ``follow=true`` streams, their end on
+  ``drop_watches``, an RBAC denial of ``pods/log``): the API server forwards a
+  log request to the node's kubelet, and there is none; the re-attach test also
+  has the Deployment stand-in below replace the pod it deletes.
+- tests/test_kube_backend.py: KubeVirt's ``unpause`` and
+  ``removevolume``/``addvolume`` of subresources.kubevirt.io, which only virt-api
+  serves (an aggregated API server; KubeVirt's CRDs alone answer 404, see
+  test_kube_real_kubevirt.py); and the VMI whose virt-launcher pod the exec
+  paths aim at (``pods/exec`` itself goes to the node's kubelet: the test
+  injects an executor that records the call, and the emulator does not serve it).
+- benchmarks/kube_watch.py: the watch followers' throughput over 1,000 pods and
+  200 VMIs replayed in-process. Not moved with the tests; a real apiserver could
+  serve it.
+
+Filled by those tests (they seed nodes, pods, VMIs and deny rules); read by the
+real ``kubernetes`` client through real HTTP on 127.0.0.1. Written by hand
+because the package-index emulator (kmock 0.8) falls short where the backend
 needs the wire protocol most: its lists carry the literal resourceVersion "...",
 watches ignore resourceVersion and never answer 410 Gone, label and field
-selectors are not applied, and it has no subresources (eviction, KubeVirt's
-removevolume/addvolume) and no RBAC. See the README, "Real clusters". What a
-real kube-apiserver can answer is tested against one (tests/real_apiserver.py):
-PDBs, 410 Gone, migrations and an absent KubeVirt are no longer modelled here.
+selectors are not applied, and it has no subresources and no RBAC. See the
+README, "Real clusters". PDBs, 410 Gone, migrations and an absent KubeVirt are
+not modelled here.
 
 What it models: list/get/create/merge-patch/json-patch/delete of namespaced and
 cluster objects with a global resourceVersion; label and field selectors; watch
 streams (chunked JSON lines) from a resourceVersion, server-side close
-(``drop_watches``) to test reconnects; the Eviction subresource (it deletes the
-pod); KubeVirt's pause/unpause and removevolume/addvolume; RBAC denials by
-(verb, resource) rule answering 403 like kube-apiserver. Small controllers
-stand in for the kube-controller-manager and virt-controller where a test
-needs them: a deleted pod of a Deployment comes back on another schedulable
-node, a deleted VMI of a VM with runStrategy Always comes back. The API
-server's service proxy (``services/NAME:PORT/proxy/...``) really forwards to a
-ready pod behind the Service (its podIP and the Service's targetPort; loopback
-pod IPs only), 503 without one. There is no kubelet:
-exec is not served (the backend's exec goes through an injectable executor the
-tests replace). What a kubelet and metrics-server would publish, tests set by
-hand: ``set_usage`` fills ``metrics.k8s.io/v1beta1`` PodMetrics (the whole group
-answers 404 while ``metrics_server`` is False, as when metrics-server is not
-installed), ``append_log`` appends a container log line that
-``pods/NAME/log`` serves (``follow=true``: a chunked stream of new lines that
-ends when the pod is deleted or the emulator stops; ``timestamps``,
+(``drop_watches``) to test reconnects; KubeVirt's pause/unpause and
+removevolume/addvolume; RBAC denials by (verb, resource) rule answering 403
+like kube-apiserver. A small controller stands in for the Deployment's
+ReplicaSet: a deleted pod with an owner comes back on another schedulable node.
+There is no kubelet: exec is not served. What a kubelet and metrics-server
+would publish, tests set by hand: ``set_usage`` fills ``metrics.k8s.io/v1beta1``
+PodMetrics (the whole group answers 404 while ``metrics_server`` is False, as
+when metrics-server is not installed), ``append_log`` appends a container log
+line that ``pods/NAME/log`` serves (``follow=true``: a chunked stream of new
+lines that ends when the pod is deleted or the emulator stops; ``timestamps``,
 ``sinceSeconds``, ``tailLines``; 400 for a container the pod does not have).
+
+Still in the code but used by no test since theirs moved to the real apiserver
+(left for whoever removes them): the Eviction subresource (it deletes the pod),
+the VM controller (a deleted VMI of a VM with runStrategy Always comes back),
+and the service proxy (``services/NAME:PORT/proxy/...`` forwarded to a ready
+pod behind the Service at its podIP and the Service's targetPort, loopback pod
+IPs only; 503 without one).
 """
 
 from __future__ import annotations

@@ -31,20 +31,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 import socket
-import subprocess
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
-from real_apiserver import NOBODY, NS, RealApiserver, real_apiserver  # noqa: F401
+from real_apiserver import (  # noqa: F401
+    NOBODY,
+    NS,
+    Cluster,
+    RealApiserver,
+    cluster,
+    endpoint_address,
+    real_apiserver,
+)
 
 from chaos.prober import http_probe
 from cluster.api import Phase, VolumeFailure, WorkloadKind
@@ -53,117 +57,10 @@ from cluster.kube.watch import ResourceRef, WatchFollower
 from core.errors import BackendError
 from core.wait import poll_until
 
-TARGET = {"rto.harness/target": "true"}
-# The service proxy dials endpoint addresses and refuses loopback ones, so the
-# workload stand-in listens on this address, added to lo for one test (root only).
-ENDPOINT_IP = "198.19.255.254"
-
-
-def wl(name: str) -> dict[str, str]:
-    return {**TARGET, "rto.harness/workload": name}
-
-
-class Cluster:
-    """Admin-side helpers: make and stand up Nodes and Pods, clean up after a test."""
-
-    def __init__(self, rs: RealApiserver) -> None:
-        self.rs = rs
-        self.core = k8s.CoreV1Api(rs.api())
-        self.policy = k8s.PolicyV1Api(self.core.api_client)
-        self.rbac = k8s.RbacAuthorizationV1Api(self.core.api_client)
-        self.suffix = uuid.uuid4().hex[:6]  # tests share one apiserver: own names each
-        self.nodes: list[str] = []
-        self.pods: list[str] = []
-
-    def node(self, base: str, labels: dict[str, str] | None = None, ready: bool = True) -> str:
-        name = f"{base}-{self.suffix}"
-        self.core.create_node({"metadata": {"name": name, "labels": labels or dict(TARGET)}})
-        self.nodes.append(name)
-        self.set_node_ready(name, ready)
-        return name
-
-    def set_node_ready(self, name: str, ready: bool) -> None:
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        cond = {
-            "type": "Ready",
-            "status": "True" if ready else "False",
-            "reason": "KubeletReady" if ready else "KubeletNotReady",
-            "lastHeartbeatTime": now,
-            "lastTransitionTime": now,
-        }
-        self.core.patch_node_status(name, {"status": {"conditions": [cond]}})
-
-    def pod(self, base: str, node: str, workload: str) -> str:
-        name = f"{base}-{self.suffix}"
-        body = {
-            "metadata": {"name": name, "labels": wl(workload)},
-            "spec": {
-                "nodeName": node,
-                "automountServiceAccountToken": False,
-                "containers": [{"name": "main", "image": "busybox"}],
-            },
-        }
-        self.core.create_namespaced_pod(NS, body)
-        self.pods.append(name)
-        self.run_pod(name)
-        return name
-
-    def run_pod(self, name: str, restarts: int = 0, ip: str | None = None) -> None:
-        """What a kubelet would report: Running, Ready, one ready container."""
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        status: dict[str, Any] = {
-            "phase": "Running",
-            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
-            "containerStatuses": [
-                {
-                    "name": "main",
-                    "image": "busybox",
-                    "imageID": "",
-                    "ready": True,
-                    "restartCount": restarts,
-                    "containerID": f"containerd://{name}-{restarts}",
-                    "state": {"running": {"startedAt": now}},
-                }
-            ],
-        }
-        if ip:
-            status |= {"podIP": ip, "podIPs": [{"ip": ip}]}
-        self.core.patch_namespaced_pod_status(name, NS, {"status": status})
-
-    def raw_node(self, name: str) -> Any:
-        return self.core.read_node(name)
-
-    def pod_or_none(self, name: str) -> Any:
-        try:
-            return self.core.read_namespaced_pod(name, NS)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def cleanup(self) -> None:
-        for p in self.pods:
-            try:
-                self.core.delete_namespaced_pod(p, NS, grace_period_seconds=0)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-        for n in self.nodes:
-            self.core.delete_node(n)
-
-
-@pytest.fixture
-def cluster(real_apiserver: RealApiserver) -> Iterator[Cluster]:  # noqa: F811
-    c = Cluster(real_apiserver)
-    try:
-        yield c
-    finally:
-        c.cleanup()
-
 
 def test_reads_nodes_and_pods_with_conditions(
     real_apiserver: RealApiserver,  # noqa: F811
-    cluster: Cluster,
+    cluster: Cluster,  # noqa: F811
 ) -> None:
     w1, w2 = cluster.node("w1"), cluster.node("w2", ready=False)
     cp = cluster.node("cp", labels={"node-role.kubernetes.io/control-plane": ""})
@@ -210,7 +107,7 @@ class FakePower:
 
 def test_power_goes_to_the_driver_for_target_nodes_only(
     real_apiserver: RealApiserver,  # noqa: F811
-    cluster: Cluster,
+    cluster: Cluster,  # noqa: F811
 ) -> None:
     w2 = cluster.node("w2")
     cp = cluster.node("cp", labels={"node-role.kubernetes.io/control-plane": ""})
@@ -225,7 +122,7 @@ def test_power_goes_to_the_driver_for_target_nodes_only(
 
 def test_rbac_denial_names_verb_and_resource(
     real_apiserver: RealApiserver,  # noqa: F811
-    cluster: Cluster,
+    cluster: Cluster,  # noqa: F811
 ) -> None:
     """rto-nobody may read pods and nodes (a Role and ClusterRole made here) but not
     create pods/eviction: the real authorizer's refusal is named and passed on."""
@@ -269,7 +166,7 @@ def test_rbac_denial_names_verb_and_resource(
 
 def test_an_admission_refusal_is_not_called_rbac(
     real_apiserver: RealApiserver,  # noqa: F811
-    cluster: Cluster,
+    cluster: Cluster,  # noqa: F811
 ) -> None:
     """A ResourceQuota allowing no Deployment makes the real quota admission refuse
     one with 403; the error passes on what admission said and does not send the
@@ -400,7 +297,7 @@ def test_fence_evicts_and_unfence(real_apiserver: RealApiserver, cluster: Cluste
 
 def test_fence_keeps_a_taint_written_during_its_read_modify_write(
     real_apiserver: RealApiserver,  # noqa: F811
-    cluster: Cluster,
+    cluster: Cluster,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Someone taints the Node between fence's read and its write: the API refuses
@@ -442,7 +339,7 @@ def test_network_partition_policy(real_apiserver: RealApiserver, cluster: Cluste
 
 def test_node_partition_and_pod_freeze_use_node_pods(
     real_apiserver: RealApiserver,  # noqa: F811
-    cluster: Cluster,
+    cluster: Cluster,  # noqa: F811
 ) -> None:
     """The node pods (privileged, host network and PID, bound by nodeName) pass the
     real API's validation and admission. No kubelet runs them here: what their
@@ -471,7 +368,7 @@ def test_node_partition_and_pod_freeze_use_node_pods(
 
 def test_a_node_pod_refused_by_pod_security_says_so_and_injects_nothing(
     real_apiserver: RealApiserver,  # noqa: F811
-    cluster: Cluster,
+    cluster: Cluster,  # noqa: F811
 ) -> None:
     """A namespace under Pod Security "baseline" refuses the privileged node pod
     with 403; the error names Pod Security and what to change, not RBAC."""
@@ -491,7 +388,7 @@ def test_a_node_pod_refused_by_pod_security_says_so_and_injects_nothing(
 
 def test_a_second_node_cut_waits_for_the_first_cuts_pod_to_end(
     real_apiserver: RealApiserver,  # noqa: F811
-    cluster: Cluster,
+    cluster: Cluster,  # noqa: F811
 ) -> None:
     """Heal deletes the cut's pod gracefully (its SIGTERM lifts the cut); a new cut
     of the node made before that pod has ended waits for it instead of a 409."""
@@ -521,7 +418,7 @@ def test_a_second_node_cut_waits_for_the_first_cuts_pod_to_end(
 
 def test_pod_kill_is_a_node_pod_that_is_removed_when_done(
     real_apiserver: RealApiserver,  # noqa: F811
-    cluster: Cluster,
+    cluster: Cluster,  # noqa: F811
 ) -> None:
     """A pod's pid 1 is killed from the node's PID namespace (not by exec: the
     kernel drops a SIGKILL to a namespace's init sent from inside it). The test
@@ -647,7 +544,7 @@ def test_events_from_watches(real_apiserver: RealApiserver, cluster: Cluster) ->
 
 def test_watch_relists_on_410_and_resumes(
     real_apiserver: RealApiserver,  # noqa: F811
-    cluster: Cluster,
+    cluster: Cluster,  # noqa: F811
 ) -> None:
     """410 Gone for real: configmaps are watched straight from etcd (no watch cache
     for them, see tests/real_apiserver.py), and etcd is compacted past the version
@@ -765,7 +662,7 @@ class Relay:
 
 def test_watch_backs_off_while_the_apiserver_is_gone_and_resumes(
     real_apiserver: RealApiserver,  # noqa: F811
-    cluster: Cluster,
+    cluster: Cluster,  # noqa: F811
 ) -> None:
     """The apiserver goes away under an open watch (the relay the follower talks
     through cuts it and refuses new connections): the follower reconnects with
@@ -814,7 +711,7 @@ def test_watch_backs_off_while_the_apiserver_is_gone_and_resumes(
 
 def test_pod_only_account_lists_pods_without_kubevirt(
     real_apiserver: RealApiserver,  # noqa: F811
-    cluster: Cluster,
+    cluster: Cluster,  # noqa: F811
 ) -> None:
     """An account granted pods and nodes only, on a cluster without KubeVirt, can read
     its pod workloads. On a real apiserver the authorizer runs before the router, so
@@ -865,23 +762,10 @@ class _Health(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def endpoint_address() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("adding an address to lo for the proxied endpoint needs root")
-    dev = ["ip", "addr", "add", f"{ENDPOINT_IP}/32", "dev", "lo"]
-    subprocess.run(dev, check=True, capture_output=True)
-    try:
-        yield ENDPOINT_IP
-    finally:
-        dev[2] = "del"
-        subprocess.run(dev, check=True, capture_output=True)
-
-
 def test_service_proxy_probe(
     real_apiserver: RealApiserver,  # noqa: F811
-    cluster: Cluster,
-    endpoint_address: str,
+    cluster: Cluster,  # noqa: F811
+    endpoint_address: str,  # noqa: F811
 ) -> None:
     """probe_target through the real apiserver's service proxy, probed by the
     harness's own prober: 503 with no endpoint, 200 with the workload's answer
