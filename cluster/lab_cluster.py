@@ -102,28 +102,31 @@ def _data_volume(name: str) -> dict[str, Any]:
     }
 
 
-def _ensure_data_volume(name: str) -> None:
-    """The PersistentVolume of VMI ``name``'s data disk (kept if it exists)."""
+def _pv_call(name: str, verb: str, ok: int) -> None:
+    """``verb`` ("create" or "delete") VMI ``name``'s data-disk PersistentVolume;
+    an answer of ``ok`` (409: it exists, 404: it is gone) is success."""
     api = kube_cluster.api_client()
+    core = k8s.CoreV1Api(api)
     try:
-        # The client sends a plain dict as it is (its typed models are optional).
-        k8s.CoreV1Api(api).create_persistent_volume(_data_volume(name))  # type: ignore[arg-type]
+        if verb == "create":
+            # The client sends a plain dict as it is (its typed models are optional).
+            core.create_persistent_volume(_data_volume(name))  # type: ignore[arg-type]
+        else:
+            core.delete_persistent_volume(f"rto-lab-{name}-data")
     except ApiException as exc:
-        if exc.status != 409:
-            raise BackendError(f"create PersistentVolume of {name}'s data disk: {exc}") from exc
+        if exc.status != ok:
+            raise BackendError(f"{verb} PersistentVolume of {name}'s data disk: {exc}") from exc
     finally:
         api.close()  # type: ignore[no-untyped-call]
+
+
+def _ensure_data_volume(name: str) -> None:
+    """The PersistentVolume of VMI ``name``'s data disk (kept if it exists)."""
+    _pv_call(name, "create", 409)
 
 
 def _remove_data_volume(name: str) -> None:
-    api = kube_cluster.api_client()
-    try:
-        k8s.CoreV1Api(api).delete_persistent_volume(f"rto-lab-{name}-data")
-    except ApiException as exc:
-        if exc.status != 404:
-            raise BackendError(f"delete PersistentVolume of {name}'s data disk: {exc}") from exc
-    finally:
-        api.close()  # type: ignore[no-untyped-call]
+    _pv_call(name, "delete", 404)
 
 
 def _switch_real_cluster(profile: str) -> None:

@@ -105,6 +105,7 @@ __all__ = [
     "cluster",
     "endpoint_address",
     "kubevirt_crds",
+    "not_nodes",
     "real_apiserver",
     "remove_crds",
     "wl",
@@ -787,3 +788,8 @@ class EndpointTarget(LoopbackTarget):
             head = conn.recv(4096, socket.MSG_PEEK)  # left for the stand-in to read
             self.request_lines.append(head.split(b"\r\n", 1)[0].decode(errors="replace"))
         super()._serve(conn)
+
+
+def not_nodes(versions: dict[tuple[str, str, str], str]) -> dict[tuple[str, str, str], str]:
+    """``Cluster.versions`` but Nodes (the controller-manager updates those itself)."""
+    return {k: v for k, v in versions.items() if k[0] != "nodes"}

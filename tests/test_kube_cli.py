@@ -29,6 +29,7 @@ from real_apiserver import (  # noqa: F401
     RealApiserver,
     cluster,
     kubevirt_crds,
+    not_nodes,
     real_apiserver,
 )
 
@@ -113,7 +114,7 @@ def test_campaign_dry_run_prints_every_run_and_touches_nothing(world: World) -> 
     assert "aimed once the workload exists" in out
     # Nothing changed, journaled or stored: the harness only read.
     # Nodes left out: the node lifecycle controller writes them on its own.
-    assert _not_nodes(world.c.versions()) == _not_nodes(before)
+    assert not_nodes(world.c.versions()) == not_nodes(before)
     asked = world.rs.audit(RUNNER, mark)
     assert asked and {e["verb"] for e in asked} <= READS
     assert not (world.tmp / "journal.jsonl").exists() and not runs.exists()
@@ -154,8 +155,3 @@ def test_campaign_dry_run_names_a_refused_read_and_fails(world: World) -> None:
     assert asked and {e["verb"] for e in asked} <= READS
     refused = [e for e in asked if e.get("objectRef", {}).get("resource") == "pods"]
     assert refused and all(e["verb"] == "list" for e in refused)
-
-
-def _not_nodes(versions: dict[tuple[str, str, str], str]) -> dict[tuple[str, str, str], str]:
-    """resourceVersions of everything but Nodes (the controller-manager updates those)."""
-    return {k: v for k, v in versions.items() if k[0] != "nodes"}

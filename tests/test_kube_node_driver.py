@@ -29,6 +29,7 @@ from real_apiserver import (  # noqa: F401
     RealApiserver,
     cluster,
     kubevirt_crds,
+    not_nodes,
     real_apiserver,
 )
 
@@ -274,7 +275,7 @@ def test_dry_run_plans_the_driver_cuts(world: World) -> None:
     asked = world.rs.audit(RUNNER, mark)
     assert asked and {e["verb"] for e in asked} <= READS
     # Nodes left out: the node lifecycle controller writes them on its own.
-    assert _not_nodes(world.c.versions()) == _not_nodes(before)
+    assert not_nodes(world.c.versions()) == not_nodes(before)
 
 
 def test_a_driver_without_partitions_keeps_the_policy_and_the_node_pod(world: World) -> None:
@@ -294,8 +295,3 @@ def test_a_driver_without_partitions_keeps_the_policy_and_the_node_pod(world: Wo
     # Heal deletes it gracefully: with no kubelet to confirm, it stays Terminating.
     gone = world.c.get("pods", cut)
     assert gone is None or gone["metadata"].get("deletionTimestamp")
-
-
-def _not_nodes(versions: dict[tuple[str, str, str], str]) -> dict[tuple[str, str, str], str]:
-    """resourceVersions of everything but Nodes (the controller-manager updates those)."""
-    return {k: v for k, v in versions.items() if k[0] != "nodes"}

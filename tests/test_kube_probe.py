@@ -33,6 +33,7 @@ from real_apiserver import (  # noqa: F401
     cluster,
     endpoint_address,
     kubevirt_crds,
+    not_nodes,
     real_apiserver,
     wl,
 )
@@ -127,7 +128,7 @@ def test_dry_run_plans_the_service_and_creates_nothing(
     b.create_workload(web, WorkloadKind.POD)
     b.delete_workload(web)
     # Nodes left out: the node lifecycle controller writes them on its own.
-    assert _not_nodes(cluster.versions()) == _not_nodes(before)
+    assert not_nodes(cluster.versions()) == not_nodes(before)
     assert {e["verb"] for e in real_apiserver.audit(RUNNER, mark)} <= READS
     assert b.plan == [
         f"create Service {NS}/{web} (probe endpoint, port 8080)",
@@ -354,8 +355,3 @@ def test_rbac_refusal_of_the_proxy_is_a_failed_probe(
         b.close()
     fail = next(e for e in tl.events() if e.kind is EventKind.PROBE_FAIL)
     assert fail.data["reason"] == "http 403" and endpoint.requests == 0
-
-
-def _not_nodes(versions: dict[tuple[str, str, str], str]) -> dict[tuple[str, str, str], str]:
-    """resourceVersions of everything but Nodes (the controller-manager updates those)."""
-    return {k: v for k, v in versions.items() if k[0] != "nodes"}
