@@ -28,6 +28,7 @@ __all__ = [
     "KNOWN_HEALERS",
     "CampaignEntry",
     "CampaignSpec",
+    "ExperimentRef",
     "ExperimentSpec",
     "FaultSpec",
     "RecoverySpec",
@@ -193,11 +194,13 @@ class ExperimentSpec(_Frozen):
         return self.model_copy(update={"rto": rto})
 
 
-class CampaignEntry(_Frozen):
+class ExperimentRef(_Frozen):
+    """An experiment file named by a campaign or a runbook, with the overrides
+    either may give it (applied by ``ExperimentSpec.with_overrides``)."""
+
     path: str = Field(min_length=1)
     profile: str | None = None
     healers: list[str] | None = None
-    repetitions: int | None = Field(default=None, ge=1, le=1000)
     duration_s: float | None = Field(default=None, gt=0, le=3600)
     deadline_s: float | None = Field(default=None, gt=0, le=7200)
 
@@ -207,6 +210,10 @@ class CampaignEntry(_Frozen):
     @classmethod
     def _healers(cls, v: list[str] | None) -> list[str] | None:
         return None if v is None else _check_healers(v)
+
+
+class CampaignEntry(ExperimentRef):
+    repetitions: int | None = Field(default=None, ge=1, le=1000)
 
 
 class CampaignSpec(_Frozen):

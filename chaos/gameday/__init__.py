@@ -1,0 +1,1 @@
+"""Game days: a runbook of ordered steps run with a room of people (``rto gameday``)."""
