@@ -27,11 +27,13 @@ from rich.console import Console
 from chaos.backends import apply_profile, get_backend, get_provider
 from chaos.faults import build_fault
 from chaos.progress import make_progress
+from chaos.provenance import Invocation, new_invocation
 from chaos.results import ResultsStore, RunResult
 from chaos.runner import RunOptions, run_experiment
 from chaos.spec import CampaignSpec, ExperimentSpec, load_campaign
 from cluster.api import Backend, WorkloadKind
 from core.errors import HarnessError
+from healers.registry import read_test_delays
 
 __all__ = [
     "METRIC_CLAIMS_FILE",
@@ -61,6 +63,7 @@ class CampaignPlan:
 
 
 def plan_campaign(path: Path) -> CampaignPlan:
+    read_test_delays()  # a malformed test-only setting fails before any run
     spec, experiments = load_campaign(path)
     entries = [
         (exp, entry.repetitions or spec.repetitions)
@@ -171,6 +174,7 @@ def run_campaign(
     lab_up: Callable[[str, int, bool], None] | None = None,
     lab_down: Callable[[], None] | None = None,
     measure_claims: Callable[[Path, str], Path] = measure_metric_claims,
+    invocation: Invocation | None = None,
 ) -> list[RunResult]:
     """Run every entry of ``plan``.
 
@@ -182,9 +186,12 @@ def run_campaign(
     stop the campaign; once every run was tried a ``HarnessError`` lists the
     aborted ones. Ctrl-C stops at once. With ``metric_claims: true`` the metric
     claims are measured after the runs (``measure_claims``, after the lab is
-    down: the benchmark brings up its own).
+    down: the benchmark brings up its own). Every row carries one campaign id
+    (``invocation``, else a fresh one per call): tonight's campaign is told from
+    last night's by it, whatever their names.
     """
     spec = plan.spec
+    invocation = invocation or new_invocation(spec.name)
     first_profile = next(
         (e.rto.profile for e, _ in plan.entries if e.rto.profile), spec.profile or "fast"
     )
@@ -223,6 +230,7 @@ def run_campaign(
                             repetition=rep,
                             profile=experiment.rto.profile,
                             options=opts,
+                            invocation=invocation,
                         )
                     except HarnessError as exc:
                         # The runner reverted the fault and stored the row as

@@ -63,6 +63,20 @@ class RunResult(BaseModel):
     # version), "lab model" (rows measured on the lab's former imitation of the
     # control plane and kubelets), None when unknown (rows written before this existed).
     platform: str | None = None
+    # Provenance (chaos.provenance), None on rows written before it existed.
+    # campaign_id: a fresh id per `rto campaign` or `rto run` invocation, so a
+    # history (reports.history) can tell tonight's campaign from last night's
+    # even when both carry the same name; campaign_started_at: its wall clock.
+    campaign_id: str | None = None
+    campaign_started_at: str | None = None
+    harness_version: str | None = None  # the installed rto-harness version
+    git_commit: str | None = None  # HEAD of the checkout it ran from ("-dirty"), None without git
+    # The host facts that change figures: the cores this process may use, and
+    # what the backend's VMs run on ("kvm"/"tcg", the lab's choice at `lab up`;
+    # None without VMs or on kube), recorded for pod rows too: a pod night next
+    # to TCG guests is not one next to KVM guests. VMI rows: equal to `accelerator`.
+    host_cores: int | None = None
+    host_accelerator: str | None = None
 
 
 class ResultsStore:

@@ -23,6 +23,7 @@ from chaos.faults import Fault, build_fault
 from chaos.faults.harness_state import RestartHealingOff
 from chaos.journal import Journal
 from chaos.metrics import MetricsSampler, MetricsSummary
+from chaos.provenance import Invocation, new_invocation
 from chaos.recorder import Recorder
 from chaos.results import ResultsStore, RunResult, RunStatus
 from chaos.rto import measure
@@ -36,7 +37,7 @@ from core.clock import Clock, RealClock
 from core.errors import BackendError, FaultError, HarnessError
 from core.timeline import EventKind, Timeline
 from healers.base import HealerContext
-from healers.registry import build_healers
+from healers.registry import build_healers, read_test_delays
 
 __all__ = [
     "HealerFactory",
@@ -134,7 +135,10 @@ class Run:
         campaign: str | None = None,
         repetition: int = 0,
         profile: str | None = None,
+        invocation: Invocation | None = None,
     ) -> None:
+        # A malformed test-only healer delay fails here, before anything acts.
+        read_test_delays()
         self.spec = spec
         self.backend = backend
         self.store = store
@@ -145,6 +149,9 @@ class Run:
         self.repetition = repetition
         self.profile = profile or spec.rto.profile or backend.profile or "unknown"
         self.run_id = uuid.uuid4().hex[:12]
+        # Who ran this run (a campaign, `rto run`): one id per invocation, shared
+        # by its rows. A Run built alone (the CTK control, a game day) is its own.
+        self.invocation = invocation or new_invocation(campaign)
         self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.timeline = Timeline(origin=self.clock.now())
         self.recorder: RecorderLike | None = None
@@ -384,12 +391,26 @@ class Run:
             metrics=self.metrics,
             accelerator=self._accelerator(),
             platform=self._platform(),
+            campaign_id=self.invocation.id,
+            campaign_started_at=self.invocation.started_at,
+            harness_version=self.invocation.harness_version,
+            git_commit=self.invocation.git_commit,
+            host_cores=self.invocation.host_cores,
+            host_accelerator=self._host_accelerator(),
         )
 
     def _platform(self) -> str | None:
         """What the run was measured on ("Kubernetes v1.34.4", "lab model")."""
         try:
             return self.backend.platform_version(WorkloadKind(self.spec.rto.target.kind))
+        except HarnessError:
+            return None  # the row is written whatever the backend says
+
+    def _host_accelerator(self) -> str | None:
+        """What this backend's VMs run on, for every row (pods too): a night on TCG
+        is not a night on KVM, even for the pods beside the VMs; None: no VMs."""
+        try:
+            return self.backend.vm_accelerator()
         except HarnessError:
             return None  # the row is written whatever the backend says
 
@@ -413,16 +434,18 @@ def run_experiment(
     *,
     profile: str | None = None,
     options: RunOptions | None = None,
+    invocation: Invocation | None = None,
 ) -> RunResult:
     """Run ``spec`` once on ``backend`` and append its row to ``store``.
 
     Any exception (KeyboardInterrupt included) reverts the fault, records the run
-    as aborted with the error, and is re-raised.
+    as aborted with the error, and is re-raised. ``invocation``: the campaign or
+    ``rto run`` this run belongs to (its id goes on the row); None, its own.
     """
     opts = options or RunOptions()
     if clock is not None:
         opts.clock = clock
-    run = Run(spec, backend, store, opts, campaign, repetition, profile)
+    run = Run(spec, backend, store, opts, campaign, repetition, profile, invocation)
     try:
         run.prepare()
         run.inject()
