@@ -45,6 +45,7 @@ __all__ = [
     "CAMPAIGN_METRIC_FIGURES",
     "CELL_KEYS",
     "FAIL_ON_DEFAULT",
+    "Cell",
     "CellSummary",
     "FailingCell",
     "MetricFigures",
@@ -54,6 +55,7 @@ __all__ = [
     "Side",
     "Verdict",
     "accelerator_label",
+    "cell_name",
     "failing_cells",
     "fmt_s",
     "healers_label",
@@ -119,8 +121,15 @@ def accelerator_label(accelerator: str | None) -> str:
     return names[0] if len(names) == 1 else "mixed: " + " and ".join(names)
 
 
-class CellSummary(BaseModel):
-    """Statistics and verdict of one cell. Times in seconds; None when not measured."""
+def cell_name(fault: str, variant: str, kind: str, backend: str, profile: str, healers: str) -> str:
+    """A cell in words, e.g. ``network-partition[node]/pod lab/fast healers=eviction``
+    (the report's, the history's and the metrics' one spelling)."""
+    shown = f"[{variant}]" if variant else ""
+    return f"{fault}{shown}/{kind} {backend}/{profile} healers={healers}"
+
+
+class Cell(BaseModel):
+    """What makes a cell (CELL_KEYS): the report's, the history's and the metrics' key."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -130,6 +139,19 @@ class CellSummary(BaseModel):
     backend: str
     profile: str
     healers: str  # healers_label(): "none" or names joined with "+"
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str, str]:
+        return (self.fault, self.variant, self.kind, self.backend, self.profile, self.healers)
+
+    @property
+    def name(self) -> str:
+        return cell_name(*self.key)
+
+
+class CellSummary(Cell):
+    """Statistics and verdict of one cell. Times in seconds; None when not measured."""
+
     n: int  # all runs, aborted included
     recovered: int  # recovered, or no outage at all (RTO 0)
     not_recovered: int
@@ -155,18 +177,6 @@ class CellSummary(BaseModel):
     # joined with " + "); "" for rows that did not record it (RunResult.platform).
     platform: str = ""
     aborted_runs: tuple[tuple[str, str], ...] = ()  # (run_id, error) of each aborted run
-
-    @property
-    def key(self) -> tuple[str, str, str, str, str, str]:
-        return (self.fault, self.variant, self.kind, self.backend, self.profile, self.healers)
-
-    @property
-    def name(self) -> str:
-        variant = f"[{self.variant}]" if self.variant else ""
-        return (
-            f"{self.fault}{variant}/{self.kind} {self.backend}/{self.profile} "
-            f"healers={self.healers}"
-        )
 
 
 class MetricVerdict(BaseModel):

@@ -7,7 +7,10 @@ summary) and by people (``index.html``, ``summary.md``). A report is rebuilt
 from the store alone (its rows, and the metric figures a campaign with
 ``metric_claims: true`` measured into it), plus the benchmark file
 ``benchmarks/results/net_compare.json`` for the metric claims the store has no
-figure for, each claim labelled with where its figure came from.
+figure for, each claim labelled with where its figure came from. A store
+holding two campaigns or more also gets the history section of
+``reports.history`` (each cell's RTO per campaign, the regression rule's
+verdict, ``plots/history.png``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from reports.analysis import (
     summarise,
 )
 from reports.expectations import DEFAULT_EXPECTATIONS, load_expectations
+from reports.history import campaign_count, history_html, plot_history, summarise_history
 from reports.plots import plot_rto, plot_timeline
 from reports.render import render_html, render_junit, render_markdown
 
@@ -81,6 +85,11 @@ def build_report(
         **{f"rto-{_safe(f)}.png": b for f, b in rto_plots.items()},
         **{f"run-{_safe(r)}.png": b for r, b in timeline_plots.items()},
     }
+    history = ""
+    if campaign_count(runs) >= 2:
+        hist = summarise_history(runs)
+        pngs["history.png"] = plot_history(hist)
+        history = history_html(hist, pngs["history.png"])
 
     summary = ReportSummary(
         results_path=str(results),
@@ -96,7 +105,7 @@ def build_report(
         files=(),
     )
     outputs = {
-        "index.html": render_html(summary, runs, rto_plots, timeline_plots),
+        "index.html": render_html(summary, runs, rto_plots, timeline_plots, history),
         "summary.md": render_markdown(summary),
         "junit.xml": render_junit(summary),
     }

@@ -387,8 +387,13 @@ def render_html(
     runs: Sequence[RunResult],
     rto_plots: Mapping[str, bytes],
     timeline_plots: Mapping[str, bytes],
+    history: str = "",
 ) -> str:
-    """The whole report as one HTML page; images are embedded, nothing is fetched."""
+    """The whole report as one HTML page; images are embedded, nothing is fetched.
+
+    ``history``: the HTML of ``reports.history.history_html`` (a store with two
+    campaigns or more), shown as its own section after the cells.
+    """
     counts = ", ".join(f"{n} {v}" for v, n in summary.verdict_counts().items()) or "no cells"
     legend = "".join(
         f'<span style="background:{c}">{_e(v.label)}</span>' for v, c in VERDICT_COLOURS.items()
@@ -417,6 +422,8 @@ def render_html(
     ]
     if summary.cells:
         parts += ["<h2>Cells in detail</h2>", _cells_html(summary)]
+    if history:
+        parts += ['<h2 id="history">RTO history across campaigns</h2>', history]
     parts += [
         "<h2>The documented table and what public sources say</h2>",
         _documented_html(summary),
