@@ -20,12 +20,15 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from chaos.backends import BACKENDS, apply_profile, get_backend
 from chaos.campaign import dry_run_campaign, plan_campaign, result_outcome, run_campaign
 from chaos.faults import revert_pending
+from chaos.gameday_cli import gameday_cmd
 from chaos.journal import Journal
 from chaos.progress import make_progress
+from chaos.provenance import new_invocation
 from chaos.results import ResultsStore, RunResult
 from chaos.runner import RunOptions, run_experiment
 from chaos.spec import load_experiment
@@ -133,6 +136,7 @@ def run_cmd(
     profile = spec.rto.profile
     apply_profile(backend, profile)
     store = ResultsStore(runs_dir)
+    invocation = new_invocation(None)  # one id for this invocation's repetitions
     with make_progress(console, spec.title, repeat) as progress:
         opts = OPTIONS_FACTORY()
         opts.status = progress.status
@@ -140,7 +144,13 @@ def run_cmd(
             progress.start_run(f"{file} #{rep}")
             try:
                 result = run_experiment(
-                    spec, backend, store, repetition=rep, profile=profile, options=opts
+                    spec,
+                    backend,
+                    store,
+                    repetition=rep,
+                    profile=profile,
+                    options=opts,
+                    invocation=invocation,
                 )
             except HarnessError as exc:
                 progress.end_run(f"aborted: {str(exc).splitlines()[0]}")
@@ -225,18 +235,102 @@ def parse_budgets(values: tuple[str, ...]) -> dict[str, float]:
     "aborted (a cell with an aborted run), or none",
 )
 @click.option("--budget", multiple=True, help="RTO budget fault:kind=seconds (repeatable)")
-def report_cmd(runs_dir: Path, out_dir: Path, fail_on: str, budget: tuple[str, ...]) -> None:
+@click.option(
+    "--openmetrics",
+    "metrics_file",
+    default=None,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="also write the figures as metrics: FILE.prom in classic text for node-exporter's "
+    "textfile collector, any other name in OpenMetrics text (replaced atomically)",
+)
+@click.option(
+    "--pushgateway",
+    default=None,
+    metavar="URL",
+    help="also push the figures to this Prometheus Pushgateway (job rto-harness, "
+    "grouped by campaign), e.g. http://127.0.0.1:9091",
+)
+def report_cmd(
+    runs_dir: Path,
+    out_dir: Path,
+    fail_on: str,
+    budget: tuple[str, ...],
+    metrics_file: Path | None = None,
+    pushgateway: str | None = None,
+) -> None:
     # pandas and matplotlib load only for the commands that report
-    from reports.analysis import failing_cells
+    from reports.analysis import failing_cells, load_runs
+
+    # with them, prometheus-client (the metrics of --openmetrics and --pushgateway)
+    from reports.openmetrics import (
+        check_pushgateway_url,
+        push_metrics,
+        report_metrics,
+        write_metrics_file,
+    )
 
     budgets = parse_budgets(budget)
+    # A bad URL stops the command before anything is built, written or pushed.
+    gateway = None if pushgateway is None else check_pushgateway_url(pushgateway)
     wanted = {s.strip() for s in fail_on.split(",") if s.strip()}
     summary = _build_report(runs_dir, out_dir)
     failing = failing_cells(summary, wanted, budgets)
     for f in failing:
         cell = f.cell
         console.print(f"[red]FAIL[/] {cell.fault}/{cell.kind}: {f.reason}")
+    # Failing cells are published too: a dashboard is where a bad night shows.
+    if metrics_file is not None or gateway is not None:
+        metrics = report_metrics(summary, load_runs(runs_dir))
+        if metrics_file is not None:
+            write_metrics_file(metrics.registry, metrics_file)
+            out.print(f"metrics written to {metrics_file}", markup=False, highlight=False)
+        if gateway is not None:
+            group = push_metrics(metrics, gateway)
+            out.print(f"metrics pushed to {group}", markup=False, highlight=False)
     if failing:
+        sys.exit(1)
+
+
+@cli.command(
+    "history",
+    help="Each cell's RTO across the last campaigns; flag the cells the newest one regressed.",
+)
+@runs_dir_option
+@click.option(
+    "--last", default=10, show_default=True, type=click.IntRange(2, 1000), help="campaigns per cell"
+)
+@click.option(
+    "--fail-on",
+    default="none",
+    show_default=True,
+    type=click.Choice(["regression", "none"]),
+    help="regression: exit 1 when a cell regressed or no longer recovers",
+)
+@click.option("--out", "out_dir", default=None, type=click.Path(path_type=Path))
+def history_cmd(runs_dir: Path, last: int, fail_on: str, out_dir: Path | None) -> None:
+    # pandas and matplotlib load only for the commands that report
+    from reports.analysis import load_runs
+
+    # matplotlib too: only for the commands that report
+    from reports.history import history_table, regressed_cells, summarise_history, write_history
+
+    summary = summarise_history(load_runs(runs_dir), last=last)
+    if not summary.cells:
+        out.print(f"no runs recorded in {runs_dir}: no history yet", soft_wrap=True)
+    else:
+        out.print(history_table(summary))
+        out.print(f"rule: {summary.rule_text}", soft_wrap=True, highlight=False, markup=False)
+    if out_dir is not None:
+        write_history(summary, out_dir)
+        out.print(f"history written to {out_dir}", soft_wrap=True)
+    regressed = regressed_cells(summary)
+    if fail_on == "regression" and regressed:
+        for c in regressed:
+            console.print(
+                f"[red]REGRESSED[/] {escape(c.name)}: {c.verdict.value}: {escape(c.detail)}",
+                highlight=False,
+                soft_wrap=True,
+            )
         sys.exit(1)
 
 
@@ -267,6 +361,7 @@ def _add_contributed_commands() -> None:
 
 
 _add_contributed_commands()
+cli.add_command(gameday_cmd)
 
 
 def main() -> None:

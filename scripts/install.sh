@@ -15,10 +15,12 @@ fi
 
 APT_PACKAGES=(
     python3 python3-venv python3-dev gcc libc6-dev pkg-config
+    prometheus-pushgateway
     runc busybox-static iproute2 iptables nftables e2fsprogs util-linux procps psmisc
     cpio zstd xz-utils openssl containernetworking-plugins
     qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
     linux-image-amd64
+    systemd
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -29,10 +31,22 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# Debian's postinst enables and starts a Pushgateway on :9091 of every address;
+# the harness only needs the binary (tests start their own on loopback), so a
+# fresh install leaves none running or enabled. Only when installed just now:
+# a service someone enabled later on purpose stays as they set it.
+if printf '%s\n' "${missing[@]}" | grep -qx prometheus-pushgateway; then
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now prometheus-pushgateway.service >/dev/null 2>&1 || true
+    fi
+    /etc/init.d/prometheus-pushgateway stop >/dev/null 2>&1 || true
+    update-rc.d prometheus-pushgateway disable >/dev/null 2>&1 || true
+fi
 
 # Real Kubernetes components (etcd, kube-apiserver, controller-manager, scheduler,
 # kubelet, containerd), cached under /var/cache/rto-harness/kube/<pin>.
 bash scripts/build-kube.sh
+bash scripts/build-tools.sh  # actionlint, the CI example's checker (/var/cache/rto-harness/tools)
 
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
