@@ -306,17 +306,36 @@ def report_cmd(
     type=click.Choice(["regression", "none"]),
     help="regression: exit 1 when a cell regressed or no longer recovers",
 )
+@click.option(
+    "--campaign",
+    "campaign_name",
+    default=None,
+    metavar="NAME",
+    help="only the campaigns of this name (e.g. the nightly's), so an ad-hoc `rto run` or "
+    "game day measuring the same cell is not taken for tonight",
+)
 @click.option("--out", "out_dir", default=None, type=click.Path(path_type=Path))
-def history_cmd(runs_dir: Path, last: int, fail_on: str, out_dir: Path | None) -> None:
+def history_cmd(
+    runs_dir: Path, last: int, fail_on: str, out_dir: Path | None, campaign_name: str | None = None
+) -> None:
     # pandas and matplotlib load only for the commands that report
     from reports.analysis import load_runs
 
     # matplotlib too: only for the commands that report
     from reports.history import history_table, regressed_cells, summarise_history, write_history
 
-    summary = summarise_history(load_runs(runs_dir), last=last)
+    rows = load_runs(runs_dir)
+    if campaign_name is not None:
+        rows = [r for r in rows if r.campaign == campaign_name]
+    summary = summarise_history(rows, last=last)
     if not summary.cells:
-        out.print(f"no runs recorded in {runs_dir}: no history yet", soft_wrap=True)
+        which = "" if campaign_name is None else f" of campaign {campaign_name!r}"
+        out.print(
+            f"no runs{which} recorded in {runs_dir}: no history yet",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
     else:
         out.print(history_table(summary))
         out.print(f"rule: {summary.rule_text}", soft_wrap=True, highlight=False, markup=False)

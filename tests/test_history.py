@@ -273,6 +273,21 @@ def test_cli_passes_without_regression_and_writes_its_files(tmp_path: Path) -> N
     assert "Rule:" in (out / "history.html").read_text()
 
 
+def test_cli_campaign_keeps_an_ad_hoc_run_from_being_tonight(tmp_path: Path) -> None:
+    # Three nightlies, then an ad-hoc run of the same cell, slower (a debugging session).
+    nightly = campaigns(CRASH, [*NOISE, NOISE[0]])
+    ad_hoc = [row(CRASH, 9, j, 3.0, name="debugging") for j in range(3)]
+    runs = write_store(tmp_path, nightly + ad_hoc)
+    code, output = history(runs, "--fail-on", "regression")
+    # Unfiltered, the ad-hoc run is the cell's newest campaign and fails the gate.
+    assert code == 1, output
+    code, output = history(runs, "--fail-on", "regression", "--campaign", "nightly")
+    assert code == 0, output
+    assert "REGRESSED" not in output and "ok" in output
+    code, output = history(runs, "--campaign", "weekly")
+    assert code == 0 and "no runs of campaign 'weekly'" in output
+
+
 def test_cli_on_an_empty_store_and_bad_options(tmp_path: Path) -> None:
     code, output = history(tmp_path / "none", "--fail-on", "regression")
     assert code == 0 and "no history yet" in output
