@@ -26,7 +26,7 @@ from chaos.backends import get_backend, get_provider
 from chaos.gameday.live import AbortKeys, RehearsalRoom, TerminalRoom, make_view_factory
 from chaos.gameday.record import GAMEDAY_FILE, GameDayOutcome, GameDayRecord
 from chaos.gameday.runbook import Runbook, load_runbook, plan_lines
-from chaos.gameday.session import run_gameday
+from chaos.gameday.session import GameDay
 from chaos.results import ResultsStore
 from chaos.runner import RunOptions
 from cluster.api import Backend, BackendProvider
@@ -77,7 +77,7 @@ def _play(
         stdin = sys.stdin  # read at call time: click's test runner swaps it
         room = RehearsalRoom(console) if yes else TerminalRoom(console, stdin)
         keys = AbortKeys(stdin)
-        return run_gameday(
+        gameday = GameDay(
             runbook,
             backend,
             ResultsStore(runs_dir),
@@ -88,6 +88,7 @@ def _play(
             view_factory=make_view_factory(console),
             keys=keys if keys.available else None,
         )
+        return gameday.run(), gameday.problems
     finally:
         # Its watches and connections end before the cluster they talk to goes.
         close: Callable[[], None] | None = getattr(backend, "close", None)

@@ -140,6 +140,18 @@ class Cell(BaseModel):
     profile: str
     healers: str  # healers_label(): "none" or names joined with "+"
 
+    @classmethod
+    def of(cls, r: RunResult) -> Cell:
+        """The cell a result row belongs to."""
+        return cls(
+            fault=r.fault,
+            variant=r.variant,
+            kind=r.kind,
+            backend=r.backend,
+            profile=r.profile,
+            healers=healers_label(r.healers),
+        )
+
     @property
     def key(self) -> tuple[str, str, str, str, str, str]:
         return (self.fault, self.variant, self.kind, self.backend, self.profile, self.healers)
@@ -310,12 +322,7 @@ def runs_frame(rows: Sequence[RunResult]) -> pd.DataFrame:
             rto = None
         records.append(
             {
-                "fault": r.fault,
-                "variant": r.variant,
-                "kind": r.kind,
-                "backend": r.backend,
-                "profile": r.profile,
-                "healers": healers_label(r.healers),
+                **Cell.of(r).model_dump(),
                 "run_id": r.run_id,
                 "campaign": r.campaign,
                 "experiment": r.experiment,

@@ -67,7 +67,7 @@ from rich.table import Table
 from chaos.results import RunResult, RunStatus
 from core.errors import HarnessError
 from core.timeline import EventKind
-from reports.analysis import CELL_KEYS, Cell, fmt_s, healers_label
+from reports.analysis import CELL_KEYS, Cell, fmt_s
 
 __all__ = [
     "DEFAULT_LAST",
@@ -219,18 +219,6 @@ def _s(value: float | None) -> str:
 # --------------------------------------------------------------------- grouping
 
 
-def _cell_key(r: RunResult) -> tuple[str, ...]:
-    values = {
-        "fault": r.fault,
-        "variant": r.variant,
-        "kind": r.kind,
-        "backend": r.backend,
-        "profile": r.profile,
-        "healers": healers_label(r.healers),
-    }
-    return tuple(values[k] for k in CELL_KEYS)
-
-
 def _campaign_of(r: RunResult) -> tuple[str, str]:
     """(id, name): rows from before campaign ids count as one campaign per name."""
     name = r.campaign or "rto run"
@@ -373,7 +361,7 @@ def summarise_history(
     newest_of_name = {c.name: c.id for c in ordered}  # later ones overwrite
     by_cell: dict[tuple[str, ...], dict[str, list[RunResult]]] = {}
     for r in rows:
-        by_cell.setdefault(_cell_key(r), {}).setdefault(_campaign_of(r)[0], []).append(r)
+        by_cell.setdefault(Cell.of(r).key, {}).setdefault(_campaign_of(r)[0], []).append(r)
     cells = []
     for key in sorted(by_cell):
         per_campaign = by_cell[key]

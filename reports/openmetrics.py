@@ -43,7 +43,7 @@ from prometheus_client.openmetrics import exposition as openmetrics
 
 from chaos.results import RunResult
 from core.errors import HarnessError, SpecError
-from reports.analysis import ReportSummary, Verdict
+from reports.analysis import CELL_KEYS, ReportSummary, Verdict
 
 __all__ = [
     "CELL_LABELS",
@@ -58,7 +58,7 @@ __all__ = [
     "write_metrics_file",
 ]
 
-CELL_LABELS: tuple[str, ...] = ("fault", "variant", "kind", "backend", "profile", "healers")
+CELL_LABELS = CELL_KEYS  # the report's cell, label for label
 # The Pushgateway job every report pushes under; the grouping key adds the campaign,
 # so tonight's push replaces last night's of the same campaign and no other.
 PUSH_JOB = "rto-harness"

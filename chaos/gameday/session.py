@@ -52,7 +52,7 @@ from cluster.api import Backend
 from core.errors import HarnessError
 from core.timeline import EventKind, Timeline
 
-__all__ = ["GameDay", "run_gameday"]
+__all__ = ["GameDay"]
 
 
 @contextlib.contextmanager
@@ -403,30 +403,3 @@ class GameDay:
                     recorder.stop()
             finally:
                 self._copy(timeline, i, by="run")
-
-
-def run_gameday(
-    runbook: Runbook,
-    backend: Backend,
-    store: ResultsStore,
-    out_dir: Path,
-    *,
-    room: Room,
-    backend_factory: Callable[[str], Backend],
-    options: RunOptions | None = None,
-    view_factory: ViewFactory = NullView,
-    keys: AbortKeys | None = None,
-) -> tuple[GameDayRecord, list[str]]:
-    """Run ``runbook``; (the record, what the cleanup could not do)."""
-    gd = GameDay(
-        runbook,
-        backend,
-        store,
-        out_dir,
-        room=room,
-        backend_factory=backend_factory,
-        options=options,
-        view_factory=view_factory,
-        keys=keys,
-    )
-    return gd.run(), gd.problems
