@@ -17,6 +17,39 @@ Two layers:
   probe ends at its timeout, later ones may end sooner), so they are put back in
   send order before they reach the state machine.
 
+Edge refinement. A fixed grid places an edge no closer than one interval: the
+outage began somewhere between the last good probe and the first failed one.
+So the prober also sends *edge probes*, ``edge_interval`` apart (2 ms by
+default), between the grid's probes, but only near an edge:
+
+- *hinted windows* (``expect_edge``): the runner knows when it injects and
+  reverts a fault, and asks for edge probes from just before the act until the
+  first change of outcome is seen (or the window ends). This is what pins the
+  edges a harness causes: no probe sent after an edge can tell when it was, so
+  the dense probes must already be going when it comes.
+- *bursts after a change*: a change of outcome (the first failure, the first
+  success after failures) is followed by ``burst`` seconds of edge probes. It
+  cannot place the edge just seen, but it places the next one of a short
+  outage or of a flapping edge (a service that refuses some connections while
+  it starts), and the end of outages the harness does not cause.
+
+Edge probes are bounded: at most ``edge_in_flight`` probes in flight at once (a
+hung workload gets a handful, not hundreds), and a token budget that grows by
+``edge_share`` per grid probe, capped at ``edge_reserve``: over any run the
+average probe rate stays within ``1 + edge_share`` of the grid's plus that
+reserve. Bursts only spend the upper half of the budget, so a hinted window
+finds tokens left. Edge probes do not count towards the ``good_needed`` streak
+(only its first one may start it): recovery still means that many grid
+intervals of good answers, however densely the edge was probed.
+
+Every ``PROBE_FAIL``/``PROBE_OK`` carries ``bracket_ms``: the width of the
+interval its edge is known to lie in (``chaos.rto`` reports it next to the RTO).
+For a failure: from the last good probe's answer (its send, if it was answered
+after the failed one was sent) to the failed probe's send. For a recovery: from
+the latest proof of "down" (the last failed probe's send; its timeout instead
+when that fell before the good answer, because a held connection that timed out
+shows nothing answered until then) to the stamp.
+
 A probe is good when the answer is HTTP 200 and the body is ``"<name> <instance>"``
 (the second word is the instance identity; the first must be the workload name
 when ``expect_name`` is given, so a stranger answering on a reused IP fails).
@@ -83,6 +116,8 @@ class ProbeOutcome:
     answered: float | None = None  # None when it failed or was cut by the timeout
     reason: str = ""  # why it failed ("timeout", "refused", "http 503", ...)
     endpoint: str = ""  # host:port the probe went to
+    edge: bool = False  # an edge probe (between grid probes), not a grid probe
+    done: float | None = None  # when the outcome was known (answer, refusal, timeout)
 
 
 @dataclass(frozen=True)
@@ -103,7 +138,10 @@ class ProbeStateMachine:
     - ``PROBE_OK`` once ``good_needed`` consecutive good probes were seen, stamped
       at the first of them (see the module doc for which stamp), with
       ``data["instance"]``. Good probes of two different instances do not count
-      as one streak: the instance that answered first is gone.
+      as one streak: the instance that answered first is gone. Edge probes may
+      start a streak but do not lengthen it.
+    - Both carry ``data["bracket_ms"]`` when the other side of the edge was
+      probed (the module doc says how it is bounded).
     - While up, a good answer from a new instance (a restart between two probes)
       gives a ``MARK`` ``instance_changed`` with the new instance, so a silent
       restart is not lost.
@@ -118,10 +156,23 @@ class ProbeStateMachine:
         self.instance: str | None = None  # instance of the last good probe
         self._streak: list[ProbeOutcome] = []
         self._last_at: float | None = None  # stamp of the last PROBE_* transition
+        self.last: ProbeOutcome | None = None  # the outcome fed before this one
+        self._last_fail: ProbeOutcome | None = None
+
+    def _down_since(self, stamp: float) -> float | None:
+        """The latest time the failures so far prove the workload was down."""
+        f = self._last_fail
+        if f is None:
+            return None
+        if f.reason == "timeout" and f.done is not None and f.done <= stamp:
+            return max(f.sent, f.done)
+        return f.sent
 
     def feed_outcome(self, o: ProbeOutcome) -> list[Transition]:
+        prev, self.last = self.last, o
         if not o.ok:
             self._streak.clear()
+            self._last_fail = o
             if self.state is ProbeState.DOWN:
                 return []
             self.state = ProbeState.DOWN
@@ -134,6 +185,11 @@ class ProbeStateMachine:
             # would see the failure before the recovery it follows.
             at = o.sent if self._last_at is None else max(o.sent, self._last_at + 1e-6)
             self._last_at = at
+            if prev is not None and prev.ok:
+                # Up at its answer, if that came before this probe left.
+                answered = prev.answered
+                up = answered if answered is not None and answered < at else prev.sent
+                data["bracket_ms"] = f"{max(0.0, at - up) * 1000:.2f}"
             return [Transition(EventKind.PROBE_FAIL, at, f"probe failed: {o.reason}", data)]
 
         if self.state is ProbeState.UP:
@@ -152,7 +208,8 @@ class ProbeStateMachine:
 
         if self._streak and self._streak[0].instance != o.instance:
             self._streak.clear()
-        self._streak.append(o)
+        if not self._streak or not o.edge:
+            self._streak.append(o)
         self.instance = o.instance
         if len(self._streak) < self.good_needed:
             return []
@@ -167,6 +224,9 @@ class ProbeStateMachine:
         data = {"instance": o.instance or "", "latency_ms": f"{latency * 1000:.1f}"}
         if o.endpoint:
             data["endpoint"] = o.endpoint
+        down = self._down_since(at)
+        if down is not None:
+            data["bracket_ms"] = f"{max(0.0, at - down) * 1000:.2f}"
         return [Transition(EventKind.PROBE_OK, at, f"{self.good_needed} good probes", data)]
 
     def feed(
@@ -287,9 +347,19 @@ class Prober:
         ok_stamp: Literal["answered", "sent"] = "answered",
         clock: Clock | None = None,
         name: str = "prober",
+        edge_interval: float | None = 0.002,
+        burst: float = 0.25,
+        edge_in_flight: int = 8,
+        edge_share: float = 0.25,
+        edge_reserve: float = 100.0,
     ) -> None:
         if interval <= 0 or timeout <= 0:
             raise HarnessError(f"prober interval and timeout must be > 0: {interval}, {timeout}")
+        if edge_interval is not None and not 0 < edge_interval < interval:
+            raise HarnessError(
+                f"edge probe interval must be > 0 and below the interval {interval}: "
+                f"{edge_interval}"
+            )
         self._target = target
         self._on_transition = on_transition
         self.interval = interval
@@ -300,6 +370,20 @@ class Prober:
         self.machine = ProbeStateMachine(good_needed, ok_stamp)
         self.sent = 0
         self.failed = 0
+        # Edge refinement (module doc); edge_interval None: the plain grid.
+        self.edge_interval = edge_interval
+        self.burst = burst
+        self.edge_in_flight = edge_in_flight
+        self.edge_share = edge_share
+        self.edge_reserve = edge_reserve
+        self.edge_sent = 0  # edge probes among ``sent``
+        self.hints = 0
+        self._tokens = edge_reserve
+        self._hint_until = -math.inf  # loop time; hinted window, ends at a change
+        self._burst_until = -math.inf  # loop time; burst after a change
+        self._hint_pending: float | None = None  # window asked before the loop ran
+        self._edge_in_flight = 0  # edge probes in flight (grid ones are not capped)
+        self._wake: asyncio.Future[None] | None = None
         self.error: BaseException | None = None
         self._current: ProbeTarget | None = None
         self._target_error = ""
@@ -316,6 +400,32 @@ class Prober:
     @property
     def state(self) -> ProbeState:
         return self.machine.state
+
+    def expect_edge(self, window: float = 1.0) -> None:
+        """Edge probes from now for ``window`` s, or until a change of outcome is seen.
+
+        Called (from any thread) just before the harness acts on the workload:
+        the dense probes are going when the edge comes. A no-op without edge
+        refinement; the budget (module doc) still bounds what it costs.
+        """
+        if self.edge_interval is None:
+            return
+        self.hints += 1
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._hint_pending = window
+            return
+        with contextlib.suppress(RuntimeError):  # closed between the check and the call
+            loop.call_soon_threadsafe(self._open_hint, window)
+
+    def _open_hint(self, window: float) -> None:
+        assert self._loop is not None
+        self._hint_until = max(self._hint_until, self._loop.time() + window)
+        self._wake_up()
+
+    def _wake_up(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -360,19 +470,39 @@ class Prober:
         await self._refresh_target()
         refresher = asyncio.create_task(self._refresh_forever())
         in_flight: set[asyncio.Task[None]] = set()
+        if self._hint_pending is not None:
+            self._open_hint(self._hint_pending)
+            self._hint_pending = None
         self._started.set()
         try:
             t0 = self._loop.time()
             k = 0
+            last_send = -math.inf
             while True:
-                delay = t0 + k * self.interval - self._loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                now = self._loop.time()
+                grid_at = t0 + k * self.interval
+                edge_at = self._next_edge_probe(now, last_send, grid_at)
+                at = grid_at if edge_at is None else min(grid_at, edge_at)
+                if at > now:
+                    await self._sleep_until(at)
+                    continue  # a hint or a change may have moved the next send
+                edge = edge_at is not None and edge_at < grid_at
                 seq = self.sent
                 self.sent += 1
-                task = asyncio.create_task(self._probe(seq, self.clock.now(), self._current))
+                if edge:
+                    self.edge_sent += 1
+                    self._tokens -= 1
+                    self._edge_in_flight += 1
+                else:
+                    self._tokens = min(self.edge_reserve, self._tokens + self.edge_share)
+                task = asyncio.create_task(
+                    self._probe(seq, self.clock.now(), self._current, edge=edge)
+                )
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
+                last_send = self._loop.time()
+                if edge:
+                    continue
                 k += 1
                 # If the loop was stalled past whole slots, skip them rather than
                 # firing a burst: the schedule stays a fixed grid.
@@ -386,6 +516,31 @@ class Prober:
             for t in in_flight:
                 t.cancel()
             await asyncio.gather(refresher, *in_flight, return_exceptions=True)
+
+    def _next_edge_probe(self, now: float, last_send: float, grid_at: float) -> float | None:
+        """When the next edge probe is due, or None (no window open, or over budget)."""
+        step = self.edge_interval
+        if step is None or self._edge_in_flight >= self.edge_in_flight:
+            return None
+        hinted = now < self._hint_until
+        # A burst spends only the upper half of the budget: a hint must find some.
+        bursting = now < self._burst_until and self._tokens >= 1 + self.edge_reserve / 2
+        if not (hinted or bursting) or self._tokens < 1:
+            return None
+        at = max(now, last_send + step)
+        # Close to the grid's next probe: that one places the edge as well.
+        return None if at > grid_at - step / 2 else at
+
+    async def _sleep_until(self, at: float) -> None:
+        """Sleep until loop time ``at``, or until ``_wake_up`` (a hint, a change)."""
+        assert self._loop is not None
+        self._wake = self._loop.create_future()
+        handle = self._loop.call_at(at, self._wake_up)
+        try:
+            await self._wake
+        finally:
+            handle.cancel()
+            self._wake = None
 
     def _cancel_main(self) -> None:
         # Once only: a second cancel would land in the clean-up of the first.
@@ -415,26 +570,39 @@ class Prober:
             enter_netns(netns)
         self._netns = netns
 
-    async def _probe(self, seq: int, sent: float, target: ProbeTarget | None) -> None:
-        if target is None:
-            outcome = ProbeOutcome(sent, False, reason=self._target_error or "no endpoint")
-        else:
-            endpoint = f"{target.host}:{target.port}"
-            try:
-                self._enter(target.netns)
-            except HarnessError as exc:
-                outcome = ProbeOutcome(sent, False, reason=str(exc), endpoint=endpoint)
-            else:
-                try:
-                    ok, instance, reason = await http_probe(target, self.timeout, self.expect_name)
-                except HarnessError as exc:
-                    # A malformed target (a bad header): a failed probe naming
-                    # why, rather than a lost task that would stall the feed.
-                    ok, instance, reason = False, None, str(exc)
-                answered = self.clock.now() if ok else None
-                outcome = ProbeOutcome(sent, ok, instance, answered, reason, endpoint)
+    async def _probe(
+        self, seq: int, sent: float, target: ProbeTarget | None, edge: bool = False
+    ) -> None:
+        try:
+            outcome = await self._outcome(sent, target, edge)
+        finally:
+            if edge:
+                self._edge_in_flight -= 1
+                self._wake_up()  # the cap may have held an edge probe back
         self._done[seq] = outcome
         self._drain()
+
+    async def _outcome(self, sent: float, target: ProbeTarget | None, edge: bool) -> ProbeOutcome:
+        if target is None:
+            reason = self._target_error or "no endpoint"
+            return ProbeOutcome(sent, False, reason=reason, edge=edge, done=self.clock.now())
+        endpoint = f"{target.host}:{target.port}"
+        try:
+            self._enter(target.netns)
+        except HarnessError as exc:
+            return ProbeOutcome(
+                sent, False, reason=str(exc), endpoint=endpoint, edge=edge, done=self.clock.now()
+            )
+        try:
+            ok, instance, reason = await http_probe(target, self.timeout, self.expect_name)
+        except HarnessError as exc:
+            # A malformed target (a bad header): a failed probe naming
+            # why, rather than a lost task that would stall the feed.
+            ok, instance, reason = False, None, str(exc)
+        done = self.clock.now()
+        return ProbeOutcome(
+            sent, ok, instance, done if ok else None, reason, endpoint, edge=edge, done=done
+        )
 
     def _drain(self) -> None:
         while self._next_feed in self._done:
@@ -442,6 +610,9 @@ class Prober:
             self._next_feed += 1
             if not o.ok:
                 self.failed += 1
+            prev = self.machine.last
+            if prev is not None and prev.ok != o.ok:
+                self._changed()
             for tr in self.machine.feed_outcome(o):
                 try:
                     self._on_transition(tr)
@@ -451,3 +622,11 @@ class Prober:
                     self.error = exc
                     self._cancel_main()
                     return
+
+    def _changed(self) -> None:
+        """A change of outcome was seen: the hinted window is over, a burst starts."""
+        if self.edge_interval is None or self._loop is None:
+            return
+        self._hint_until = -math.inf
+        self._burst_until = self._loop.time() + self.burst
+        self._wake_up()

@@ -23,6 +23,9 @@ on the next tick: a flaky API server must not end the run, nor vanish unseen.
 The backend is called from two threads at once (the follower and the prober's
 target lookups): backends must allow that.
 
+The runner calls ``expect_edge`` just before it injects and reverts, so the
+prober's edge probes are already going when those edges come.
+
 Waits (``wait_until_up`` ...) block on a condition variable the prober thread
 signals, so they cost nothing and wake at once; their timeouts are real seconds.
 """
@@ -82,6 +85,7 @@ class Recorder:
         good_needed: int = 5,
         control_interval: float = 0.1,
         check_name: bool = True,
+        edge_interval: float | None = 0.002,
     ) -> None:
         self.backend = backend
         self.workload = workload
@@ -110,6 +114,7 @@ class Recorder:
             expect_name=workload if check_name else None,
             clock=self.clock,
             name=f"prober-{workload}",
+            edge_interval=edge_interval,
         )
         # A backend without a log file for the workload answers None: no LOG events.
         self.logs = LogFollower(
@@ -120,6 +125,7 @@ class Recorder:
     def start(self) -> None:
         if self._follower is not None:
             raise HarnessError(f"recorder for {self.workload} already started")
+        edge = self.prober.edge_interval
         self.timeline.add(
             self.clock.now(),
             EventKind.MARK,
@@ -130,6 +136,8 @@ class Recorder:
                 "interval_ms": f"{self.prober.interval * 1000:g}",
                 "timeout_ms": f"{self.prober.timeout * 1000:g}",
                 "good_needed": str(self.prober.machine.good_needed),
+                # "" when edge refinement is off: the edges are on the grid.
+                "edge_interval_ms": "" if edge is None else f"{edge * 1000:g}",
             },
         )
         self._read("log", self.logs.start)
@@ -167,6 +175,8 @@ class Recorder:
                     "event": "recorder_stopped",
                     "probes_sent": str(self.probes_sent),
                     "probes_failed": str(self.probes_failed),
+                    "probes_edge": str(self.probes_edge),
+                    "edge_hints": str(self.prober.hints),
                     "control_errors": str(self.control_errors),
                 },
             )
@@ -186,6 +196,20 @@ class Recorder:
     @property
     def probes_failed(self) -> int:
         return self.prober.failed
+
+    @property
+    def probes_edge(self) -> int:
+        """Edge probes among ``probes_sent`` (``chaos.prober``: sent near edges only)."""
+        return self.prober.edge_sent
+
+    def expect_edge(self, window_s: float = 1.0) -> None:
+        """The harness is about to act (inject, revert): probe densely until the edge.
+
+        The edge a fault makes comes after this call; the prober's edge probes
+        are already going when it does, so the edge is placed to within the edge
+        interval rather than the grid's (``chaos.prober``, "Edge refinement").
+        """
+        self.prober.expect_edge(window_s)
 
     def is_up(self) -> bool:
         return self.prober.state is ProbeState.UP

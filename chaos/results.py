@@ -77,6 +77,17 @@ class RunResult(BaseModel):
     # to TCG guests is not one next to KVM guests. VMI rows: equal to `accelerator`.
     host_cores: int | None = None
     host_accelerator: str | None = None
+    # Resolution (chaos.rto, "Resolution"), None on rows written before it
+    # existed: the prober's grid and edge intervals, edge probes among
+    # probes_sent, and the widths of the intervals the outage's start and end
+    # are known to lie in; rto_uncertainty_s is their sum, the width of the
+    # interval the true RTO lies in.
+    probe_interval_s: float | None = None
+    edge_probe_interval_s: float | None = None
+    probes_edge: int | None = None
+    outage_start_bracket_s: float | None = None
+    recovery_bracket_s: float | None = None
+    rto_uncertainty_s: float | None = None
 
 
 class ResultsStore:

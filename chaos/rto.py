@@ -32,6 +32,21 @@ Definitions (all times are timeline ``t``, seconds since the run started;
   new one (restart, reschedule). None if either is unknown.
 - *no outage*: up at injection and no ``PROBE_FAIL`` after it: recovered, RTO 0.0,
   status ``no_outage``.
+
+Resolution (how precise the figures are), from the same timeline:
+
+- *probe interval* and *edge interval*: the recorder's ``recorder_started``
+  mark (``interval_ms``, ``edge_interval_ms``; the latter empty when edge
+  probes were off).
+- *start bracket* (``start_bracket_s``): the ``bracket_ms`` of the outage-start
+  ``PROBE_FAIL``, the width of the interval the outage's start is known to lie
+  in (``chaos.prober``). 0.0 when the outage is counted from the injection
+  (not up at injection: the start is the injection by definition).
+- *end bracket* (``end_bracket_s``): the ``bracket_ms`` of the recovering
+  ``PROBE_OK``.
+- *RTO uncertainty* (``rto_uncertainty_s``): the sum of the two, the width of
+  the interval the true RTO lies in. None when either bracket is unknown
+  (timelines written before brackets existed, or the very first probe failed).
 """
 
 from __future__ import annotations
@@ -60,6 +75,46 @@ class Measures:
     instance_after: str | None
     up_at_injection: bool
     flaps: int  # interim PROBE_OK between outage start and the final recovery
+    probe_interval_s: float | None = None
+    edge_interval_s: float | None = None  # None: edge probes off (or unknown)
+    start_bracket_s: float | None = None
+    end_bracket_s: float | None = None
+
+    @property
+    def rto_uncertainty_s(self) -> float | None:
+        if self.start_bracket_s is None or self.end_bracket_s is None:
+            return None
+        return round(self.start_bracket_s + self.end_bracket_s, 6)
+
+
+def _bracket(e: TimelineEvent | None) -> float | None:
+    raw = e.data.get("bracket_ms") if e is not None else None
+    try:
+        return None if raw is None else round(float(raw) / 1000, 6)
+    except ValueError:
+        return None
+
+
+def _intervals(events: Sequence[TimelineEvent]) -> tuple[float | None, float | None]:
+    """(probe interval, edge interval) in seconds, from the recorder's start mark."""
+    mark = next(
+        (
+            e
+            for e in events
+            if e.kind is EventKind.MARK and e.data.get("event") == "recorder_started"
+        ),
+        None,
+    )
+    if mark is None:
+        return None, None
+
+    def seconds(key: str) -> float | None:
+        try:
+            return float(mark.data[key]) / 1000 if mark.data.get(key) else None
+        except ValueError:
+            return None
+
+    return seconds("interval_ms"), seconds("edge_interval_ms")
 
 
 def _instance_of(e: TimelineEvent) -> str | None:
@@ -88,13 +143,16 @@ def measure(events: Sequence[TimelineEvent], injected_t: float) -> Measures:
     detection_s = _first_after(after, EventKind.CONTROL, injected_t)
     healer_action_s = _first_after(after, EventKind.HEALER_ACTION, injected_t)
 
+    interval_s, edge_s = _intervals(evs)
     first_fail = next((e for e in after if e.kind is EventKind.PROBE_FAIL), None)
     if not up_at_injection:
         # Already down (or never up) when the fault hit: a later PROBE_FAIL is
         # only a flap of this same outage, so the outage runs from the injection.
         outage_t = injected_t
+        start_bracket: float | None = 0.0
     elif first_fail is not None:
         outage_t = first_fail.t
+        start_bracket = _bracket(first_fail)
     else:
         return Measures(
             status=RunStatus.NO_OUTAGE,
@@ -108,6 +166,8 @@ def measure(events: Sequence[TimelineEvent], injected_t: float) -> Measures:
             instance_after=instance_before,
             up_at_injection=True,
             flaps=0,
+            probe_interval_s=interval_s,
+            edge_interval_s=edge_s,
         )
 
     in_outage = [e for e in after if e.kind in _PROBE_KINDS and e.t >= outage_t]
@@ -142,4 +202,8 @@ def measure(events: Sequence[TimelineEvent], injected_t: float) -> Measures:
         instance_after=instance_after,
         up_at_injection=up_at_injection,
         flaps=max(0, len(oks) - 1) if recovered else len(oks),
+        probe_interval_s=interval_s,
+        edge_interval_s=edge_s,
+        start_bracket_s=start_bracket,
+        end_bracket_s=_bracket(in_outage[-1]) if recovered else None,
     )

@@ -39,6 +39,9 @@ from core.timeline import EventKind, Timeline
 from healers.base import HealerContext
 from healers.registry import build_healers, read_test_delays
 
+# How long before an inject or a revert the prober is told an edge is coming.
+_EDGE_LEAD_S = 0.005
+
 __all__ = [
     "HealerFactory",
     "HealerLike",
@@ -59,6 +62,9 @@ class RecorderLike(Protocol):
     @property
     def probes_failed(self) -> int: ...
 
+    @property
+    def probes_edge(self) -> int: ...
+
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
@@ -68,6 +74,8 @@ class RecorderLike(Protocol):
     def wait_until_up(self, timeout_s: float) -> bool: ...
 
     def wait_until_recovered(self, since_t: float, timeout_s: float) -> bool: ...
+
+    def expect_edge(self, window_s: float = 1.0) -> None: ...
 
 
 class HealerLike(Protocol):
@@ -94,6 +102,11 @@ def default_recorder(
         interval=recovery.probe_interval_ms / 1000.0,
         timeout=recovery.probe_timeout_ms / 1000.0,
         good_needed=recovery.good_probes,
+        edge_interval=(
+            None
+            if recovery.edge_probe_interval_ms is None
+            else recovery.edge_probe_interval_ms / 1000.0
+        ),
     )
     return rec
 
@@ -245,9 +258,18 @@ class Run:
     def _record_healer(self, source: str, message: str, data: dict[str, str]) -> None:
         self.timeline.add(self.clock.now(), EventKind.HEALER_ACTION, source, message, data)
 
+    def _expect_edge(self) -> None:
+        """Edge probes going before the act (``chaos.prober``, "Edge refinement")."""
+        if self.recorder is not None:
+            self.recorder.expect_edge()
+            # The hint reaches the prober's loop through its thread: a few edge
+            # intervals for the first ones to be sent before the edge comes.
+            self.clock.sleep(_EDGE_LEAD_S)
+
     def inject(self) -> None:
         rto = self.spec.rto
         self.fault = build_fault(rto.fault, rto.target, self.backend, self.journal)
+        self._expect_edge()
         self.injected_at = self.clock.now()
         self.timeline.add(
             self.injected_at,
@@ -281,6 +303,7 @@ class Run:
         # Stamped when the revert starts: a good probe may come while a slow
         # revert (a node's power-on) is still returning, and the timeline must
         # not show the workload back before its fault was lifted.
+        self._expect_edge()
         started = self.clock.now()
         self.fault.revert()
         self.timeline.add(
@@ -397,6 +420,17 @@ class Run:
             git_commit=self.invocation.git_commit,
             host_cores=self.invocation.host_cores,
             host_accelerator=self._host_accelerator(),
+            # What the recorder wrote it ran with; else what the spec asked for.
+            probe_interval_s=(
+                measures.probe_interval_s
+                if measures and measures.probe_interval_s is not None
+                else rto.recovery.probe_interval_ms / 1000.0
+            ),
+            edge_probe_interval_s=measures.edge_interval_s if measures else None,
+            probes_edge=self.recorder.probes_edge if self.recorder else None,
+            outage_start_bracket_s=measures.start_bracket_s if measures else None,
+            recovery_bracket_s=measures.end_bracket_s if measures else None,
+            rto_uncertainty_s=measures.rto_uncertainty_s if measures else None,
         )
 
     def _platform(self) -> str | None:

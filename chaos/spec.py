@@ -101,6 +101,21 @@ class RecoverySpec(_Frozen):
     # Each probe's own deadline; probes overlap, so it may exceed the interval.
     # A VMI guest under TCG answers in ~10 ms (p95 at 50 req/s), a pod in ~1 ms.
     probe_timeout_ms: int = Field(default=250, ge=10, le=60_000)
+    # Edge probes this far apart near an edge (chaos.prober, "Edge refinement"):
+    # they place the outage's start and end to a few ms at the grid's load
+    # (benchmarks/edge_truth.py). null: the plain grid.
+    edge_probe_interval_ms: float | None = Field(default=2.0, gt=0, le=1000)
+
+    @model_validator(mode="after")
+    def _edge_below_interval(self) -> RecoverySpec:
+        edge = self.edge_probe_interval_ms
+        if edge is not None and edge >= self.probe_interval_ms:
+            raise ValueError(
+                f"recovery.edge_probe_interval_ms ({edge:g}) must be below "
+                f"recovery.probe_interval_ms ({self.probe_interval_ms}); "
+                "set it lower, or null to switch edge probes off"
+            )
+        return self
 
 
 def _check_healers(names: list[str]) -> list[str]:

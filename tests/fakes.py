@@ -495,12 +495,19 @@ class FakeRecorder:
         self.good_needed = good_needed
         self.probes_sent = 0
         self.probes_failed = 0
+        self.probes_edge = 0  # it sends grid probes only
         self.up: bool | None = None
         self.good_run = 0
         self.good_since = float("-inf")
         self._next: float | None = None
         self.started = False
         self.stopped = False
+        self.edge_hints: list[float] = []  # timeline t of expect_edge calls
+
+    def expect_edge(self, window_s: float = 1.0) -> None:
+        # It probes on its grid only: the hint is recorded, so that runner tests
+        # can check it comes before the inject and the revert.
+        self.edge_hints.append(self.clock.now() - self.timeline.origin)
 
     def start(self) -> None:
         self.started = True

@@ -6,13 +6,17 @@ Reads chaos/spec.py (RecoverySpec) and chaos/runner.py (default_recorder).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pydantic
 import pytest
+import yaml
 from fakes import FakeBackend
 
 from chaos.runner import default_recorder
-from chaos.spec import RecoverySpec
+from chaos.spec import RecoverySpec, load_experiment
 from core.clock import FakeClock
+from core.errors import SpecError
 from core.timeline import Timeline
 
 __all__: list[str] = []
@@ -44,3 +48,39 @@ def test_default_recorder_uses_the_experiments_interval_and_timeout() -> None:
     assert prober.interval == pytest.approx(0.04)
     assert prober.timeout == pytest.approx(0.75)
     assert prober.machine.good_needed == 3
+
+
+def test_edge_probes_default_to_2_ms_and_reach_the_prober() -> None:
+    clock = FakeClock()
+    for edge_ms, expect in ((2.0, 0.002), (5.0, 0.005), (None, None)):
+        recovery = RecoverySpec(edge_probe_interval_ms=edge_ms)
+        rec = default_recorder(
+            FakeBackend(clock=clock), "web", Timeline(clock.now()), clock, recovery
+        )
+        assert rec.prober.edge_interval == (None if expect is None else pytest.approx(expect))  # type: ignore[attr-defined]
+    assert RecoverySpec().edge_probe_interval_ms == 2.0
+
+
+def test_edge_interval_not_below_the_grid_is_one_paragraph_naming_both_fields(
+    tmp_path: Path,
+) -> None:
+    doc = {
+        "title": "t",
+        "description": "d",
+        "method": [],
+        "extensions": [
+            {
+                "name": "rto",
+                "target": {"workload": "web", "kind": "pod"},
+                "fault": {"type": "process-crash"},
+                "recovery": {"probe_interval_ms": 20, "edge_probe_interval_ms": 20},
+            }
+        ],
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    with pytest.raises(SpecError) as err:
+        load_experiment(path)
+    text = str(err.value)
+    assert str(path) in text and "edge_probe_interval_ms" in text and "probe_interval_ms" in text
+    assert "\n" not in text.strip() and "Traceback" not in text

@@ -20,6 +20,7 @@ from loopback_target import LoopbackTarget
 
 from chaos.netns import enter_netns
 from chaos.prober import (
+    ProbeOutcome,
     Prober,
     ProbeState,
     ProbeStateMachine,
@@ -474,3 +475,151 @@ def test_prober_over_tls_goes_up_and_a_bad_header_is_a_failed_probe(
         p.stop()
     assert col.items[0].kind is OK and col.items[0].data["instance"] == "tls1"
     assert "malformed" in col.items[-1].data["reason"]
+
+
+# --- edge refinement -------------------------------------------------------------
+
+
+def outcome(sent: float, ok: bool, *, edge: bool = False, **kw: object) -> ProbeOutcome:
+    latency = 0.001
+    answered = sent + latency if ok else None
+    done = kw.pop("done", sent + latency)
+    return ProbeOutcome(sent, ok, "a" if ok else None, answered, edge=edge, done=done, **kw)  # type: ignore[arg-type]
+
+
+def test_failure_bracket_runs_from_the_last_good_answer_to_the_failed_send() -> None:
+    sm = ProbeStateMachine(good_needed=1)
+    sm.feed_outcome(outcome(0.0, True))
+    (fail,) = sm.feed_outcome(outcome(0.02, False, reason="refused"))
+    # Up at 0.001 (the answer), down at 0.02 (the send): 19 ms.
+    assert fail.kind is FAIL and fail.data["bracket_ms"] == "19.00"
+
+
+def test_recovery_bracket_runs_from_the_last_failed_send_to_the_stamp() -> None:
+    sm = ProbeStateMachine(good_needed=2)
+    for o in (outcome(0.0, True), outcome(0.02, True), outcome(0.04, False, reason="refused")):
+        sm.feed_outcome(o)
+    trs = sm.feed_outcome(outcome(0.06, True)) + sm.feed_outcome(outcome(0.08, True))
+    assert [t.kind for t in trs] == [OK]
+    # Down at 0.04 (the refused send), up by 0.061 (the first good answer).
+    assert trs[0].at == pytest.approx(0.061) and trs[0].data["bracket_ms"] == "21.00"
+
+
+def test_a_timeout_before_the_good_answer_narrows_the_recovery_bracket() -> None:
+    # A frozen server: the probe sent at 0.30 timed out at 0.55, the one sent at
+    # 0.32 was held and answered at the thaw (0.56). Nothing answered until 0.55.
+    sm = ProbeStateMachine(good_needed=1)
+    sm.feed_outcome(outcome(0.0, True))
+    sm.feed_outcome(outcome(0.30, False, reason="timeout", done=0.55))
+    (ok,) = sm.feed_outcome(ProbeOutcome(0.32, True, "a", 0.56, done=0.56))
+    assert ok.at == 0.56 and ok.data["bracket_ms"] == "10.00"
+    # A timeout that ended after the good answer proves nothing about it.
+    sm = ProbeStateMachine(good_needed=1)
+    sm.feed_outcome(outcome(0.0, True))
+    sm.feed_outcome(outcome(0.30, False, reason="timeout", done=0.55))
+    (ok,) = sm.feed_outcome(outcome(0.302, True))
+    assert ok.data["bracket_ms"] == "3.00"
+
+
+def test_edge_probes_start_a_streak_but_do_not_lengthen_it() -> None:
+    sm = ProbeStateMachine(good_needed=3, ok_stamp="sent")
+    sm.feed_outcome(outcome(0.0, False, reason="refused"))
+    trs: list[Transition] = []
+    # An edge probe first, then edge probes between grid probes.
+    for t, edge in [(0.002, True), (0.004, True), (0.006, True), (0.02, False), (0.022, True)]:
+        trs += sm.feed_outcome(outcome(t, True, edge=edge))
+    assert trs == []  # the first edge probe and one grid probe: a streak of 2
+    (ok,) = sm.feed_outcome(outcome(0.04, True))
+    assert ok.at == 0.002 and ok.data["bracket_ms"] == "2.00"
+
+
+def test_no_bracket_without_the_other_side() -> None:
+    sm = ProbeStateMachine(good_needed=1)
+    (fail,) = sm.feed_outcome(outcome(0.0, False, reason="refused"))
+    assert "bracket_ms" not in fail.data  # the very first probe failed
+    sm = ProbeStateMachine(good_needed=1)
+    (ok,) = sm.feed_outcome(outcome(0.0, True))
+    assert "bracket_ms" not in ok.data  # up from the start: no outage to end
+
+
+def test_edge_interval_must_be_below_the_interval() -> None:
+    for bad in (0.0, 0.02, 0.05):
+        with pytest.raises(HarnessError, match="edge probe interval"):
+            Prober(lambda: None, lambda tr: None, interval=0.02, edge_interval=bad)
+
+
+@pytest.mark.parametrize("mode", ["refuse", "503"])
+def test_a_hint_places_both_edges_to_a_few_ms(server: LoopbackTarget, mode: str) -> None:
+    """Against the server's own switch times: the brackets hold the truth and are
+    far narrower than the 20 ms grid (generous bounds: a loaded 2-core host)."""
+    p, col = started(server.target, expect_name="web")
+    try:
+        assert col.up.wait(2)
+        p.expect_edge(1.0)
+        time.sleep(0.01)
+        down_at = server.set_mode(mode)
+        time.sleep(0.4)
+        p.expect_edge(1.0)
+        time.sleep(0.01)
+        col.up.clear()
+        up_at = server.set_mode("ok")
+        assert col.up.wait(2)
+    finally:
+        p.stop()
+    fail = next(t for t in col.items if t.kind is FAIL)
+    ok = col.items[-1]
+    start_w, end_w = float(fail.data["bracket_ms"]) / 1000, float(ok.data["bracket_ms"]) / 1000
+    assert start_w < 0.012 and end_w < 0.012, (start_w, end_w)
+    # The truth lies inside each bracket (plus the switch's own few ms).
+    assert fail.at - start_w - 0.003 <= down_at <= fail.at + 0.003
+    assert ok.at - end_w - 0.003 <= up_at <= ok.at + 0.003
+    assert p.hints == 2 and p.edge_sent > 0
+
+
+def test_edge_probes_stay_within_their_budget(server: LoopbackTarget) -> None:
+    # A hint with no edge: the window runs out, spending at most the reserve
+    # plus the share earned by the grid probes meanwhile.
+    p, col = started(server.target, expect_name="web", edge_reserve=40.0, edge_share=0.25)
+    try:
+        assert col.up.wait(2)
+        grid_before = p.sent - p.edge_sent
+        p.expect_edge(1.0)
+        time.sleep(1.1)
+        grid = p.sent - p.edge_sent - grid_before
+    finally:
+        p.stop()
+    assert 0 < p.edge_sent <= 40 + 0.25 * grid + 1
+    assert [t.kind for t in col.items] == [OK]  # the edge probes changed nothing
+
+
+def test_no_edge_probes_when_switched_off(server: LoopbackTarget) -> None:
+    p, col = started(server.target, expect_name="web", edge_interval=None)
+    try:
+        assert col.up.wait(2)
+        p.expect_edge(1.0)
+        server.set_mode("refuse")
+        assert col.down.wait(2)
+        server.set_mode("ok")
+        col.up.clear()
+        assert col.up.wait(2)
+    finally:
+        p.stop()
+    assert p.edge_sent == 0 and p.hints == 0
+
+
+def test_a_hung_workload_gets_a_handful_of_edge_probes(server: LoopbackTarget) -> None:
+    p, col = started(server.target, expect_name="web", timeout=0.25, edge_in_flight=4)
+    try:
+        assert col.up.wait(2)
+        p.expect_edge(1.0)
+        time.sleep(0.01)
+        server.set_mode("hang")
+        edge_before_hang = p.edge_sent
+        time.sleep(0.2)  # before any hung probe times out
+        edge_during_hang = p.edge_sent - edge_before_hang
+        assert col.down.wait(2)
+        server.set_mode("ok")
+    finally:
+        p.stop()
+    # Without the cap: ~100 edge probes in 0.2 s at 2 ms.
+    assert edge_during_hang <= 4 + 1

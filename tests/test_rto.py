@@ -131,3 +131,58 @@ def test_down_at_injection_a_later_flap_does_not_restart_the_outage() -> None:
     assert m.outage_start_s == 0.0
     assert m.rto_s == pytest.approx(0.35)
     assert m.flaps == 1
+
+
+# --- resolution -----------------------------------------------------------------
+
+
+def started_mark(interval_ms: str = "20", edge_ms: str = "2") -> TimelineEvent:
+    return TimelineEvent(
+        t=0.0,
+        kind=EventKind.MARK,
+        source="recorder",
+        data={"event": "recorder_started", "interval_ms": interval_ms, "edge_interval_ms": edge_ms},
+    )
+
+
+def test_brackets_and_intervals_come_from_the_timeline() -> None:
+    tl = [
+        started_mark(),
+        *base(),
+        TimelineEvent(t=1.0, kind=EventKind.FAULT_INJECTED),
+        ev(1.002, FAIL, reason="refused", bracket_ms="2.40"),
+        ev(1.5, OK, instance="a", bracket_ms="30.00"),  # a flap: not the recovery
+        ev(1.6, FAIL, reason="refused", bracket_ms="1.00"),
+        ev(2.0, OK, instance="a", bracket_ms="1.60"),
+    ]
+    m = measure(tl, 1.0)
+    assert (m.probe_interval_s, m.edge_interval_s) == (0.02, 0.002)
+    # The outage's first failure and the final recovery, not the flap's.
+    assert (m.start_bracket_s, m.end_bracket_s) == (0.0024, 0.0016)
+    assert m.rto_uncertainty_s == pytest.approx(0.004)
+
+
+def test_down_at_injection_has_an_exact_start() -> None:
+    tl = [
+        *base(),
+        ev(0.9, FAIL, reason="refused", bracket_ms="20.00"),
+        TimelineEvent(t=1.0, kind=EventKind.FAULT_INJECTED),
+        ev(2.0, OK, instance="a", bracket_ms="3.00"),
+    ]
+    m = measure(tl, 1.0)
+    assert m.start_bracket_s == 0.0 and m.rto_uncertainty_s == pytest.approx(0.003)
+
+
+def test_unknown_resolution_is_none_not_zero() -> None:
+    # An old timeline: no brackets, no start mark; edge probes off; a bad value.
+    tl = [*base(), TimelineEvent(t=1.0, kind=EventKind.FAULT_INJECTED)]
+    old = measure([*tl, ev(1.02, FAIL), ev(2.0, OK, instance="a")], 1.0)
+    assert old.probe_interval_s is None and old.rto_uncertainty_s is None
+    grid = measure(
+        [started_mark(edge_ms=""), *tl, ev(1.02, FAIL, bracket_ms="x"), ev(2.0, OK, instance="a")],
+        1.0,
+    )
+    assert (grid.probe_interval_s, grid.edge_interval_s) == (0.02, None)
+    assert grid.start_bracket_s is None and grid.rto_uncertainty_s is None
+    down = measure([*tl, ev(1.02, FAIL, bracket_ms="1")], 1.0)
+    assert down.end_bracket_s is None and down.rto_uncertainty_s is None

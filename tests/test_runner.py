@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
-from fakes import FakeBackend, FakeHealer, fake_recorder_factory
+from fakes import FakeBackend, FakeHealer, FakeRecorder, fake_recorder_factory
 
 from chaos.faults import revert_pending
 from chaos.journal import Journal
@@ -192,3 +193,25 @@ def test_healer_dying_fails_the_run(env, tmp_path: Path) -> None:  # type: ignor
             options=opts,
         )
     assert store.load()[0].status is RunStatus.ABORTED
+
+
+def test_edges_are_announced_just_before_the_inject_and_the_revert(env) -> None:  # type: ignore[no-untyped-def]
+    backend, store, opts, _journal, _ = env
+    recorders: list[FakeRecorder] = []
+
+    def factory(*args: Any) -> FakeRecorder:
+        recorders.append(fake_recorder_factory(*args))
+        return recorders[-1]
+
+    opts.recorder_factory = factory
+    r = run_experiment(
+        spec({"type": "node-power-off", "duration_s": 10}), backend, store, options=opts
+    )
+    at = {e.kind: e.t for e in r.timeline}
+    first, second = recorders[0].edge_hints
+    # Each hint a few ms before its act: the edge probes are going when it comes.
+    assert 0 < at[EventKind.FAULT_INJECTED] - first <= 0.01
+    assert 0 < at[EventKind.FAULT_REVERTED] - second <= 0.01
+    # The row says what resolution the figures have.
+    assert r.probe_interval_s == 0.02 and r.probes_edge == 0
+    assert r.rto_uncertainty_s is None  # the fake's transitions carry no brackets
