@@ -189,6 +189,21 @@ class CellSummary(Cell):
     # joined with " + "); "" for rows that did not record it (RunResult.platform).
     platform: str = ""
     aborted_runs: tuple[tuple[str, str], ...] = ()  # (run_id, error) of each aborted run
+    # Resolution of the recovered runs' RTOs (RunResult.rto_uncertainty_s: the
+    # width of the interval each true RTO lies in): the widest and the median,
+    # over the runs that recorded one (uncertainty_known of them), and the
+    # prober's grid and edge intervals (None when unknown or mixed).
+    uncertainty_max_s: float | None = None
+    uncertainty_median_s: float | None = None
+    uncertainty_known: int = 0
+    probe_interval_s: float | None = None
+    edge_interval_s: float | None = None
+
+    @property
+    def resolution(self) -> str:
+        return resolution_text(
+            self.uncertainty_max_s, self.probe_interval_s, self.edge_interval_s, widest=True
+        )
 
 
 class MetricVerdict(BaseModel):
@@ -274,6 +289,38 @@ def fmt_s(value: float | None) -> str:
     return f"{value:.0f} s"
 
 
+def fmt_ms(value: float) -> str:
+    """A small duration in ms: 0.4 ms, 3.2 ms, 41 ms."""
+    ms = value * 1000
+    return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
+
+
+def resolution_text(
+    uncertainty_s: float | None,
+    interval_s: float | None,
+    edge_s: float | None,
+    widest: bool = False,
+) -> str:
+    """How precise an RTO is, for people: 'to within 3.2 ms; 20 ms probes, 2.0 ms edge probes'."""
+    probes = (
+        "interval unknown"
+        if interval_s is None
+        else f"{fmt_ms(interval_s)} probes"
+        + (", no edge probes" if edge_s is None else f", {fmt_ms(edge_s)} edge probes")
+    )
+    if uncertainty_s is None:
+        return f"resolution not recorded; {probes}"
+    return f"{'each ' if widest else ''}to within {fmt_ms(uncertainty_s)}; {probes}"
+
+
+def fmt_rto(value: float | None, uncertainty_s: float | None) -> str:
+    """An RTO with as many digits as its resolution carries: '4.213 s'."""
+    if value is None or uncertainty_s is None or math.isnan(value):
+        return fmt_s(value)
+    digits = 3 if uncertainty_s < 0.01 else 2 if uncertainty_s < 0.1 else 1
+    return f"{value:.{digits}f} s"
+
+
 def _factor(ratio: float) -> str:
     return f"{ratio:.1f}x" if ratio < 10 else f"{ratio:.0f}x"
 
@@ -306,6 +353,9 @@ _COLUMNS = [
     "injected",
     "accelerator",
     "platform",
+    "rto_uncertainty_s",
+    "probe_interval_s",
+    "edge_interval_s",
 ]
 
 
@@ -339,9 +389,22 @@ def runs_frame(rows: Sequence[RunResult]) -> pd.DataFrame:
                 "injected": any(e.kind is EventKind.FAULT_INJECTED for e in r.timeline),
                 "accelerator": r.accelerator or "",
                 "platform": r.platform or "",
+                "rto_uncertainty_s": _nan(r.rto_uncertainty_s if recovered else None),
+                "probe_interval_s": _nan(r.probe_interval_s),
+                "edge_interval_s": _nan(r.edge_probe_interval_s),
             }
         )
     return pd.DataFrame.from_records(records, columns=_COLUMNS)
+
+
+def _nan(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _only(values: pd.Series) -> float | None:
+    """The one value of a column (None when there is none, or several)."""
+    distinct = set(values.dropna().round(6).tolist())
+    return distinct.pop() if len(distinct) == 1 else None
 
 
 def _num(x: object) -> float | None:
@@ -369,10 +432,16 @@ class _Stats(TypedDict):
     accelerator: str
     platform: str
     aborted_runs: tuple[tuple[str, str], ...]
+    uncertainty_max_s: float | None
+    uncertainty_median_s: float | None
+    uncertainty_known: int
+    probe_interval_s: float | None
+    edge_interval_s: float | None
 
 
 def _stats(group: pd.DataFrame) -> _Stats:
     rto = group.loc[group["recovered"], "rto_s"].dropna()
+    uncertainty = group.loc[group["recovered"], "rto_uncertainty_s"].dropna()
     same = group["same_instance"].dropna()
     finished = group[group["status"] != RunStatus.ABORTED.value]
     aborted = group[group["status"] == RunStatus.ABORTED.value]
@@ -396,6 +465,11 @@ def _stats(group: pd.DataFrame) -> _Stats:
         "accelerator": "+".join(accelerators),
         "platform": " + ".join(sorted({p for p in group["platform"].tolist() if p})),
         "aborted_runs": tuple(zip(aborted["run_id"].tolist(), reasons, strict=True)),
+        "uncertainty_max_s": _num(uncertainty.max()) if len(uncertainty) else None,
+        "uncertainty_median_s": _num(uncertainty.median()) if len(uncertainty) else None,
+        "uncertainty_known": len(uncertainty),
+        "probe_interval_s": _only(group["probe_interval_s"]),
+        "edge_interval_s": _only(group["edge_interval_s"]),
     }
 
 

@@ -138,6 +138,13 @@ def report_metrics(summary: ReportSummary, runs: Sequence[RunResult]) -> ReportM
             "Median time from injection to the first healer action; absent without healers.",
             unit="seconds",
         ),
+        "uncertainty_max_s": gauge(
+            "rto_harness_rto_uncertainty_max_seconds",
+            "Widest RTO uncertainty of the cell's recovered runs: the width of the interval "
+            "each true RTO is known to lie in (outage start and end brackets of the "
+            "prober); absent for rows that did not record it.",
+            unit="seconds",
+        ),
     }
     runs_g = gauge(
         "rto_harness_runs",

@@ -24,7 +24,10 @@ from reports.analysis import (
     Side,
     Verdict,
     accelerator_label,
+    fmt_ms,
+    fmt_rto,
     fmt_s,
+    resolution_text,
 )
 from reports.expectations import FAULTS, RtoExpectation
 
@@ -77,7 +80,7 @@ def _measured(c: CellSummary | None) -> str:
         return "no runs"
     parts = []
     if c.median_s is not None:
-        parts.append(f"median {fmt_s(c.median_s)}, p95 {fmt_s(c.p95_s)}")
+        parts.append(f"median {fmt_s(c.median_s)}, p95 {fmt_s(c.p95_s)} ({c.resolution})")
     parts.append(f"n={c.n}")
     if c.not_recovered:
         parts.append(f"{c.not_recovered} not recovered")
@@ -202,8 +205,8 @@ def _cells_html(summary: ReportSummary) -> str:
     head = (
         "<tr><th>fault</th><th>kind</th><th>setting</th><th>n</th><th>recovered</th>"
         "<th>median</th><th>p95</th><th>min</th><th>max</th><th>detection (median)</th>"
-        "<th>healer action (median)</th><th>same instance</th><th>verdict</th>"
-        "<th>why (and runs)</th></tr>"
+        "<th>healer action (median)</th><th>same instance</th><th>RTO resolution</th>"
+        "<th>verdict</th><th>why (and runs)</th></tr>"
     )
     rows = []
     for c in summary.cells:
@@ -222,6 +225,7 @@ def _cells_html(summary: ReportSummary) -> str:
                 same,
             )
         )
+        nums += f"<td>{_e(c.resolution)}</td>"
         setting = _setting_text((c.variant, c.backend, c.profile, c.healers))
         if c.platform:
             setting += f"; on {c.platform}"
@@ -333,12 +337,33 @@ def _run_metrics_md(summary: ReportSummary) -> list[str]:
     return out
 
 
+def _edges_text(run: RunResult) -> str:
+    """Where the outage's start and end are known to lie, and what edge probes cost."""
+    parts = []
+    if run.outage_start_bracket_s is not None:
+        parts.append(f"outage start known to within {fmt_ms(run.outage_start_bracket_s)}")
+    if run.recovery_bracket_s is not None:
+        parts.append(f"recovery to within {fmt_ms(run.recovery_bracket_s)}")
+    if run.probes_edge:
+        parts.append(f"{run.probes_edge} of the probes were edge probes")
+    return "; " + ", ".join(_e(p) for p in parts) if parts else ""
+
+
 def _run_html(run: RunResult, png: bytes | None) -> str:
     healers = ",".join(run.healers) or "none"
     title = (
         f"{run.run_id}: {run.fault}{'[' + run.variant + ']' if run.variant else ''}/{run.kind} "
         f"{run.backend}/{run.profile} healers={healers}: {run.status.value}, "
-        f"RTO {fmt_s(run.rto_s)}"
+        f"RTO {fmt_rto(run.rto_s, run.rto_uncertainty_s)}"
+        + (
+            " ("
+            + resolution_text(
+                run.rto_uncertainty_s, run.probe_interval_s, run.edge_probe_interval_s
+            )
+            + ")"
+            if run.rto_s is not None
+            else ""
+        )
     )
     facts = (
         f"<p>experiment {_e(run.experiment)}, campaign {_e(run.campaign or '-')}, repetition "
@@ -350,6 +375,7 @@ def _run_html(run: RunResult, png: bytes | None) -> str:
             if run.probes_sent
             else "<b>no probe was sent: nothing about the workload's health was measured</b>"
         )
+        + _edges_text(run)
         + (f"; VMI figures: {_e(accelerator_label(run.accelerator))}" if run.kind == "vmi" else "")
         + (f"; error: {_e(run.error)}" if run.error else "")
         + "</p>"

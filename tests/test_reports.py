@@ -20,6 +20,7 @@ from core.timeline import EventKind, TimelineEvent
 from reports.analysis import CellSummary, Verdict, failing_cells, runs_frame, summarise
 from reports.build import build_report
 from reports.expectations import DEFAULT_EXPECTATIONS, load_expectations
+from reports.openmetrics import metrics_text, report_metrics
 from reports.plots import plot_rto, plot_timeline
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -401,3 +402,45 @@ def test_cells_name_the_platform_they_were_measured_on(tmp_path: Path) -> None:
     build_report(store.path, tmp_path / "out")
     md = (tmp_path / "out" / "summary.md").read_text()
     assert "on Kubernetes v1.34.4" in md and "on lab model" in md
+
+
+def test_each_rto_is_shown_with_its_resolution(tmp_path: Path) -> None:
+    """Rows carrying their brackets show 'to within', next to the RTO of the run and
+    of the cell; rows written before brackets existed say it was not recorded."""
+    sharp = [
+        run("process-crash", "pod", rto).model_copy(
+            update={
+                "probe_interval_s": 0.02,
+                "edge_probe_interval_s": 0.002,
+                "probes_edge": 40,
+                "outage_start_bracket_s": 0.0012,
+                "recovery_bracket_s": width - 0.0012,
+                "rto_uncertainty_s": width,
+            }
+        )
+        for rto, width in ((1.2345, 0.0031), (1.3012, 0.0024))
+    ]
+    old = run("node-drain", "pod", 4.2)
+    store = ResultsStore(tmp_path / "runs")
+    for r in (*sharp, old):
+        store.append(r)
+    summary = build_report(store.path, tmp_path / "out")
+    crash = next(c for c in summary.cells if c.fault == "process-crash")
+    assert crash.uncertainty_max_s == pytest.approx(0.0031) and crash.uncertainty_known == 2
+    assert crash.resolution == "each to within 3.1 ms; 20 ms probes, 2.0 ms edge probes"
+    drain = next(c for c in summary.cells if c.fault == "node-drain")
+    assert drain.resolution.startswith("resolution not recorded")
+    html = (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+    # The run's title: the RTO with the digits its resolution carries, then the resolution.
+    assert "RTO 1.234 s (to within 3.1 ms; 20 ms probes, 2.0 ms edge probes)" in html
+    assert "outage start known to within 1.2 ms, recovery to within 1.9 ms" in html
+    assert "<th>RTO resolution</th>" in html and "each to within 3.1 ms" in html
+    md = (tmp_path / "out" / "summary.md").read_text(encoding="utf-8")
+    assert "p95 1.3 s (each to within 3.1 ms; 20 ms probes, 2.0 ms edge probes)" in md
+    # And in the metrics a dashboard scrapes.
+    metrics = report_metrics(summary, store.load())
+    text = metrics_text(metrics.registry, tmp_path / "rto.prom").decode()
+    line = next(
+        x for x in text.splitlines() if x.startswith("rto_harness_rto_uncertainty_max_seconds{")
+    )
+    assert 'fault="process-crash"' in line and line.endswith(" 0.0031")
