@@ -43,12 +43,12 @@ finds tokens left. Edge probes do not count towards the ``good_needed`` streak
 intervals of good answers, however densely the edge was probed.
 
 Every ``PROBE_FAIL``/``PROBE_OK`` carries ``bracket_ms``: the width of the
-interval its edge is known to lie in (``chaos.rto`` reports it next to the RTO).
-For a failure: from the last good probe's answer (its send, if it was answered
-after the failed one was sent) to the failed probe's send. For a recovery: from
-the latest proof of "down" (the last failed probe's send; its timeout instead
-when that fell before the good answer, because a held connection that timed out
-shows nothing answered until then) to the stamp.
+interval its edge is known to lie in (``chaos.rto`` reports it next to the RTO),
+as clients see the workload. For a failure: from the last good probe's send (a
+client asking then was served) to the failed probe's send. For a recovery:
+from the latest proof of "down" (the last failed probe's send; its timeout
+instead when that fell before the good answer, because a client holding that
+connection got nothing until then) to the stamp.
 
 A probe is good when the answer is HTTP 200 and the body is ``"<name> <instance>"``
 (the second word is the instance identity; the first must be the workload name
@@ -186,10 +186,9 @@ class ProbeStateMachine:
             at = o.sent if self._last_at is None else max(o.sent, self._last_at + 1e-6)
             self._last_at = at
             if prev is not None and prev.ok:
-                # Up at its answer, if that came before this probe left.
-                answered = prev.answered
-                up = answered if answered is not None and answered < at else prev.sent
-                data["bracket_ms"] = f"{max(0.0, at - up) * 1000:.2f}"
+                # A client asking at prev.sent was served, one asking at o.sent
+                # was not: the outage (as clients see it) began in between.
+                data["bracket_ms"] = f"{max(0.0, at - prev.sent) * 1000:.2f}"
             return [Transition(EventKind.PROBE_FAIL, at, f"probe failed: {o.reason}", data)]
 
         if self.state is ProbeState.UP:
@@ -351,7 +350,7 @@ class Prober:
         burst: float = 0.25,
         edge_in_flight: int = 8,
         edge_share: float = 0.25,
-        edge_reserve: float = 100.0,
+        edge_reserve: float = 60.0,
     ) -> None:
         if interval <= 0 or timeout <= 0:
             raise HarnessError(f"prober interval and timeout must be > 0: {interval}, {timeout}")

@@ -258,9 +258,13 @@ class Run:
     def _record_healer(self, source: str, message: str, data: dict[str, str]) -> None:
         self.timeline.add(self.clock.now(), EventKind.HEALER_ACTION, source, message, data)
 
-    def _expect_edge(self) -> None:
-        """Edge probes going before the act (``chaos.prober``, "Edge refinement")."""
-        if self.recorder is not None:
+    def _expect_edge(self, *, only_if_down: bool = False) -> None:
+        """Edge probes going before the act (``chaos.prober``, "Edge refinement").
+
+        ``only_if_down``: for the revert, whose edge is the end of an outage; a
+        workload already back (a crash, a drain) has none to place there.
+        """
+        if self.recorder is not None and not (only_if_down and self.recorder.is_up()):
             self.recorder.expect_edge()
             # The hint reaches the prober's loop through its thread: a few edge
             # intervals for the first ones to be sent before the edge comes.
@@ -303,7 +307,7 @@ class Run:
         # Stamped when the revert starts: a good probe may come while a slow
         # revert (a node's power-on) is still returning, and the timeline must
         # not show the workload back before its fault was lifted.
-        self._expect_edge()
+        self._expect_edge(only_if_down=True)
         started = self.clock.now()
         self.fault.revert()
         self.timeline.add(

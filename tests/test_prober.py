@@ -487,12 +487,12 @@ def outcome(sent: float, ok: bool, *, edge: bool = False, **kw: object) -> Probe
     return ProbeOutcome(sent, ok, "a" if ok else None, answered, edge=edge, done=done, **kw)  # type: ignore[arg-type]
 
 
-def test_failure_bracket_runs_from_the_last_good_answer_to_the_failed_send() -> None:
+def test_failure_bracket_runs_from_the_last_good_send_to_the_failed_send() -> None:
     sm = ProbeStateMachine(good_needed=1)
     sm.feed_outcome(outcome(0.0, True))
     (fail,) = sm.feed_outcome(outcome(0.02, False, reason="refused"))
-    # Up at 0.001 (the answer), down at 0.02 (the send): 19 ms.
-    assert fail.kind is FAIL and fail.data["bracket_ms"] == "19.00"
+    # Served when asking at 0.0, not when asking at 0.02.
+    assert fail.kind is FAIL and fail.data["bracket_ms"] == "20.00"
 
 
 def test_recovery_bracket_runs_from_the_last_failed_send_to_the_stamp() -> None:

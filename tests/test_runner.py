@@ -215,3 +215,19 @@ def test_edges_are_announced_just_before_the_inject_and_the_revert(env) -> None:
     # The row says what resolution the figures have.
     assert r.probe_interval_s == 0.02 and r.probes_edge == 0
     assert r.rto_uncertainty_s is None  # the fake's transitions carry no brackets
+
+
+def test_no_revert_hint_when_the_workload_is_already_back(env) -> None:  # type: ignore[no-untyped-def]
+    backend, store, opts, _journal, _ = env
+    recorders: list[FakeRecorder] = []
+
+    def factory(*args: Any) -> FakeRecorder:
+        recorders.append(fake_recorder_factory(*args))
+        return recorders[-1]
+
+    opts.recorder_factory = factory
+    r = run_experiment(spec({"type": "process-crash"}), backend, store, options=opts)
+    assert r.status is RunStatus.RECOVERED
+    # The crash's outage ended with the restart: the revert has no edge to place.
+    (only,) = recorders[0].edge_hints
+    assert only < next(e.t for e in r.timeline if e.kind is EventKind.FAULT_INJECTED)
