@@ -33,8 +33,14 @@ default), between the grid's probes, but only near an edge:
   outage or of a flapping edge (a service that refuses some connections while
   it starts), and the end of outages the harness does not cause.
 
-Edge probes are bounded: at most ``edge_in_flight`` probes in flight at once (a
-hung workload gets a handful, not hundreds), and a token budget that grows by
+Edge probes are bounded: at most ``edge_in_flight`` of them in flight and not
+yet overdue (one interval) at once, so a slow workload is not flooded and a
+hung one gets a few dozen over a timeout, not hundreds (an overdue probe no
+longer holds the next one back: a partition's end must still be probed); a
+target that serves one connection at a time (``ProbeTarget.serial``: the
+harness's guests, whose ``nc`` loop is not listening between two answers) gets
+none at all, since overlapping probes would be refused, failures the prober
+made. And a token budget that grows by
 ``edge_share`` per grid probe, capped at ``edge_reserve``: over any run the
 average probe rate stays within ``1 + edge_share`` of the grid's plus that
 reserve. Bursts only spend the upper half of the budget, so a hinted window
@@ -381,7 +387,7 @@ class Prober:
         self._hint_until = -math.inf  # loop time; hinted window, ends at a change
         self._burst_until = -math.inf  # loop time; burst after a change
         self._hint_pending: float | None = None  # window asked before the loop ran
-        self._edge_in_flight = 0  # edge probes in flight (grid ones are not capped)
+        self._edge_live: dict[int, float] = {}  # seq -> loop time sent, edge probes in flight
         self._wake: asyncio.Future[None] | None = None
         self.error: BaseException | None = None
         self._current: ProbeTarget | None = None
@@ -491,7 +497,7 @@ class Prober:
                 if edge:
                     self.edge_sent += 1
                     self._tokens -= 1
-                    self._edge_in_flight += 1
+                    self._edge_live[seq] = self._loop.time()
                 else:
                     self._tokens = min(self.edge_reserve, self._tokens + self.edge_share)
                 task = asyncio.create_task(
@@ -519,7 +525,7 @@ class Prober:
     def _next_edge_probe(self, now: float, last_send: float, grid_at: float) -> float | None:
         """When the next edge probe is due, or None (no window open, or over budget)."""
         step = self.edge_interval
-        if step is None or self._edge_in_flight >= self.edge_in_flight:
+        if step is None or (self._current is not None and self._current.serial):
             return None
         hinted = now < self._hint_until
         # A burst spends only the upper half of the budget: a hint must find some.
@@ -527,6 +533,9 @@ class Prober:
         if not (hinted or bursting) or self._tokens < 1:
             return None
         at = max(now, last_send + step)
+        live = sorted(t for t in self._edge_live.values() if t > now - self.interval)
+        if len(live) >= self.edge_in_flight:
+            at = max(at, live[0] + self.interval)  # when the oldest is overdue
         # Close to the grid's next probe: that one places the edge as well.
         return None if at > grid_at - step / 2 else at
 
@@ -575,8 +584,7 @@ class Prober:
         try:
             outcome = await self._outcome(sent, target, edge)
         finally:
-            if edge:
-                self._edge_in_flight -= 1
+            if self._edge_live.pop(seq, None) is not None:
                 self._wake_up()  # the cap may have held an edge probe back
         self._done[seq] = outcome
         self._drain()

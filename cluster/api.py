@@ -140,6 +140,10 @@ class ProbeTarget:
     tls: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
     server_hostname: str | None = None
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # The endpoint serves one connection at a time and is not listening between
+    # two answers (the harness's guests: an ``nc`` loop): overlapping probes
+    # would be refused, so the prober sends it no edge probes (chaos.prober).
+    serial: bool = False
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,7 @@ def test_probe_target_is_the_service_proxy_and_cached(
         direct = make(real_apiserver, probe="pod-ip").probe_target(web)
         assert direct is not None and (direct.host, direct.port) == ("198.18.50.1", 8080)
         assert direct.path == "/cgi-bin/healthz" and direct.netns is None and direct.tls is None
+        assert not direct.serial  # a pod takes overlapping probes (edge probes)
         # From a namespace that reaches the pod network (the lab's hub), on the configured path.
         inside = make(real_apiserver, probe="pod-ip", probe_netns="hub", probe_path="/ready")
         t3 = inside.probe_target(web)

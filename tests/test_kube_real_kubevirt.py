@@ -363,6 +363,7 @@ def test_reads_vmi_phase_node_conditions(
     direct = KubeBackend(real_apiserver.config(probe="pod-ip"), echo=lambda m: None)
     target = direct.probe_target(name)
     assert target is not None and (target.host, target.port) == ("198.18.60.1", 8080)
+    assert target.serial  # our guests answer from an nc loop: no edge probes
 
 
 def test_vmi_and_migration_watches(real_apiserver: RealApiserver, kv: KubeVirtCluster) -> None:  # noqa: F811

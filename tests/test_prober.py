@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import ssl
@@ -550,30 +551,37 @@ def test_edge_interval_must_be_below_the_interval() -> None:
 
 @pytest.mark.parametrize("mode", ["refuse", "503"])
 def test_a_hint_places_both_edges_to_a_few_ms(server: LoopbackTarget, mode: str) -> None:
-    """Against the server's own switch times: the brackets hold the truth and are
-    far narrower than the 20 ms grid (generous bounds: a loaded 2-core host)."""
+    """Against the server's own switch times: every bracket holds the truth, and
+    they are far narrower than the 20 ms grid (in the best of three outages:
+    generous, a loaded 2-core host may stall the prober's thread once)."""
     p, col = started(server.target, expect_name="web")
+    widths: list[tuple[float, float]] = []
     try:
         assert col.up.wait(2)
-        p.expect_edge(1.0)
-        time.sleep(0.01)
-        down_at = server.set_mode(mode)
-        time.sleep(0.4)
-        p.expect_edge(1.0)
-        time.sleep(0.01)
-        col.up.clear()
-        up_at = server.set_mode("ok")
-        assert col.up.wait(2)
+        for _ in range(3):
+            mark = len(col.items)
+            p.expect_edge(1.0)
+            time.sleep(0.01)
+            down_at = server.set_mode(mode)
+            time.sleep(0.3)
+            p.expect_edge(1.0)
+            time.sleep(0.01)
+            col.up.clear()
+            up_at = server.set_mode("ok")
+            assert col.up.wait(2)
+            fail = next(t for t in col.items[mark:] if t.kind is FAIL)
+            ok = col.items[-1]
+            start_w = float(fail.data["bracket_ms"]) / 1000
+            end_w = float(ok.data["bracket_ms"]) / 1000
+            # The truth lies inside each bracket (plus the switch's own few ms).
+            assert fail.at - start_w - 0.003 <= down_at <= fail.at + 0.003
+            assert ok.at - end_w - 0.003 <= up_at <= ok.at + 0.003
+            widths.append((start_w, end_w))
+            time.sleep(0.2)
     finally:
         p.stop()
-    fail = next(t for t in col.items if t.kind is FAIL)
-    ok = col.items[-1]
-    start_w, end_w = float(fail.data["bracket_ms"]) / 1000, float(ok.data["bracket_ms"]) / 1000
-    assert start_w < 0.012 and end_w < 0.012, (start_w, end_w)
-    # The truth lies inside each bracket (plus the switch's own few ms).
-    assert fail.at - start_w - 0.003 <= down_at <= fail.at + 0.003
-    assert ok.at - end_w - 0.003 <= up_at <= ok.at + 0.003
-    assert p.hints == 2 and p.edge_sent > 0
+    assert min(max(w) for w in widths) < 0.012, widths
+    assert p.hints == 6 and p.edge_sent > 0
 
 
 def test_edge_probes_stay_within_their_budget(server: LoopbackTarget) -> None:
@@ -607,7 +615,7 @@ def test_no_edge_probes_when_switched_off(server: LoopbackTarget) -> None:
     assert p.edge_sent == 0 and p.hints == 0
 
 
-def test_a_hung_workload_gets_a_handful_of_edge_probes(server: LoopbackTarget) -> None:
+def test_a_hung_workload_gets_a_few_edge_probes_per_interval(server: LoopbackTarget) -> None:
     p, col = started(server.target, expect_name="web", timeout=0.25, edge_in_flight=4)
     try:
         assert col.up.wait(2)
@@ -621,5 +629,76 @@ def test_a_hung_workload_gets_a_handful_of_edge_probes(server: LoopbackTarget) -
         server.set_mode("ok")
     finally:
         p.stop()
-    # Without the cap: ~100 edge probes in 0.2 s at 2 ms.
-    assert edge_during_hang <= 4 + 1
+    # Without the cap: ~80 edge probes in 0.2 s. With it: 4 per 20 ms at most,
+    # and still some (the hang's end must be probed too).
+    assert 4 <= edge_during_hang <= 4 * (0.2 / 0.02 + 1) + 1
+
+
+class OneAtATime:
+    """Serves one connection at a time and is not listening in between, as the lab
+    guests' ``while true; do ... | nc -l -p 8080; done`` loop: a connect that
+    comes while it answers is refused."""
+
+    def __init__(self, service_s: float = 0.006) -> None:
+        self.service_s = service_s
+        self.port = _free_port()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def target(self) -> ProbeTarget:
+        return ProbeTarget(host="127.0.0.1", port=self.port, path="/healthz")
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            with socket.socket() as ls:
+                ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                ls.bind(("127.0.0.1", self.port))
+                ls.listen(0)
+                ls.settimeout(0.1)
+                try:
+                    conn, _ = ls.accept()
+                except TimeoutError:
+                    continue
+            # The listener is closed while this one is served.
+            with conn:
+                conn.recv(4096)
+                time.sleep(self.service_s)
+                conn.sendall(b"HTTP/1.0 200 OK\r\n\r\nweb i1\n")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_serial_target_gets_no_edge_probes() -> None:
+    srv = OneAtATime()
+    target = dataclasses.replace(srv.target(), serial=True)
+    p, col = started(lambda: target, expect_name="web")
+    try:
+        assert col.up.wait(3)
+        failed = p.failed
+        p.expect_edge(0.5)
+        time.sleep(0.6)
+    finally:
+        p.stop()
+        srv.stopped.set()
+    # Overlapping probes would have been refused: failures the prober made.
+    assert p.edge_sent == 0 and p.failed == failed
+
+
+def test_overlapping_probes_are_refused_by_a_one_at_a_time_server() -> None:
+    """Why ``serial`` exists: the same server, not marked, fails edge probes."""
+    srv = OneAtATime()
+    p, col = started(srv.target, expect_name="web")
+    try:
+        assert col.up.wait(3)
+        failed = p.failed
+        p.expect_edge(0.5)
+        time.sleep(0.6)
+    finally:
+        p.stop()
+        srv.stopped.set()
+    assert p.edge_sent > 0 and p.failed > failed

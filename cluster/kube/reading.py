@@ -294,7 +294,8 @@ class KubeReader:
             port, path = cfg.vmi_probe_port or port, cfg.vmi_probe_path or path
         if not ip:
             return None
-        return ProbeTarget(ip, port, path, netns=cfg.probe_netns)
+        # A guest of ours answers from an nc loop, one connection at a time.
+        return ProbeTarget(ip, port, path, netns=cfg.probe_netns, serial=pod is None)
 
     def service_name(self, workload: str) -> str:
         return self.k.config.probe_service.format(workload=workload)
