@@ -105,6 +105,11 @@ class RtoResult:
     budget_s: float | None = None
 
     @property
+    def rto_uncertainty_s(self) -> float | None:
+        """Width of the interval the true RTO lies in (None: not recorded)."""
+        return self.row.rto_uncertainty_s
+
+    @property
     def recovered(self) -> bool:
         """Recovered within the deadline, or no outage at all (RTO 0)."""
         return self.status in (RunStatus.RECOVERED, RunStatus.NO_OUTAGE)
@@ -151,14 +156,15 @@ def _cell_name(row: RunResult) -> str:
     return f"{row.fault}{variant}/{row.kind}"
 
 
-def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.3f}"
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
 
 
 def _junit_properties(result: RtoResult) -> list[tuple[str, str]]:
     """The run's figures as JUnit ``<property>`` pairs (empty value: not measured)."""
     return [
         ("rto_s", _fmt(result.rto_s)),
+        ("rto_uncertainty_s", _fmt(result.rto_uncertainty_s, 4)),
         ("detection_s", _fmt(result.detection_s)),
         ("budget_s", "" if result.budget_s is None else f"{result.budget_s:g}"),
         ("status", result.status.value),

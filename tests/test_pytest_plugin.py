@@ -175,10 +175,12 @@ def test_marker_passes_or_fails_with_one_message_and_junit_figures(
     for name, row, budget in (("test_generous", generous, "1000"), ("test_tiny", tiny, "0.001")):
         props = cases[name]
         assert props["_properties"] == [
-            "rto_s", "detection_s", "budget_s", "status", "verdict", "cell", "run_id",
-            "timeline", "timeline_json",
+            "rto_s", "rto_uncertainty_s", "detection_s", "budget_s", "status", "verdict",
+            "cell", "run_id", "timeline", "timeline_json",
         ]  # fmt: skip
         assert props["rto_s"] == f"{row.rto_s:.3f}"
+        unc = row.rto_uncertainty_s  # None on the fake: its transitions carry no brackets
+        assert props["rto_uncertainty_s"] == ("" if unc is None else f"{unc:.4f}")
         assert props["detection_s"] == ("" if row.detection_s is None else f"{row.detection_s:.3f}")
         assert props["budget_s"] == budget
         assert props["status"] == "recovered"
