@@ -27,11 +27,11 @@ default), between the grid's probes, but only near an edge:
   first change of outcome is seen (or the window ends). This is what pins the
   edges a harness causes: no probe sent after an edge can tell when it was, so
   the dense probes must already be going when it comes.
-- *bursts after a change*: a change of outcome (the first failure, the first
-  success after failures) is followed by ``burst`` seconds of edge probes. It
-  cannot place the edge just seen, but it places the next one of a short
-  outage or of a flapping edge (a service that refuses some connections while
-  it starts), and the end of outages the harness does not cause.
+- *bursts after a failure*: the first failure after good answers is followed
+  by ``burst`` seconds of edge probes. It cannot place the edge just seen, but
+  it places the end of a short outage the harness does not cause (a restart
+  within the burst). A success starts none: a workload that has just come back
+  gets only the grid's load.
 
 Edge probes are bounded: at most ``edge_in_flight`` of them in flight and not
 yet overdue (one interval) at once, so a slow workload is not flooded and a
@@ -354,7 +354,7 @@ class Prober:
         name: str = "prober",
         edge_interval: float | None = 0.002,
         burst: float = 0.25,
-        edge_in_flight: int = 8,
+        edge_in_flight: int = 4,
         edge_share: float = 0.25,
         edge_reserve: float = 60.0,
     ) -> None:
@@ -619,7 +619,7 @@ class Prober:
                 self.failed += 1
             prev = self.machine.last
             if prev is not None and prev.ok != o.ok:
-                self._changed()
+                self._changed(failed=not o.ok)
             for tr in self.machine.feed_outcome(o):
                 try:
                     self._on_transition(tr)
@@ -630,10 +630,16 @@ class Prober:
                     self._cancel_main()
                     return
 
-    def _changed(self) -> None:
-        """A change of outcome was seen: the hinted window is over, a burst starts."""
+    def _changed(self, failed: bool) -> None:
+        """A change of outcome was seen: the hinted window is over; after a failure
+        a burst starts. None after a success: a workload that has just come back
+        gets only the grid's load (a burst there made a busybox pod on a loaded
+        host drop a SYN, a failure the prober caused)."""
         if self.edge_interval is None or self._loop is None:
             return
         self._hint_until = -math.inf
-        self._burst_until = self._loop.time() + self.burst
+        if failed:
+            self._burst_until = self._loop.time() + self.burst
+        else:
+            self._burst_until = -math.inf
         self._wake_up()
