@@ -33,20 +33,22 @@ default), between the grid's probes, but only near an edge:
   within the burst). A success starts none: a workload that has just come back
   gets only the grid's load.
 
-Edge probes are bounded: at most ``edge_in_flight`` of them in flight and not
-yet overdue (one interval) at once, so a slow workload is not flooded and a
-hung one gets a few dozen over a timeout, not hundreds (an overdue probe no
-longer holds the next one back: a partition's end must still be probed); a
-target that serves one connection at a time (``ProbeTarget.serial``: the
-harness's guests, whose ``nc`` loop is not listening between two answers) gets
-none at all, since overlapping probes would be refused, failures the prober
-made. And a token budget that grows by
-``edge_share`` per grid probe, capped at ``edge_reserve``: over any run the
-average probe rate stays within ``1 + edge_share`` of the grid's plus that
-reserve. Bursts only spend the upper half of the budget, so a hinted window
-finds tokens left. Edge probes do not count towards the ``good_needed`` streak
-(only its first one may start it): recovery still means that many grid
-intervals of good answers, however densely the edge was probed.
+Edge probes are bounded, so that they do not become the fault:
+
+- at most ``edge_in_flight`` of them in flight and not yet overdue (one
+  interval): a slow workload is not flooded, and a hung one gets a few per
+  interval rather than hundreds, while an overdue probe no longer holds the
+  next one back (a partition's end must still be probed);
+- a target that serves one connection at a time (``ProbeTarget.serial``: the
+  harness's guests, whose ``nc`` loop is not listening between two answers)
+  gets none: overlapping probes would be refused, failures the prober made;
+- a token budget grows by ``edge_share`` per grid probe, capped at
+  ``edge_reserve``: over any run the probe rate stays within ``1 + edge_share``
+  of the grid's, plus that reserve. Bursts spend only its upper half, so a
+  hinted window finds tokens left;
+- edge probes do not count towards the ``good_needed`` streak (only its first
+  one may start it): recovery still means that many grid intervals of good
+  answers, however densely the edge was probed.
 
 Every ``PROBE_FAIL``/``PROBE_OK`` carries ``bracket_ms``: the width of the
 interval its edge is known to lie in (``chaos.rto`` reports it next to the RTO),
