@@ -25,7 +25,11 @@ Migrations: when a VMI of this node names it as ``migrationState.sourceNode``,
 the handler live-migrates the domain to the target node's libvirtd, moves the
 hub's route to the guest address at the destination's resume, then writes the
 outcome (``completed`` or ``failed``) and, on success, the new node, in one
-write; the target's handler then adopts the running domain.
+write; the target's handler then adopts the running domain. Before the copy
+it gives the destination a neighbour entry for the guest's MAC and opens the
+hub's netlink socket on a thread of its own, so the switch-over pays neither
+an ARP round trip nor a socket set-up; it logs the switch-over's monotonic
+stamps ("migration timeline") for ``benchmarks/migration_lab.py``.
 """
 
 from __future__ import annotations
@@ -108,6 +112,98 @@ def _comparable(status: dict[str, Any]) -> dict[str, Any]:
 def _node_indexes() -> dict[str, int]:
     doc = json.loads((paths.kube_dir() / "cluster.json").read_text())
     return {str(k): int(v) for k, v in (doc.get("nodes") or {}).items()}
+
+
+def _timeline_json(
+    marks: dict[str, float], events: list[tuple[float, str, str, str]], switched_by: str | None
+) -> str:
+    """One migration's stamps (monotonic s) as the handler logs them."""
+    return json.dumps(
+        {
+            "marks": {k: round(v, 6) for k, v in marks.items()},
+            "events": [[round(t, 6), node, r, d] for t, node, r, d in events],
+            "switched_by": switched_by,
+        },
+        sort_keys=True,
+    )
+
+
+class _RouteSwitch:
+    """Moves one migrating VMI's hub route from a thread that holds the hub socket.
+
+    Opened before the memory copy, so the switch-over pays one netlink round
+    trip and neither of what a fresh socket costs on this path: a helper
+    process forked for the netns (``net.HubRoutes``) and pyroute2's event loop,
+    set up once per thread on first use (~12 ms), which libvirt's event thread
+    (where the resume is seen) would pay every migration. ``request`` is quick
+    and safe from any thread; the first request wins.
+    """
+
+    def __init__(self, ip: str, index: int, clock: Clock) -> None:
+        self.ip, self.index, self.clock = ip, index, clock
+        self.marks: dict[str, float] = {}
+        self.by: str | None = None  # what the route was switched on
+        self._want: str | None = None
+        self._closed = False
+        self._cv = threading.Condition()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"route {ip}", daemon=True)
+        self._thread.start()
+        self._ready.wait(5.0)
+
+    def request(self, by: str) -> None:
+        with self._cv:
+            if self._want is None and not self._closed:
+                self._want = by
+                self.marks["switch_requested"] = self.clock.now()
+                self._cv.notify()
+
+    def finish(self, by: str, timeout: float = 5.0) -> None:
+        """Switched when this returns (the migration is over): on the thread,
+        or here if that thread could not."""
+        self.request(by)
+        self._thread.join(timeout)
+        if self.by is None:
+            self._switch(None, by)
+
+    def cancel(self, timeout: float = 5.0) -> None:
+        """No switch from now on (one under way is waited for); the socket closes."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        hub: net.HubRoutes | None = None
+        try:
+            hub = net.HubRoutes()
+        except (HarnessError, OSError) as exc:
+            log.warning("route of %s: no hub socket kept open: %s", self.ip, exc)
+        self._ready.set()
+        try:
+            with self._cv:
+                while self._want is None and not self._closed:
+                    self._cv.wait()
+                by = None if self._closed and self._want is None else self._want
+            if by is not None:
+                self._switch(hub, by)
+        finally:
+            if hub is not None:
+                with contextlib.suppress(OSError):
+                    hub.close()
+
+    def _switch(self, hub: net.HubRoutes | None, by: str) -> None:
+        self.marks["switch_start"] = self.clock.now()
+        try:
+            if hub is not None:
+                hub.route_vmi(self.ip, self.index)
+            else:
+                net.route_vmi(self.ip, self.index)
+        except (HarnessError, OSError) as exc:
+            log.error("route of %s: switch to node %s failed: %s", self.ip, self.index, exc)
+            return
+        self.marks["switched"] = self.clock.now()
+        self.by = by
 
 
 class VirtHandler:
@@ -207,33 +303,57 @@ class VirtHandler:
         name, target = md["name"], str(mig.get("targetNode"))
         ip = (md.get("annotations") or {}).get(ADDRESS_ANNOTATION)
         outcome: dict[str, Any] = {}
-        switched: list[bool] = []
-        lock = threading.Lock()
+        # Monotonic stamps (the clock every process of the host shares) of the
+        # switch-over, logged for ``benchmarks/migration_lab.py`` to line up
+        # with its probes: which part of the outage is QEMU's, which the route's.
+        marks: dict[str, float] = {}
+        events: list[tuple[float, str, str, str]] = []
+        route: _RouteSwitch | None = None
         try:
             dst_index = _node_indexes()[target]
             dst_ip = state.node_ip(dst_index)
-
-            def switch() -> None:
-                with lock:
-                    if ip and not switched:
-                        net.route_vmi(ip, dst_index)
-                        switched.append(True)
+            if ip:
+                self._seed_neighbour(name, ip, target)
+                route = _RouteSwitch(ip, dst_index, self.clock)
 
             def on_event(ev: virt.VirtEvent) -> None:
-                if ev.domain == name and (ev.reason, ev.detail) == ("Resumed", "Migrated"):
-                    with contextlib.suppress(HarnessError, OSError):
-                        switch()  # on libvirt's event thread: the guest runs there now
+                # On libvirt's event thread: quick, and never raising into libvirt.
+                if ev.domain != name:
+                    return
+                events.append((ev.at, ev.node, ev.reason, ev.detail))
+                pause = (ev.node, ev.reason, ev.detail) == (self.node, "Suspended", "Migrated")
+                resume = (ev.node, ev.reason, ev.detail) == (target, "Resumed", "Migrated")
+                if pause:
+                    marks.setdefault("src_suspended", ev.at)
+                elif resume:
+                    marks.setdefault("dst_resumed", ev.at)
+                if route is not None and resume:
+                    # At the resume, not at the pause: switched at the pause,
+                    # the destination's tap holds every request of the pause
+                    # (QEMU reads no packet while the VM is stopped) and the
+                    # guest, whose TCG starts cold in the new QEMU, gets them
+                    # all at once at its resume; measured, that burst made the
+                    # first answers slower than the timeout and the outage
+                    # longer (benchmarks/migration_lab.py's docstring).
+                    route.request("resume")
 
             src = virt.connect(virtd.node_uri(self.node))
             dst = virt.connect(virtd.node_uri(target))
-            watch = virt.VirtEvents(dst, target, clock=self.clock, listener=on_event)
+            watches = [
+                virt.VirtEvents(src, self.node, clock=self.clock, listener=on_event),
+                virt.VirtEvents(dst, target, clock=self.clock, listener=on_event),
+            ]
             try:
+                marks["call"] = self.clock.now()
                 stats = virt.migrate_vmi(
                     src, virtd.node_tcp_uri(dst_ip), dst_ip, name, clock=self.clock
                 )
-                switch()
+                marks["returned"] = self.clock.now()
+                if route is not None:
+                    route.finish("return")
             finally:
-                watch.close()
+                for w in watches:
+                    w.close()
                 for c in (src, dst):
                     with contextlib.suppress(libvirt.libvirtError):
                         c.close()
@@ -243,7 +363,27 @@ class VirtHandler:
         except (HarnessError, OSError, KeyError, libvirt.libvirtError) as exc:
             outcome = {"failed": True, "failureReason": str(exc)[:500]}
             log.error("vmi %s: migration to %s failed: %s", name, target, exc)
+        finally:
+            # A route switched on the destination's resume stays: the guest
+            # runs there even if a later phase of the call failed.
+            if route is not None:
+                route.cancel()
+                marks.update(route.marks)
+        by = route.by if route is not None else None
+        log.info("vmi %s: migration timeline %s", name, _timeline_json(marks, events, by))
         self._finish_migration(vmi, {**mig, **outcome, "endTimestamp": now_iso()})
+
+    def _seed_neighbour(self, name: str, ip: str, target: str) -> None:
+        """Before the copy: the destination knows the guest's MAC (no ARP in the outage).
+
+        Not needed for correctness: without it the destination asks by ARP.
+        """
+        from cluster.lab import virt  # libvirt: the optional 'vm' extra
+
+        try:
+            net.seed_vmi_neighbour(target, ip, virt.vmi_mac(name))
+        except (HarnessError, OSError) as exc:
+            log.warning("vmi %s: cannot seed %s's neighbour entry: %s", name, target, exc)
 
     def _finish_migration(self, vmi: Obj, mig: dict[str, Any]) -> None:
         """Write the outcome (and the new node) on a fresh read, until it is taken."""
