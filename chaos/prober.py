@@ -356,9 +356,9 @@ class Prober:
         name: str = "prober",
         edge_interval: float | None = 0.002,
         burst: float = 0.25,
-        edge_in_flight: int = 4,
+        edge_in_flight: int = 2,
         edge_share: float = 0.25,
-        edge_reserve: float = 60.0,
+        edge_reserve: float = 40.0,
     ) -> None:
         if interval <= 0 or timeout <= 0:
             raise HarnessError(f"prober interval and timeout must be > 0: {interval}, {timeout}")
