@@ -55,6 +55,7 @@ def bench(session: nox.Session) -> None:
         "benchmarks/guest_boot.py",
         "benchmarks/vmi_rto.py",
         "benchmarks/probe_path.py",
+        "benchmarks/edge_truth.py",
     ]
     for bench_file in benches:
         session.run("python", bench_file)
