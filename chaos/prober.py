@@ -35,10 +35,14 @@ default), between the grid's probes, but only near an edge:
 
 Edge probes are bounded, so that they do not become the fault:
 
-- at most ``edge_in_flight`` of them in flight and not yet overdue (one
-  interval): a slow workload is not flooded, and a hung one gets a few per
-  interval rather than hundreds, while an overdue probe no longer holds the
-  next one back (a partition's end must still be probed);
+- at most ``edge_in_flight`` of them in flight and not yet overdue: a slow
+  workload is not flooded, while an overdue probe no longer holds the next one
+  back (a partition's end must still be probed). Overdue means four times the
+  workload's smoothed answer time (as TCP smooths its RTT; one interval until
+  the first answer), kept within two edge intervals and one interval: a probe
+  held up by something other than the workload (a SYN that met a TIME_WAIT
+  socket of a server just gone, retried by the kernel two jiffies later) must
+  not stop the edge probes just when the server comes back;
 - a target that serves one connection at a time (``ProbeTarget.serial``: the
   harness's guests, whose ``nc`` loop is not listening between two answers)
   gets none: overlapping probes would be refused, failures the prober made;
@@ -66,12 +70,16 @@ Time stamps (monotonic seconds from the injected ``Clock``):
 
 - ``PROBE_FAIL`` is stamped at the *send* time of the first failed probe: the
   client asked at that moment and got no good answer.
-- ``PROBE_OK`` is stamped at the *answer* time of the first of the N consecutive
-  good probes (``ok_stamp="answered"``, the default). A frozen workload answers
+- ``PROBE_OK`` is stamped at the earliest *answer* time among the N consecutive
+  good probes (``ok_stamp="answered"``, the default), edge probes included: it is
+  usually the first one's, but a probe sent later can be answered first (a SYN
+  sent just before a server came back can meet a TIME_WAIT socket of the port
+  and be retried by the kernel two jiffies later). A frozen workload answers
   probes queued during the freeze the moment it is thawed; stamping those at
   their send time would shorten the outage by up to one timeout. With
   ``ok_stamp="sent"`` the send time is used instead. Either way the data carries
-  ``latency_ms`` (answer - send), so the other stamp can be rebuilt.
+  ``latency_ms`` (answer - send of the probe stamped), so the other stamp can be
+  rebuilt.
 """
 
 from __future__ import annotations
@@ -144,7 +152,7 @@ class ProbeStateMachine:
     - ``PROBE_FAIL`` at the send time of the first failed probe after being up,
       or of the very first failed probe of the run.
     - ``PROBE_OK`` once ``good_needed`` consecutive good probes were seen, stamped
-      at the first of them (see the module doc for which stamp), with
+      at the earliest answer among them (see the module doc for which stamp), with
       ``data["instance"]``. Good probes of two different instances do not count
       as one streak: the instance that answered first is gone. Edge probes may
       start a streak but do not lengthen it.
@@ -163,6 +171,7 @@ class ProbeStateMachine:
         self.state = ProbeState.UNKNOWN
         self.instance: str | None = None  # instance of the last good probe
         self._streak: list[ProbeOutcome] = []
+        self._earliest: ProbeOutcome | None = None  # earliest answer since the streak began
         self._last_at: float | None = None  # stamp of the last PROBE_* transition
         self.last: ProbeOutcome | None = None  # the outcome fed before this one
         self._last_fail: ProbeOutcome | None = None
@@ -215,12 +224,17 @@ class ProbeStateMachine:
 
         if self._streak and self._streak[0].instance != o.instance:
             self._streak.clear()
+        e = self._earliest
+        if not self._streak or e is None or _answers_before(o, e):
+            self._earliest = o
         if not self._streak or not o.edge:
             self._streak.append(o)
         self.instance = o.instance
         if len(self._streak) < self.good_needed:
             return []
         first = self._streak[0]
+        if self.ok_stamp == "answered" and self._earliest is not None:
+            first = self._earliest
         self._streak.clear()
         self.state = ProbeState.UP
         at = first.answered if self.ok_stamp == "answered" and first.answered else first.sent
@@ -246,6 +260,11 @@ class ProbeStateMachine:
     ) -> list[Transition]:
         """Feed one outcome; returns the transitions it caused (often none)."""
         return self.feed_outcome(ProbeOutcome(send_time, ok, instance, answered, reason))
+
+
+def _answers_before(a: ProbeOutcome, b: ProbeOutcome) -> bool:
+    """``a`` was answered before ``b`` (an outcome without an answer time is last)."""
+    return a.answered is not None and (b.answered is None or a.answered < b.answered)
 
 
 def _parse(answer: bytes, expect_name: str | None) -> tuple[bool, str | None, str]:
@@ -390,6 +409,7 @@ class Prober:
         self._burst_until = -math.inf  # loop time; burst after a change
         self._hint_pending: float | None = None  # window asked before the loop ran
         self._edge_live: dict[int, float] = {}  # seq -> loop time sent, edge probes in flight
+        self._srtt: float | None = None  # smoothed answer time of good probes, s
         self._wake: asyncio.Future[None] | None = None
         self.error: BaseException | None = None
         self._current: ProbeTarget | None = None
@@ -535,11 +555,24 @@ class Prober:
         if not (hinted or bursting) or self._tokens < 1:
             return None
         at = max(now, last_send + step)
-        live = sorted(t for t in self._edge_live.values() if t > now - self.interval)
+        overdue = self._overdue(step)
+        live = sorted(t for t in self._edge_live.values() if t > now - overdue)
         if len(live) >= self.edge_in_flight:
-            at = max(at, live[0] + self.interval)  # when the oldest is overdue
+            at = max(at, live[0] + overdue)  # when the oldest is overdue
         # Close to the grid's next probe: that one places the edge as well.
         return None if at > grid_at - step / 2 else at
+
+    def _overdue(self, step: float) -> float:
+        """How long an edge probe in flight holds the cap (module doc)."""
+        if self._srtt is None:
+            return self.interval
+        return min(self.interval, max(2 * step, 4 * self._srtt))
+
+    def _learn_latency(self, o: ProbeOutcome) -> None:
+        if o.ok and o.answered is not None:
+            latency = max(0.0, o.answered - o.sent)
+            # 1/8 of each new sample, as TCP's SRTT: one slow answer moves it little.
+            self._srtt = latency if self._srtt is None else self._srtt + (latency - self._srtt) / 8
 
     async def _sleep_until(self, at: float) -> None:
         """Sleep until loop time ``at``, or until ``_wake_up`` (a hint, a change)."""
@@ -588,6 +621,7 @@ class Prober:
         finally:
             if self._edge_live.pop(seq, None) is not None:
                 self._wake_up()  # the cap may have held an edge probe back
+        self._learn_latency(outcome)
         self._done[seq] = outcome
         self._drain()
 

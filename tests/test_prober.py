@@ -534,6 +534,29 @@ def test_edge_probes_start_a_streak_but_do_not_lengthen_it() -> None:
     assert ok.at == 0.002 and ok.data["bracket_ms"] == "2.00"
 
 
+def test_recovery_is_stamped_at_the_earliest_answer_of_the_streak() -> None:
+    # The first good probe's SYN met a TIME_WAIT socket and was retried 8 ms
+    # later; an edge probe sent after it was answered first. The workload was
+    # serving by then: that answer is the recovery (and its latency is given).
+    sm = ProbeStateMachine(good_needed=2)
+    sm.feed_outcome(outcome(0.0, False, reason="refused"))
+    late = ProbeOutcome(0.002, True, "a", answered=0.0105, edge=True, done=0.0105)
+    early = ProbeOutcome(0.004, True, "a", answered=0.0045, edge=True, done=0.0045)
+    assert sm.feed_outcome(late) + sm.feed_outcome(early) == []
+    (ok,) = sm.feed_outcome(outcome(0.02, True))
+    assert ok.at == 0.0045 and ok.data["latency_ms"] == "0.5"
+    assert ok.data["bracket_ms"] == "4.50"
+
+
+def test_an_earlier_answer_of_another_instance_does_not_stamp_the_recovery() -> None:
+    sm = ProbeStateMachine(good_needed=2)
+    sm.feed_outcome(outcome(0.0, False, reason="refused"))
+    sm.feed_outcome(ProbeOutcome(0.002, True, "old", answered=0.003, done=0.003))
+    sm.feed_outcome(ProbeOutcome(0.004, True, "new", answered=0.005, done=0.005))
+    (ok,) = sm.feed_outcome(ProbeOutcome(0.024, True, "new", answered=0.025, done=0.025))
+    assert ok.at == 0.005 and ok.data["instance"] == "new"
+
+
 def test_no_bracket_without_the_other_side() -> None:
     sm = ProbeStateMachine(good_needed=1)
     (fail,) = sm.feed_outcome(outcome(0.0, False, reason="refused"))
@@ -620,8 +643,15 @@ def test_no_edge_probes_when_switched_off(server: LoopbackTarget) -> None:
     assert p.edge_sent == 0 and p.hints == 0
 
 
-def test_a_hung_workload_gets_a_few_edge_probes_per_interval(server: LoopbackTarget) -> None:
-    p, col = started(server.target, expect_name="web", timeout=0.25, edge_in_flight=4)
+def test_a_hung_workload_gets_edge_probes_at_the_pace_of_its_answers(
+    server: LoopbackTarget,
+) -> None:
+    # One edge probe in flight at a time, held back until the live one is
+    # overdue: four loopback answer times, but at least two edge intervals (4 ms).
+    # The budget is out of the way: the cap alone is tested.
+    p, col = started(
+        server.target, expect_name="web", timeout=0.25, edge_in_flight=1, edge_reserve=1000.0
+    )
     try:
         assert col.up.wait(2)
         p.expect_edge(1.0)
@@ -634,9 +664,24 @@ def test_a_hung_workload_gets_a_few_edge_probes_per_interval(server: LoopbackTar
         server.set_mode("ok")
     finally:
         p.stop()
-    # Without the cap: ~80 edge probes in 0.2 s. With it: 4 per 20 ms at most,
-    # and still some (the hang's end must be probed too).
-    assert 4 <= edge_during_hang <= 4 * (0.2 / 0.02 + 1) + 1
+    # Without the cap: ~100 edge probes in 0.2 s (one per 2 ms). With it: one
+    # per 4 ms at most, and still some (the hang's end must be probed too).
+    assert 4 <= edge_during_hang <= 0.2 / 0.004 + 2
+
+
+def test_an_edge_probe_is_overdue_after_a_few_of_the_workloads_answer_times() -> None:
+    p = Prober(lambda: None, lambda tr: None, interval=0.02, edge_interval=0.002)
+    assert p._overdue(0.002) == 0.02  # no answer yet: one interval
+    for _ in range(50):
+        p._learn_latency(ProbeOutcome(0.0, True, "a", answered=0.003))
+    assert p._overdue(0.002) == pytest.approx(0.012)  # 4 x 3 ms
+    p._learn_latency(ProbeOutcome(0.0, True, "a", answered=0.5))  # one slow answer
+    assert p._overdue(0.002) == 0.02  # within one interval
+    for _ in range(100):
+        p._learn_latency(ProbeOutcome(0.0, True, "a", answered=0.0001))
+    assert p._overdue(0.002) == 0.004  # at least two edge intervals
+    p._learn_latency(ProbeOutcome(0.0, False, reason="refused", done=0.3))
+    assert p._overdue(0.002) == 0.004  # a refusal says nothing of answer times
 
 
 class OneAtATime:
